@@ -1,0 +1,57 @@
+# Entry points of the pipeline. `make help` lists them.
+#   make demo        the whole job on generated sample data, offline
+#   make test        the whole test suite (what CI runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# Real data (make download / make preprocess).
+RAW     ?= data/raw
+OUT     ?= data/tfrecords
+DATASET ?= all
+# Sample data (make sample-data / make demo).
+SAMPLE  ?= data/sample
+SEED    ?= 0
+NP      ?= 2
+# Extra flags, e.g. make preprocess ARGS="--num-shards 8 --runner=DataflowRunner ..."
+ARGS    ?=
+
+.PHONY: help install test test-fast demo sample-data download preprocess bench clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv/ with pinned packages and Horovod built for TensorFlow 2.21.
+
+$(STAMP): requirements.txt constraints.txt setup.py scripts/install.sh
+	bash scripts/install.sh
+	@touch $@
+
+test: $(STAMP) ## Run the whole test suite, slow tests included (CI runs this).
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Run the tests not marked slow.
+	$(PY) -m pytest -m "not slow"
+
+sample-data: $(STAMP) ## Generate small raw data sets in the official formats under $(SAMPLE)/raw.
+	$(PY) -m preprocess.sample_data --out-dir $(SAMPLE)/raw --seed $(SEED)
+
+download: $(STAMP) ## Download the official CIFAR-10, MNIST and cat/dog archives into $(RAW).
+	$(PY) -m preprocess.download --dataset $(DATASET) --raw-dir $(RAW) $(ARGS)
+
+preprocess: $(STAMP) ## Convert $(RAW) into sharded TFRecords under $(OUT) with the Beam job.
+	$(PY) -m pipeline.build_tfrecords --dataset $(DATASET) --raw-dir $(RAW) --out-dir $(OUT) $(ARGS)
+
+demo: $(STAMP) ## Run the whole job on sample data: generate, convert, train with horovodrun -np $(NP), evaluate.
+	bash scripts/demo.sh "$(SAMPLE)" "$(NP)"
+
+bench: $(STAMP) ## Run the benchmarks and append the figures to bench/RESULTS.md.
+	$(PY) -m bench.run
+
+clean: ## Remove generated data and runs (keeps .venv and the Horovod wheel cache).
+	rm -rf data/sample runs/demo
