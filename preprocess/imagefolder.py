@@ -1,0 +1,181 @@
+"""Reader for image-file data sets such as Kaggle/Microsoft cats-vs-dogs.
+
+First stage of the data flow for image folders: the pipeline lists a split
+directory, `list_split` turns the listing into (relative path, label) candidates
+and rejects without opening any file, the driver shards the candidates, and
+each worker calls `load_image` per file to decode it into a fixed-size RGB
+`Record` (or a `Reject`: such data sets always hold a few broken files).
+
+Two layouts are understood: class folders (`cat/cat.1.jpg`, `Dog/12.jpg`) and
+a flat directory whose file names start with the class (`dog.45.jpg`).
+"""
+
+import hashlib
+import io
+import posixpath
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from preprocess.records import Record, Reject
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+
+# Modes that carry an alpha channel (upper case: straight alpha; lower: premultiplied).
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_16BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+
+def _open_rb(path):
+  return open(path, "rb")
+
+
+def _class_of(parts):
+  """Class text of a path split on '/': the top folder, or the file-name prefix."""
+  if len(parts) > 1:
+    return parts[0]
+  return parts[0].split(".", 1)[0]
+
+
+def list_split(paths, class_names):
+  """Assigns labels to the files of a split directory from their paths alone.
+
+  Args:
+    paths: File paths relative to the split directory, '/'-separated, e.g.
+      "cat/cat.1.jpg" (class folders; deeper nesting is fine below a class
+      folder) or "dog.45.jpg" (flat; the class is the text before the first '.').
+    class_names: Class names in label order; matched case-insensitively, so
+      Microsoft's "Cat/" folder is class "cat".
+
+  Returns:
+    (candidates, rejects): candidates is a list of (relpath, label) sorted by
+    relpath; rejects is a list of `Reject(file=relpath, index=None, ...)`, also
+    sorted, for files that are not images or whose class is unknown.
+
+  Raises:
+    ValueError: Two class names differ only in case.
+  """
+  labels = {name.lower(): i for i, name in enumerate(class_names)}
+  if len(labels) != len(class_names):
+    raise ValueError(f"class names must differ other than in case: {class_names}")
+  expected = ", ".join(class_names)
+  candidates, rejects = [], []
+  for relpath in sorted(paths):
+    parts = relpath.strip("/").split("/")
+    name = parts[-1]
+    extension = posixpath.splitext(name)[1].lower()
+    # Hidden entries are OS litter (.DS_Store, macOS "._x.jpg" resource forks,
+    # .ipynb_checkpoints/) even when the extension says image.
+    if any(part.startswith(".") for part in parts):
+      rejects.append(Reject(file=relpath, index=None, reason="not an image file (hidden)"))
+      continue
+    if extension not in IMAGE_EXTENSIONS:
+      why = f"extension {extension!r}" if extension else "no extension"
+      rejects.append(Reject(file=relpath, index=None, reason=f"not an image file ({why})"))
+      continue
+    class_text = _class_of(parts)
+    label = labels.get(class_text.lower())
+    if label is None:
+      rejects.append(Reject(file=relpath, index=None,
+                            reason=f"unknown class {class_text!r} (expected one of {expected})"))
+      continue
+    candidates.append((relpath, label))
+  return candidates, rejects
+
+
+def _to_rgb(image):
+  """Any Pillow mode -> RGB; transparent pixels become white."""
+  if image.mode in _16BIT_MODES:
+    # convert("L") clips 16-bit values at 255 instead of scaling them, which
+    # would turn a 16-bit grayscale PNG almost entirely white.
+    wide = np.asarray(image, dtype=np.uint32)
+    image = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+  if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    # convert("RGB") drops alpha and exposes whatever colour the encoder left
+    # under transparent pixels (often black, sometimes garbage); compositing
+    # over white gives what a viewer shows.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+  return image.convert("RGB")
+
+
+def _resize_and_crop(image, size):
+  """Scales the shorter side to `size` (aspect kept), then centre-crops to size x size."""
+  width, height = image.size
+  scale = size / min(width, height)
+  scaled = (max(size, round(width * scale)), max(size, round(height * scale)))
+  # A sliver-shaped image is small on disk but its scaled copy is not (a
+  # 100000x10 strip at size 224 becomes 2.2 Gpixel); apply the bomb limit to it.
+  limit = Image.MAX_IMAGE_PIXELS
+  if limit and scaled[0] * scaled[1] > limit:
+    raise Image.DecompressionBombError(
+        f"{width}x{height} image scaled to {scaled[0]}x{scaled[1]} exceeds {limit} pixels")
+  if scaled != image.size:
+    # reducing_gap=None: one exact bicubic pass, no reduce() shortcut.
+    image = image.resize(scaled, Image.Resampling.BICUBIC, reducing_gap=None)
+  left = (scaled[0] - size) // 2
+  top = (scaled[1] - size) // 2
+  return image.crop((left, top, left + size, top + size))
+
+
+def _decode(data, size):
+  """File bytes -> uint8 (size, size, 3) array. Raises on anything undecodable."""
+  with warnings.catch_warnings():
+    # Pillow warns about corrupt EXIF, palette transparency etc.; that is noise
+    # in a job log. A decompression-bomb warning, though, is a reason to reject.
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()  # The first frame of a GIF; raises on truncated data.
+      # Phone photos store rotation in EXIF; apply it so pixels are upright.
+      upright = ImageOps.exif_transpose(image)
+      rgb = _to_rgb(upright)
+  return np.array(_resize_and_crop(rgb, size), dtype=np.uint8)
+
+
+def load_image(path, relpath, label, size, opener=_open_rb):
+  """Decodes one image file into a size x size RGB `Record`, or a `Reject`.
+
+  The image is converted to RGB (alpha composited over white, 16-bit scaled to
+  8-bit), its shorter side scaled to `size` with bicubic resampling, and the
+  centre size x size square kept. The output is deterministic.
+
+  Args:
+    path: Path to open.
+    relpath: The file's path relative to the split directory; becomes
+      `Record.source_id` / `Reject.file` (prefix it with the split if needed).
+    label: 0-based label, from `list_split`.
+    size: Output height and width in pixels.
+    opener: Callable path -> binary file object (e.g. Beam's FileSystems.open).
+
+  Returns:
+    A `Record` with a uint8 (size, size, 3) image and the sha256 of the file
+    bytes, or a `Reject(file=relpath, index=None, reason=...)` for an empty,
+    truncated, undecodable or decompression-bomb-sized file.
+  """
+  with opener(path) as f:
+    data = f.read()
+  if not data:
+    return Reject(file=relpath, index=None, reason="empty file (0 bytes)")
+  try:
+    pixels = _decode(data, size)
+  except UnidentifiedImageError:
+    # Its message embeds the BytesIO's memory address; keep rejects reproducible.
+    return Reject(file=relpath, index=None,
+                  reason="cannot decode image: not a recognised image format")
+  except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    return Reject(file=relpath, index=None, reason=f"decompression bomb: {_one_line(e)}")
+  except Exception as e:  # pylint: disable=broad-except
+    # Pillow's plugins raise many types on malformed input (OSError, SyntaxError,
+    # ValueError, EOFError, struct.error, ...). One bad file among thousands of
+    # photos must not stop the job, so every decode failure becomes a Reject.
+    return Reject(file=relpath, index=None, reason=f"cannot decode image: {_one_line(e)}")
+  return Record(source_id=relpath, label=label, image=pixels,
+                content_sha256=hashlib.sha256(data).hexdigest())
+
+
+def _one_line(exc):
+  text = " ".join(str(exc).split())
+  return text or type(exc).__name__
