@@ -1,0 +1,608 @@
+"""Fetches the official CIFAR-10, MNIST and cat/dog archives into the raw-data layout.
+
+Step zero of the data flow, for machines with internet: official archives ->
+checksum-verified, safely extracted files under RAW in the layout the readers
+expect (`RAW/cifar10/cifar-10-batches-bin/`, `RAW/mnist/*-ubyte.gz`,
+`RAW/catdog/{train,test}/{cat,dog}/`) -> pipeline/datasets.py lists them -> the
+Beam job writes shards. Without internet, preprocess/sample_data.py writes the
+same layout from generated images.
+
+Every download goes to a hidden temporary file next to its final name, is checked
+against the size and digests recorded in `SOURCES`, and only then renamed, so a
+file under its final name is always a verified one. Archives are checked member
+by member before anything is extracted (no absolute paths, no `..`, no links or
+devices) and are extracted into a hidden temporary folder that is renamed into
+place, so an interrupted run never leaves a half-extracted data set that looks
+complete. Archives are kept after extraction: pipeline/datasets.py re-extracts
+the CIFAR-10 one if its batches folder is deleted, and `--force` reuses nothing.
+
+Usage:
+  python -m preprocess.download --dataset {cifar10,mnist,catdog,all} --raw-dir DIR [--force]
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import http.client
+import os
+import pathlib
+import re
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from typing import Optional
+
+from preprocess import imagefolder
+from preprocess.errors import DataFormatError
+
+DATASETS = ("cifar10", "mnist", "catdog")
+
+CIFAR10_BATCHES_DIR = "cifar-10-batches-bin"
+CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + (
+    "test_batch.bin", "batches.meta.txt")
+CATDOG_CLASSES = ("cat", "dog")
+CATDOG_SPLITS = ("train", "test")
+# The Kaggle archive has no test split. A file goes to test/ when a hash of its
+# class and name falls in the first TEST_PERCENT of 100 buckets (`catdog_split`),
+# so every run, machine and Python version makes the same split.
+CATDOG_TEST_PERCENT = 10
+
+_CHUNK_BYTES = 1 << 20
+_PROGRESS_SECONDS = 5.0
+_TIMEOUT_SECONDS = 60
+_USER_AGENT = "cnn-pipeline-preprocess-download/1.0 (Python urllib)"
+_DIGEST_LENGTHS = {"sha256": 64, "md5": 32}
+
+
+class DownloadError(DataFormatError):
+  """A file could not be fetched, failed verification, or is an unsafe archive.
+
+  Subclasses `DataFormatError` so that callers which already print those as one
+  line (the Beam driver calls `extract_archive`) handle these too. The message is
+  `<path or URL>: <problem>` on a single line.
+  """
+
+  def __init__(self, path, problem):
+    super().__init__(path, " ".join(str(problem).splitlines()))
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+  """One file to fetch and how to recognise it.
+
+  Attributes:
+    filename: Name to store it under in the data set's folder (a plain name).
+    urls: Where to fetch it, tried in order until one gives a verified file.
+    sha256: Expected SHA-256, lowercase hex; at least one digest is required.
+    md5: Expected MD5, lowercase hex; checked too when given.
+    size: Expected size in bytes, or None if unknown.
+  """
+  filename: str
+  urls: tuple
+  sha256: Optional[str] = None
+  md5: Optional[str] = None
+  size: Optional[int] = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "urls", tuple(self.urls))
+    if not self.urls:
+      raise ValueError(f"{self.filename}: no URLs")
+    name = self.filename
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+      raise ValueError(f"filename must be a plain file name, got {name!r}")
+    if not self.digests():
+      raise ValueError(f"{name}: give a sha256 or md5 digest")
+    for algorithm, digest in self.digests().items():
+      if not re.fullmatch(f"[0-9a-f]{{{_DIGEST_LENGTHS[algorithm]}}}", digest):
+        raise ValueError(f"{name}: malformed {algorithm} digest {digest!r}")
+
+  def digests(self):
+    """The expected digests given, {algorithm: lowercase hex}."""
+    return {a: d for a, d in (("sha256", self.sha256), ("md5", self.md5)) if d is not None}
+
+
+def _mirrored(filename, bases, **checks):
+  return RemoteFile(filename, tuple(base + filename for base in bases), **checks)
+
+
+# The official files. Sizes and SHA-256 digests are copied from the catalogues
+# of TensorFlow Datasets (tensorflow/datasets, tensorflow_datasets/url_checksums/
+# cifar10.txt and mnist.txt) and Hugging Face Datasets (huggingface/datasets,
+# datasets/cats_vs_dogs/dataset_infos.json, "download_checksums"), which both
+# hash what they download. Never edit a digest to make a download pass: a
+# mismatch means the file changed upstream or in transit.
+_MNIST_MIRRORS = (
+    # What the TFDS `mnist` catalogue downloads; yann.lecun.com often fails.
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    # torchvision's mirror, then the original site. Same bytes: the digests
+    # decide, not the host.
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://yann.lecun.com/exdb/mnist/",
+)
+SOURCES = {
+    "cifar10": [
+        RemoteFile(
+            "cifar-10-binary.tar.gz",
+            ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+            sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+            # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
+            md5="c32a1d4ab5d03f1284b67883e8d87530",
+            size=170052171),
+    ],
+    "mnist": [
+        _mirrored("train-images-idx3-ubyte.gz", _MNIST_MIRRORS, size=9912422,
+                  sha256="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        _mirrored("train-labels-idx1-ubyte.gz", _MNIST_MIRRORS, size=28881,
+                  sha256="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        _mirrored("t10k-images-idx3-ubyte.gz", _MNIST_MIRRORS, size=1648877,
+                  sha256="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        _mirrored("t10k-labels-idx1-ubyte.gz", _MNIST_MIRRORS, size=4542,
+                  sha256="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    ],
+    "catdog": [
+        # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`).
+        RemoteFile(
+            "kagglecatsanddogs_5340.zip",
+            ("https://download.microsoft.com/download/3/E/1/"
+             "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",),
+            sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
+            size=824887076),
+    ],
+}
+
+
+def with_mirror(files, base_url):
+  """Returns `files` fetched from `base_url`/<filename> only, same checks.
+
+  For sites that keep the official archives on an internal server: the recorded
+  digests still decide whether a file is accepted.
+  """
+  base = base_url if base_url.endswith("/") else base_url + "/"
+  return [dataclasses.replace(f, urls=(base + f.filename,)) for f in files]
+
+
+def catdog_split(class_name, filename):
+  """The split ("train" or "test") of one cat/dog image, from its class and name.
+
+  The first 8 bytes of SHA-256("<class>/<filename>") as a big-endian integer,
+  modulo 100, below CATDOG_TEST_PERCENT means test. Nothing else is involved, so
+  the split never depends on listing order, the machine or the run.
+  """
+  digest = hashlib.sha256(f"{class_name}/{filename}".encode("utf-8")).digest()
+  bucket = int.from_bytes(digest[:8], "big") % 100
+  return "test" if bucket < CATDOG_TEST_PERCENT else "train"
+
+
+def _log_stderr(message):
+  print(message, file=sys.stderr, flush=True)
+
+
+def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
+  """Fetches, verifies and installs one data set under `raw_dir`/`dataset`.
+
+  Does nothing (no network) when the data set's files are already in place,
+  unless `force`. An archive already downloaded and matching its digests is
+  extracted again without fetching it.
+
+  Args:
+    dataset: One of DATASETS.
+    raw_dir: The raw data root (holds cifar10/, mnist/, catdog/).
+    sources: RemoteFiles to fetch instead of SOURCES[dataset] (other URLs,
+      e.g. `with_mirror`, or test files with their own digests).
+    force: Download again and replace what is installed.
+    log: Callable taking one progress line (default: print to stderr).
+
+  Returns:
+    The installed paths: the seven CIFAR-10 batch files, the four MNIST files,
+    or the cat/dog `train` and `test` folders.
+
+  Raises:
+    DownloadError: A file could not be fetched or verified, an archive is
+      unsafe or lacks expected files, or a partial install is in the way.
+    ValueError: Unknown data set.
+  """
+  if dataset not in DATASETS:
+    raise ValueError(f"unknown data set {dataset!r}; choose from {list(DATASETS)}")
+  files = list(SOURCES[dataset] if sources is None else sources)
+  root = pathlib.Path(raw_dir) / dataset
+  outputs = _outputs(dataset, root, files)
+  if not force and all(p.exists() for p in outputs):
+    log(f"{dataset}: already in {root}, not downloading (use --force to replace)")
+    return outputs
+  if not force:
+    _check_no_partial_install(dataset, root)
+  root.mkdir(parents=True, exist_ok=True)
+  local = [_ensure_file(f, root, force, log) for f in files]
+  if dataset == "cifar10":
+    _install_cifar10(local[0], root, log)
+  elif dataset == "catdog":
+    _install_catdog(local[0], root, log)
+  log(f"{dataset}: ready in {root}")
+  return outputs
+
+
+def _outputs(dataset, root, files):
+  """The paths whose presence means `dataset` is installed."""
+  if dataset == "cifar10":
+    return [root / CIFAR10_BATCHES_DIR / name for name in CIFAR10_FILES]
+  if dataset == "mnist":
+    return [root / f.filename for f in files]
+  return [root / split for split in CATDOG_SPLITS]
+
+
+def _check_no_partial_install(dataset, root):
+  """Fails before any download if an incomplete install would block the final rename."""
+  if dataset == "cifar10":
+    batches = root / CIFAR10_BATCHES_DIR
+    if batches.exists():
+      missing = [n for n in CIFAR10_FILES if not (batches / n).exists()]
+      raise DownloadError(batches, f"exists but lacks {', '.join(missing)}; "
+                                   "delete it or run with --force")
+  elif dataset == "catdog":
+    present = [s for s in CATDOG_SPLITS if (root / s).exists()]
+    if present:
+      missing = [s for s in CATDOG_SPLITS if s not in present]
+      raise DownloadError(root / present[0], f"exists but {'/, '.join(missing)}/ does not; "
+                                             "delete it or run with --force")
+
+
+# --- fetching and verifying --------------------------------------------------
+
+
+def _ensure_file(remote, root, force, log):
+  """Returns the local path of `remote`, verified, fetching it if needed."""
+  path = root / remote.filename
+  if path.exists() and not force:
+    problem = _mismatch(remote, path.stat().st_size, _file_digests(path, remote.digests()))
+    if problem is None:
+      log(f"{path}: already downloaded, checksum ok")
+      return path
+    log(f"{path}: {problem}; downloading it again")
+  errors = []
+  for i, url in enumerate(remote.urls):
+    try:
+      _fetch(remote, url, path, log)
+      return path
+    except DownloadError as e:
+      errors.append(e)
+      if i + 1 < len(remote.urls):
+        log(f"{e}; trying the next URL")
+  if len(errors) == 1:
+    raise errors[0]
+  raise DownloadError(path, f"all {len(errors)} URLs failed; last: {errors[-1]}")
+
+
+def _fetch(remote, url, path, log):
+  """Downloads `url` to a temporary file beside `path`, verifies it, renames it."""
+  fd, tmp = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as out:
+      size, digests = _copy_url(remote, url, path, out, log)
+    problem = _mismatch(remote, size, digests)
+    if problem is not None:
+      raise DownloadError(path, f"{problem} (fetched from {url}; download deleted)")
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only.
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def _copy_url(remote, url, path, out, log):
+  """Streams `url` into `out`, hashing as it goes; returns (size, digests)."""
+  hashers = {a: hashlib.new(a) for a in remote.digests()}
+  request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+  log(f"{path}: downloading {url}")
+  try:
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as response:
+      length = response.headers.get("Content-Length")
+      total = int(length) if length and length.isdigit() else None
+      # Fail before fetching ~800 MB that cannot match.
+      if remote.size is not None and total is not None and total != remote.size:
+        raise DownloadError(path, f"{url} serves {total} bytes, expected {remote.size} "
+                                  "(the file changed upstream?)")
+      start = last = time.monotonic()
+      size = 0
+      while True:
+        chunk = response.read(_CHUNK_BYTES)
+        if not chunk:
+          break
+        out.write(chunk)
+        for h in hashers.values():
+          h.update(chunk)
+        size += len(chunk)
+        now = time.monotonic()
+        if now - last >= _PROGRESS_SECONDS:
+          last = now
+          log(f"{path.name}: {_progress(size, total or remote.size, now - start)}")
+  except urllib.error.HTTPError as e:
+    raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
+  except urllib.error.URLError as e:
+    raise DownloadError(url, f"cannot connect: {e.reason}") from None
+  except (OSError, http.client.HTTPException) as e:
+    raise DownloadError(url, f"download failed: {type(e).__name__}: {e}") from None
+  log(f"{path.name}: {size / 2**20:.1f} MiB in {time.monotonic() - start:.1f} s")
+  return size, {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _progress(done, total, seconds):
+  rate = done / 2**20 / max(seconds, 1e-9)
+  if total:
+    return (f"{done / 2**20:.1f} of {total / 2**20:.1f} MiB ({100 * done / total:.0f}%), "
+            f"{rate:.1f} MiB/s")
+  return f"{done / 2**20:.1f} MiB, {rate:.1f} MiB/s"
+
+
+def _file_digests(path, algorithms):
+  hashers = {a: hashlib.new(a) for a in algorithms}
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+      for h in hashers.values():
+        h.update(chunk)
+  return {a: h.hexdigest() for a, h in hashers.items()}
+
+
+def _mismatch(remote, size, digests):
+  """None if size and digests match `remote`, else a one-line description."""
+  if remote.size is not None and size != remote.size:
+    got = ", ".join(f"{a} {d}" for a, d in digests.items())
+    return f"size mismatch: expected {remote.size} bytes, got {size} bytes ({got})"
+  for algorithm, expected in remote.digests().items():
+    if digests[algorithm] != expected:
+      return f"{algorithm} mismatch: expected {expected}, got {digests[algorithm]}"
+  return None
+
+
+# --- safe extraction ---------------------------------------------------------
+
+
+def extract_archive(archive, dest_dir, force=False):
+  """Extracts a tar or zip archive into `dest_dir`, refusing unsafe members.
+
+  Nothing is written unless every member is a regular file or folder with a
+  relative path inside `dest_dir`. Top-level entries appear by rename, each
+  complete or not at all.
+
+  Args:
+    archive: Path of a .tar, .tar.gz/.tgz or .zip file.
+    dest_dir: Folder to extract into (created if missing).
+    force: Replace top-level entries that already exist instead of failing.
+
+  Returns:
+    The extracted top-level paths, sorted.
+
+  Raises:
+    DownloadError: Unsafe or unreadable archive, or an entry is in the way.
+  """
+  dest_dir = pathlib.Path(dest_dir)
+  dest_dir.mkdir(parents=True, exist_ok=True)
+  with _extracted(archive, dest_dir) as tmp:
+    entries = sorted(tmp.iterdir())
+    for entry in entries:
+      if (dest_dir / entry.name).exists() and not force:
+        raise DownloadError(dest_dir / entry.name,
+                            f"already exists; not extracting {archive} over it")
+    for entry in entries:
+      _replace(entry, dest_dir / entry.name)
+  return [dest_dir / e.name for e in entries]
+
+
+@contextlib.contextmanager
+def _extracted(archive, dest_dir):
+  """Extracts `archive` into a hidden folder in `dest_dir`; yields it, then deletes it.
+
+  The folder sits in `dest_dir` so that moving entries out of it is a rename on
+  one file system, not a copy.
+  """
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
+  try:
+    _extract_checked(pathlib.Path(archive), tmp)
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _member_parts(archive, name):
+  """The path components of a member name, or DownloadError if it could escape."""
+  # Zip names use "/" by spec but some Windows tools write "\"; tar names with
+  # "\" are legal but only ever seen in attacks. Either way treat it as a separator.
+  normal = name.replace("\\", "/")
+  if "\0" in normal:
+    raise DownloadError(archive, f"unsafe member {name!r}: NUL in name; nothing extracted")
+  if normal.startswith("/") or re.match(r"[A-Za-z]:", normal):
+    raise DownloadError(archive, f"unsafe member {name!r}: absolute path; nothing extracted")
+  parts = [p for p in normal.split("/") if p not in ("", ".")]
+  if ".." in parts:
+    raise DownloadError(archive, f"unsafe member {name!r}: '..' in path; nothing extracted")
+  return parts
+
+
+def _plan_tar(archive, tar):
+  """[(parts, is_dir, member)] of a tar, or DownloadError on the first unsafe member."""
+  plan = []
+  for member in tar.getmembers():
+    parts = _member_parts(archive, member.name)
+    if member.issym() or member.islnk():
+      kind = "symlink" if member.issym() else "hard link"
+      raise DownloadError(archive, f"unsafe member {member.name!r}: {kind} to "
+                                   f"{member.linkname!r}; nothing extracted")
+    if not (member.isfile() or member.isdir()):
+      raise DownloadError(archive, f"unsafe member {member.name!r}: device, fifo or other "
+                                   "special file; nothing extracted")
+    if parts:
+      plan.append((parts, member.isdir(), member))
+  return plan
+
+
+def _plan_zip(archive, zf):
+  """[(parts, is_dir, info)] of a zip, or DownloadError on the first unsafe member."""
+  plan = []
+  for info in zf.infolist():
+    parts = _member_parts(archive, info.filename)
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    # 0 means no Unix mode recorded (archives made on Windows): a plain entry.
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+      what = "symlink" if kind == stat.S_IFLNK else "device, fifo or other special file"
+      raise DownloadError(archive, f"unsafe member {info.filename!r}: {what}; nothing extracted")
+    if parts:
+      plan.append((parts, info.is_dir() or kind == stat.S_IFDIR, info))
+  return plan
+
+
+def _extract_checked(archive, dest):
+  """Checks every member of `archive`, then writes them all under `dest`."""
+  try:
+    if archive.name.lower().endswith(".zip") or (
+        not _is_tar_name(archive.name) and zipfile.is_zipfile(archive)):
+      with zipfile.ZipFile(archive) as zf:
+        _write_members(dest, _plan_zip(archive, zf), zf.open)
+    else:
+      with tarfile.open(archive) as tar:
+        _write_members(dest, _plan_tar(archive, tar), tar.extractfile)
+  except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+    raise DownloadError(archive, f"cannot read archive: {e}") from None
+
+
+def _is_tar_name(name):
+  return name.lower().endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+def _write_members(dest, plan, opener):
+  # Only folders and regular files are created (never links), and no member
+  # path holds "..", so every path below stays inside `dest`. Archive
+  # permission bits are not applied: no setuid or world-writable files.
+  for parts, is_dir, member in plan:
+    target = dest.joinpath(*parts)
+    if is_dir:
+      target.mkdir(parents=True, exist_ok=True)
+      continue
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with opener(member) as src, open(target, "wb") as out:
+      shutil.copyfileobj(src, out, _CHUNK_BYTES)
+
+
+def _replace(src, dst):
+  """Renames `src` to `dst`, first moving any existing `dst` aside and deleting it."""
+  if not (dst.exists() or dst.is_symlink()):
+    os.replace(src, dst)
+    return
+  trash = pathlib.Path(tempfile.mkdtemp(prefix=".old-", dir=dst.parent))
+  try:
+    os.replace(dst, trash / dst.name)
+    os.replace(src, dst)
+  finally:
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- per data set layout -----------------------------------------------------
+
+
+def _install_cifar10(archive, root, log):
+  log(f"{archive}: extracting")
+  with _extracted(archive, root) as tmp:
+    batches = tmp / CIFAR10_BATCHES_DIR
+    missing = [n for n in CIFAR10_FILES if not (batches / n).is_file()]
+    if missing:
+      raise DownloadError(archive, f"no {CIFAR10_BATCHES_DIR}/{missing[0]} in the archive "
+                                   f"({len(missing)} expected files missing)")
+    # download() has refused a partial install unless `force`: replacing is safe.
+    _replace(batches, root / CIFAR10_BATCHES_DIR)
+
+
+def _install_catdog(archive, root, log):
+  """Extracts the Kaggle zip and moves PetImages/{Cat,Dog} into {train,test}/{cat,dog}.
+
+  Images are moved whatever their content: the archive holds some empty or
+  non-JPEG files, and rejecting those into the run's ledger is the pipeline's
+  job, not the downloader's.
+  """
+  log(f"{archive}: extracting")
+  with _extracted(archive, root) as tmp:
+    counts = {split: 0 for split in CATDOG_SPLITS}
+    for class_name in CATDOG_CLASSES:
+      source = tmp / "PetImages" / class_name.capitalize()
+      if not source.is_dir():
+        raise DownloadError(archive, f"no PetImages/{source.name}/ folder in the archive")
+      for split in CATDOG_SPLITS:
+        (tmp / split / class_name).mkdir(parents=True)
+      for path in sorted(source.iterdir()):
+        # Files the image reader would take, whatever their content. The class
+        # folders also hold a Windows thumbnail cache (Thumbs.db); it stays in
+        # RAW/catdog/PetImages with the licence and readme, outside the splits.
+        if path.is_file() and path.suffix.lower() in imagefolder.IMAGE_EXTENSIONS:
+          split = catdog_split(class_name, path.name)
+          os.replace(path, tmp / split / class_name / path.name)
+          counts[split] += 1
+    for split in CATDOG_SPLITS:  # Refused earlier unless `force`, as above.
+      _replace(tmp / split, root / split)
+    # What is left (Thumbs.db, licence, readme) is the archive's, kept beside
+    # the splits rather than silently deleted; re-running replaces it.
+    left = sorted(tmp.iterdir())
+    for entry in left:
+      _replace(entry, root / entry.name)
+    log(f"catdog: {counts['train']} train and {counts['test']} test images "
+        f"({CATDOG_TEST_PERCENT}% test by name hash); other archive files left in "
+        f"{', '.join(str(root / e.name) for e in left) or 'none'}")
+
+
+# --- command line -----------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+  """Reports usage errors on one line (plus the exit code 2 argparse uses)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parse_args(argv):
+  parser = _Parser(
+      prog="python -m preprocess.download",
+      description=("Download the official CIFAR-10 (binary), MNIST and Kaggle cats-and-dogs "
+                   "archives, verify their recorded checksums, and extract them into the "
+                   "raw-data layout the Beam job reads. Already installed data sets are "
+                   "skipped. Progress goes to stderr."),
+      epilog=("Layout: <raw-dir>/cifar10/cifar-10-batches-bin/, <raw-dir>/mnist/*.gz, "
+              f"<raw-dir>/catdog/{{train,test}}/{{cat,dog}}/ ({CATDOG_TEST_PERCENT}% of cat/dog "
+              "images go to test, chosen by a hash of the file name). Offline? Use "
+              "python -m preprocess.sample_data instead."))
+  parser.add_argument("--dataset", required=True, choices=DATASETS + ("all",),
+                      help="which data set to download")
+  parser.add_argument("--raw-dir", required=True, type=pathlib.Path,
+                      help="raw data root; each data set goes into <raw-dir>/<dataset>/")
+  parser.add_argument("--force", action="store_true",
+                      help="download again and replace installed files")
+  parser.add_argument("--mirror", metavar="BASE_URL",
+                      help="fetch every file from BASE_URL/<file name> only, e.g. an "
+                           "internal copy of the archives; checksums are still verified")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  datasets = DATASETS if args.dataset == "all" else (args.dataset,)
+  try:
+    for name in datasets:
+      sources = with_mirror(SOURCES[name], args.mirror) if args.mirror else None
+      paths = download(name, args.raw_dir, sources=sources, force=args.force)
+      print(f"{name}: {len(paths)} paths ready under {args.raw_dir / name}")
+  except (DataFormatError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted; no partial files were kept", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
