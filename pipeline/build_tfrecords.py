@@ -1,0 +1,293 @@
+"""The Beam job: raw CIFAR-10 / MNIST / cat-dog files -> sharded TFRecords + metadata.json.
+
+    python -m pipeline.build_tfrecords --dataset cifar10 --raw-dir data/raw --out-dir data/tfrecords
+
+Flow: list and check the raw files and plan the shards on the driver
+(pipeline/datasets.py, pipeline/plan.py); convert the shards in parallel with
+Beam (pipeline/convert.py); then check that every record read was written or
+rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`.
+Trainers trust only `metadata.json`, so a failed run never looks complete.
+
+Flags this module does not know are handed to Beam as pipeline options, e.g.
+`--runner=DataflowRunner --project=... --temp_location=gs://...`. Without a
+runner flag it runs on this machine with one worker process per core.
+"""
+
+import argparse
+import atexit
+import collections
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipeline import convert
+from pipeline import datasets
+from pipeline import plan
+from preprocess import augment
+from preprocess import schema
+from preprocess.errors import DataFormatError
+
+METADATA = "metadata.json"
+REJECTS = "rejects.jsonl"
+FORMAT_VERSION = 1
+# Defaults from each recipe: MNIST holds out the first 5,000 training images.
+DEFAULT_VALIDATION_SIZE = {"cifar10": 0, "mnist": 5000, "catdog": 0}
+
+
+class UsageError(Exception):
+  """A bad flag or flag combination; reported as one line."""
+
+
+def parse_args(argv):
+  """Splits argv into this job's flags and the Beam pipeline flags."""
+  parser = argparse.ArgumentParser(
+      prog="python -m pipeline.build_tfrecords", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", required=True, choices=datasets.DATASETS + ("all",))
+  parser.add_argument("--raw-dir", required=True, help="Raw data root: holds cifar10/, mnist/, catdog/.")
+  parser.add_argument("--out-dir", required=True, help="Output root; each data set goes to OUT/<dataset>/.")
+  parser.add_argument("--num-shards", type=int, default=None,
+                      help="Shards per split (default: about 4,096 records a shard, a power of two, at least 4).")
+  parser.add_argument("--validation-size", type=int, default=None,
+                      help="Training records moved to a validation split (default: 5000 for mnist, else 0).")
+  parser.add_argument("--image-size", type=int, default=150,
+                      help="cat/dog: side of the square output; shorter side resized to it, then centre-cropped.")
+  parser.add_argument("--image-format", choices=schema.IMAGE_FORMATS, default="jpeg",
+                      help="cat/dog: encoding in the shards (CIFAR-10 and MNIST are always PNG, lossless).")
+  parser.add_argument("--download", action="store_true", help="Fetch missing raw data first (official URLs).")
+  parser.add_argument("--overwrite", action="store_true", help="Replace an existing output of the same data set.")
+  args, beam_args = parser.parse_known_args(argv)
+  if args.num_shards is not None and args.num_shards < 1:
+    parser.error("--num-shards must be at least 1")
+  if args.image_size < 8:
+    parser.error("--image-size must be at least 8")
+  if args.validation_size is not None and args.validation_size < 0:
+    parser.error("--validation-size must not be negative")
+  try:
+    options = beam_options(beam_args)
+  except UsageError as e:
+    parser.error(str(e))
+  return args, options
+
+
+def beam_options(beam_args):
+  """Pipeline options from the leftover flags, with a local default that uses every core.
+
+  Raises:
+    UsageError: A flag Beam does not know either, or an unsafe runner mode.
+  """
+  options = PipelineOptions(beam_args)
+  known = set(PipelineOptions([]).get_all_options(drop_default=False))
+  given = options.get_all_options(drop_default=True, retain_unknown_options=True)
+  unknown = sorted(set(given) - known)
+  # Values of "--flag value" pairs are fine; other bare words are not.
+  stray = [a for i, a in enumerate(beam_args) if not a.startswith("--") and
+           (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])]
+  if unknown or stray:
+    raise UsageError(f"unrecognized arguments: {' '.join(['--' + u for u in unknown] + stray)}")
+  direct = options.view_as(DirectOptions)
+  if direct.direct_running_mode == "multi_threading":
+    # Seen here with Beam 2.77: 8 of 12 multi_threading runs lost records.
+    raise UsageError("--direct_running_mode=multi_threading loses records in Beam 2.77; "
+                     "use multi_processing or in_memory")
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None:
+    # The default runner first tries to download the Prism runner binary, which
+    # needs the internet; FnApiRunner runs here offline, one worker per core.
+    standard.runner = "FnApiRunner"
+    if "direct_running_mode" not in given:
+      direct.direct_running_mode = "multi_processing"
+    if "direct_num_workers" not in given:
+      direct.direct_num_workers = os.cpu_count() or 1
+    _quiet_local_workers(given.get("default_sdk_harness_log_level", "ERROR"))
+  return options
+
+
+def _quiet_local_workers(level):
+  """Sets the log level of FnApiRunner's worker processes.
+
+  They log every bundle at INFO, and warn at start-up about a main-session
+  file that local runs do not use, all to our stderr. FnApiRunner passes them
+  no pipeline options, so the level reaches them through the options file that
+  the SDK harness reads at start-up (PIPELINE_OPTIONS_FILE).
+  """
+  if "PIPELINE_OPTIONS_FILE" in os.environ:
+    return
+  fd, path = tempfile.mkstemp(prefix="beam-worker-options-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump({"options": {"default_sdk_harness_log_level": level}}, f)
+  atexit.register(os.remove, path)
+  os.environ["PIPELINE_OPTIONS_FILE"] = path
+
+
+def prepare_out_dir(out_dir, overwrite):
+  """Makes `out_dir` ready for a new run; refuses to clobber one without --overwrite."""
+  ours = [METADATA, REJECTS, "*.tfrecord", ".*.tmp-*", ".work-*/**"]
+  existing = [m.path for pattern in ours
+              for m in FileSystems.match([FileSystems.join(out_dir, pattern)])[0].metadata_list]
+  if existing and not overwrite:
+    raise UsageError(f"{out_dir}: output already exists ({len(existing)} files); "
+                     "pass --overwrite to replace it")
+  metadata = FileSystems.join(out_dir, METADATA)
+  # metadata.json goes first, so an interrupted overwrite never looks complete.
+  if FileSystems.exists(metadata):
+    FileSystems.delete([metadata])
+  rest = [p for p in existing if p != metadata]
+  if rest:
+    FileSystems.delete(rest)
+  if "://" not in out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def _read_json_lines(prefix):
+  rows = []
+  for meta in FileSystems.match([prefix + "*"])[0].metadata_list:
+    with FileSystems.open(meta.path) as f:
+      rows += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line]
+  return rows
+
+
+def _write_atomically(path, text):
+  temp = f"{path}.tmp-{uuid.uuid4().hex}"
+  with FileSystems.create(temp) as f:
+    f.write(text.encode("utf-8"))
+  FileSystems.rename([temp], [path])
+
+
+def convert_dataset(name, args, options, log):
+  """Runs the conversion of one data set and returns its metadata dict.
+
+  Raises:
+    DataFormatError: A raw file is structurally broken.
+    UsageError: Bad flags for this data set, or existing output.
+    RuntimeError: The counts do not add up after the run.
+  """
+  started = time.time()
+  raw = datasets.load(name, args.raw_dir, image_size=args.image_size, image_format=args.image_format)
+  validation_size = (DEFAULT_VALIDATION_SIZE[name] if args.validation_size is None
+                     else args.validation_size)
+  try:
+    tasks = plan.make_tasks(plan.make_splits(raw.splits, validation_size), args.num_shards)
+  except ValueError as e:
+    raise UsageError(f"{name}: {e}") from None
+  out_dir = FileSystems.join(args.out_dir, name)
+  prepare_out_dir(out_dir, args.overwrite)
+  work = FileSystems.join(out_dir, f".work-{uuid.uuid4().hex}")
+  planned = sum(t.count for t in tasks)
+  log(f"{name}: {planned} records in {len(tasks)} shards, {len(raw.rejects)} inputs rejected "
+      f"while listing; converting with {options.view_as(StandardOptions).runner}")
+
+  listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
+  with beam.Pipeline(options=options) as p:
+    results = (p
+               | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
+               | "ConvertShards" >> convert.ConvertShards(out_dir, raw.class_names,
+                                                          raw.image_format, raw.image_shape[0]))
+    rejects = ((results[convert.REJECTS], p | "ListingRejects" >> beam.Create(listing_rejects))
+               | "AllRejects" >> beam.Flatten())
+    for label, pcoll in (("Rejects", rejects), ("Stats", results[convert.STATS])):
+      _ = (pcoll
+           | f"Encode{label}" >> beam.Map(json.dumps, sort_keys=True)
+           | f"Write{label}" >> beam.io.WriteToText(FileSystems.join(work, label.lower())))
+
+  stats = _read_json_lines(FileSystems.join(work, "stats"))
+  rejects = sorted(_read_json_lines(FileSystems.join(work, "rejects")),
+                   key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]))
+  metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
+  lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+  _write_atomically(FileSystems.join(out_dir, REJECTS), lines)
+  FileSystems.delete([work])
+  _write_atomically(FileSystems.join(out_dir, METADATA), json.dumps(metadata, indent=2) + "\n")
+  counts = metadata["records"]
+  log(f"{name}: read {counts['read']} = written {counts['written']} + rejected "
+      f"{counts['rejected']} in {time.time() - started:.1f}s -> {out_dir}")
+  return metadata
+
+
+def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args):
+  """Checks that nothing was lost and builds metadata.json."""
+  by_shard = {}
+  for s in stats:  # A retried bundle may report a shard twice; its content is the same.
+    by_shard[(s["split"], s["index"])] = s
+  missing = [t.filename for t in tasks if (t.split, t.index) not in by_shard]
+  if missing:
+    raise RuntimeError(f"{name}: shards never written: {', '.join(missing)}")
+  read = sum(s["read"] for s in by_shard.values()) + len(raw.rejects)
+  written = sum(s["written"] for s in by_shard.values())
+  if read != written + len(rejects) or read != sum(t.count for t in tasks) + len(raw.rejects):
+    raise RuntimeError(f"{name}: records read ({read}) != written ({written}) + "
+                       f"rejected ({len(rejects)})")
+  splits = {}
+  for task in tasks:
+    s = by_shard[(task.split, task.index)]
+    entry = splits.setdefault(task.split, {"num_examples": 0, "shards": [],
+                                           "label_counts": [0] * len(raw.class_names)})
+    entry["num_examples"] += s["written"]
+    entry["shards"].append({"file": s["file"], "num_examples": s["written"]})
+    entry["label_counts"] = [a + b for a, b in zip(entry["label_counts"], s["label_counts"])]
+  reject_counts = collections.Counter(r["split"] for r in rejects)
+  return {
+      "format_version": FORMAT_VERSION,
+      "dataset": name,
+      "class_names": raw.class_names,
+      "num_classes": len(raw.class_names),
+      "image_shape": list(raw.image_shape),
+      "image_format": raw.image_format,
+      "feature_spec": schema.FEATURE_SPEC,
+      "splits": splits,
+      "augmentation": augment.policy(name),
+      "records": {"read": read, "written": written, "rejected": len(rejects)},
+      "rejects": {"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
+      "sources": {rel: {"sha256": datasets.sha256_file(path)} for rel, path in sorted(raw.files.items())},
+      "options": {"validation_size": validation_size, "num_shards": args.num_shards,
+                  "image_size": args.image_size if name == "catdog" else None},
+  }
+
+
+def _present(name, raw_dir):
+  return FileSystems.exists(FileSystems.join(raw_dir, name))
+
+
+def main(argv=None):
+  args, options = parse_args(sys.argv[1:] if argv is None else argv)
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)
+  names = datasets.DATASETS if args.dataset == "all" else (args.dataset,)
+  try:
+    if args.download:
+      from preprocess import download  # pylint: disable=g-import-not-at-top
+      for name in names:
+        download.download(name, args.raw_dir, log=log)
+    elif args.dataset == "all":
+      names = [n for n in names if _present(n, args.raw_dir)]
+      if not names:
+        raise UsageError(f"{args.raw_dir}: no cifar10/, mnist/ or catdog/ raw data "
+                         "(use --download or make sample-data)")
+    for name in names:
+      convert_dataset(name, args, options, log)
+  except (DataFormatError, UsageError) as e:
+    log(f"error: {e}")
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    # Beam wraps worker errors in long multi-line messages; the root cause is
+    # the DataFormatError line if there is one, else the first line.
+    text = str(e)
+    line = next((l.split("DataFormatError: ", 1)[1] for l in text.splitlines()
+                 if "DataFormatError: " in l), text.splitlines()[0] if text else type(e).__name__)
+    log(f"error: {line}")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  sys.exit(main())
