@@ -1,0 +1,440 @@
+"""The trainers' input: sharded TFRecords + metadata.json -> batches of (image, label).
+
+Sits between the Beam job (pipeline/build_tfrecords.py writes the shards and,
+last, `metadata.json`) and the training loop (trainers/train.py). It trusts
+only `metadata.json`: `load_metadata` checks that every shard it lists exists
+and holds the records it claims, before any step runs. `make_dataset` reads
+this worker's part of a split, decodes the images (schema in
+preprocess/schema.py) and applies the split's augmentation policy as written
+into `metadata.json` (preprocess/augment.py), with stateless random ops seeded
+from the example, the epoch and the run seed, so a run seed always reproduces
+the same stream. The exported SavedModel runs the eval policy through
+`serving_preprocess`, so serving sees exactly what evaluation saw.
+
+Horovod is not imported here: the rank and the number of workers come in as
+plain ints (trainers/distributed.py owns Horovod).
+"""
+
+import collections
+import json
+import struct
+
+import tensorflow as tf
+
+from preprocess import augment
+from preprocess import schema
+
+METADATA = "metadata.json"
+FORMAT_VERSION = 1
+
+RANDOM_OPS = frozenset({"random_crop", "random_flip_left_right", "random_brightness",
+                        "random_contrast"})
+
+# Files read at once while training. Fixed rather than AUTOTUNE because the
+# interleaved order depends on it, and the stream must not depend on the core count.
+_INTERLEAVE_FILES = 8
+_DEFAULT_SHUFFLE_BUFFER = 10_000
+# File sharding gives each rank whole files. When the ranks' shares differ by
+# more than this while training, the small shares would be repeated more often
+# (over-weighting their files), so records are dealt out one by one instead.
+_MAX_TRAIN_IMBALANCE = 0.05
+# Streams of random numbers drawn from the run seed; distinct, so that e.g.
+# the file order never correlates with the record order.
+_FILE_ORDER_STREAM = 1
+_SHUFFLE_STREAM = 2
+
+
+class InputError(ValueError):
+  """Data that disagrees with metadata.json or with the model; the message is one line."""
+
+
+# --- metadata.json ----------------------------------------------------------
+
+
+def _join(*parts):
+  return tf.io.gfile.join(*[str(p) for p in parts])
+
+
+def count_records(path):
+  """Counts the records of a TFRecord file from its framing, without decoding them.
+
+  Each record is framed as: uint64 length (little-endian), uint32 CRC of the
+  length, `length` bytes of data, uint32 CRC of the data. Reading 8 bytes a
+  record and seeking past the rest is cheap even for large shards.
+
+  Args:
+    path: File path (local or any tf.io.gfile scheme, e.g. gs://).
+
+  Returns:
+    The number of records.
+
+  Raises:
+    InputError: The file ends inside a record (truncated write or copy).
+  """
+  size = tf.io.gfile.stat(path).length
+  count = offset = 0
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while offset < size:
+      if size - offset < 12:
+        raise InputError(f"{path}: ends inside the header of record {count} "
+                         f"(byte {offset} of {size}): the file is truncated")
+      f.seek(offset)
+      (length,) = struct.unpack("<Q", f.read(8))
+      offset += 8 + 4 + length + 4
+      if offset > size:
+        raise InputError(f"{path}: record {count} needs {offset - size} more bytes than the "
+                         f"file has: the file is truncated")
+      count += 1
+  return count
+
+
+def load_metadata(data_dir, check_records=True):
+  """Reads `<data_dir>/metadata.json` and checks the shards against it.
+
+  Args:
+    data_dir: Output directory of the Beam job for one data set (local or gs://).
+    check_records: Also count each shard's records (reads 8 bytes a record; on
+      remote storage that still streams the shards once, so very large data
+      sets may skip it once they have been checked).
+
+  Returns:
+    The metadata dict, as written by pipeline/build_tfrecords.py.
+
+  Raises:
+    InputError: metadata.json is missing or malformed, a shard is missing, or a
+      count disagrees. The message names the file and what disagrees.
+  """
+  path = _join(data_dir, METADATA)
+  if not tf.io.gfile.exists(path):
+    raise InputError(f"{path} not found: run make preprocess (the Beam job writes it last; "
+                     "without it the shards are incomplete)")
+  with tf.io.gfile.GFile(path, "r") as f:
+    text = f.read()
+  try:
+    metadata = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise InputError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(metadata, dict):
+    raise InputError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+  version = metadata.get("format_version")
+  if version != FORMAT_VERSION:
+    raise InputError(f"{path}: format_version {version!r}, but this reader knows "
+                     f"{FORMAT_VERSION}: rerun make preprocess with this checkout")
+  missing = [k for k in ("splits", "image_shape", "image_format", "num_classes", "class_names",
+                         "augmentation") if k not in metadata]
+  if missing:
+    raise InputError(f"{path}: missing keys {', '.join(missing)}")
+  if len(metadata["class_names"]) != metadata["num_classes"]:
+    raise InputError(f"{path}: num_classes is {metadata['num_classes']} but class_names has "
+                     f"{len(metadata['class_names'])} names")
+  for which in ("train", "eval"):
+    try:
+      augment.output_shape(metadata["augmentation"][which], metadata["image_shape"])
+    except (KeyError, ValueError) as e:
+      raise InputError(f"{path}: bad {which} augmentation policy ({e})") from None
+  for split, entry in metadata["splits"].items():
+    listed = sum(s["num_examples"] for s in entry["shards"])
+    if listed != entry["num_examples"]:
+      raise InputError(f"{path}: the shards of split {split!r} add up to {listed} records, "
+                       f"but its num_examples is {entry['num_examples']}")
+    labelled = sum(entry.get("label_counts", [listed]))
+    if labelled != listed:
+      raise InputError(f"{path}: the label_counts of split {split!r} add up to {labelled}, "
+                       f"but its num_examples is {entry['num_examples']}")
+    for shard in entry["shards"]:
+      shard_path = _join(data_dir, shard["file"])
+      if not tf.io.gfile.exists(shard_path):
+        raise InputError(f"{shard_path}: listed in {METADATA} (split {split!r}) but missing")
+      if check_records:
+        found = count_records(shard_path)
+        if found != shard["num_examples"]:
+          raise InputError(f"{shard_path}: holds {found} records, but {METADATA} says "
+                           f"{shard['num_examples']}")
+  return metadata
+
+
+def steps_per_epoch(metadata, split, global_batch):
+  """Steps that see each example of `split` about once: floor(examples / global batch).
+
+  Raises:
+    InputError: The split holds fewer examples than one global batch.
+  """
+  count = _split(metadata, split)["num_examples"]
+  if count < global_batch:
+    raise InputError(f"split {split!r} has {count} examples, fewer than one global batch of "
+                     f"{global_batch}: lower the batch size or use fewer workers")
+  return count // global_batch
+
+
+def _split(metadata, split):
+  if split not in metadata["splits"]:
+    raise InputError(f"no split {split!r} in {metadata.get('dataset', 'the data')}'s "
+                     f"{METADATA}; it has {', '.join(sorted(metadata['splits']))}")
+  return metadata["splits"][split]
+
+
+# --- sharding ----------------------------------------------------------------
+
+ShardPlan = collections.namedtuple("ShardPlan", ["files", "by_records", "num_examples"])
+ShardPlan.__doc__ = """What one rank reads of a split.
+
+files: Shard file names (relative to the data dir) this rank opens, in order.
+by_records: True if the rank reads every file and keeps every `size`-th record.
+num_examples: Records this rank gets per pass over the split.
+"""
+
+
+def plan_shards(metadata, split, *, rank, size, training):
+  """Decides which part of `split` rank `rank` of `size` reads.
+
+  Whole files per rank (files[rank::size]) when there are at least `size`
+  files: each rank reads only its own bytes. Otherwise every rank reads every
+  file and keeps records rank, rank + size, ...: correct, but each rank reads
+  (and frames, not decodes) all the records, `size` times the I/O. Training
+  also falls back to that when whole files would give ranks shares that differ
+  by more than 5%, because a rank with fewer records repeats them more often.
+  Either way the ranks' parts are disjoint and together cover the split.
+
+  Returns:
+    A `ShardPlan`.
+  """
+  if not 0 <= rank < size:
+    raise InputError(f"rank {rank} is not in [0, {size})")
+  shards = _split(metadata, split)["shards"]
+  if len(shards) >= size:
+    shares = [sum(s["num_examples"] for s in shards[r::size]) for r in range(size)]
+    balanced = min(shares) > 0 and max(shares) <= (1 + _MAX_TRAIN_IMBALANCE) * min(shares)
+    if balanced or not training:
+      return ShardPlan([s["file"] for s in shards[rank::size]], False, shares[rank])
+  total = sum(s["num_examples"] for s in shards)
+  return ShardPlan([s["file"] for s in shards], True, len(range(rank, total, size)))
+
+
+# --- augmentation ------------------------------------------------------------
+
+
+def example_seed(run_seed, augment_seed, epoch):
+  """The seed of an example's augmentation: a function of run seed, example and epoch only.
+
+  So the same run seed reproduces every augmented image, each epoch draws fresh
+  distortions, and an example's distortions do not depend on which rank reads
+  it or where in the stream it lands.
+
+  Args:
+    run_seed: The run's seed (int or int64 scalar).
+    augment_seed: The example's `augment/seed` (int64 scalar).
+    epoch: Pass over the data (int64 scalar).
+
+  Returns:
+    An int64 [2] seed for `apply_policy`.
+  """
+  key = tf.stack([tf.cast(run_seed, tf.int64), tf.cast(augment_seed, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(epoch, tf.int64))
+
+
+def _deterministic_op(image, step):
+  """The ops without randomness; each works on one HWC image or an NHWC batch alike."""
+  op = step["op"]
+  if op == "central_crop":
+    # The tutorial's eval input: crop (or pad) around the centre.
+    return tf.image.resize_with_crop_or_pad(image, step["height"], step["width"])
+  if op == "per_image_standardization":
+    return tf.image.per_image_standardization(image)
+  if op == "scale":
+    return image * tf.constant(step["factor"], image.dtype)
+  raise InputError(f"unknown augmentation op {op!r}; known: {', '.join(sorted(augment.KNOWN_OPS))}")
+
+
+def apply_policy(image, steps, seed=None):
+  """Applies augmentation steps (preprocess/augment.py) to one image.
+
+  Args:
+    image: float32 [height, width, channels] tensor, pixels in [0, 255].
+    steps: List of {"op": name, **params} dicts, applied in order.
+    seed: int32/int64 [2] tensor; required if a step is random. Step i uses
+      the seed folded with i, so adding a step leaves the others' draws as they were.
+
+  Returns:
+    The float32 image, of shape `augment.output_shape(steps, image.shape)`.
+
+  Raises:
+    InputError: Unknown op, or a random op without a seed.
+  """
+  for i, step in enumerate(steps):
+    op = step["op"]
+    if op not in RANDOM_OPS:
+      image = _deterministic_op(image, step)
+      continue
+    if seed is None:
+      raise InputError(f"augmentation op {op!r} is random and needs a seed")
+    op_seed = tf.random.experimental.stateless_fold_in(seed, i)
+    if op == "random_crop":
+      image = tf.image.stateless_random_crop(
+          image, [step["height"], step["width"], image.shape[-1]], seed=op_seed)
+    elif op == "random_flip_left_right":
+      image = tf.image.stateless_random_flip_left_right(image, seed=op_seed)
+    elif op == "random_brightness":
+      image = tf.image.stateless_random_brightness(image, step["max_delta"], seed=op_seed)
+    elif op == "random_contrast":
+      image = tf.image.stateless_random_contrast(image, step["lower"], step["upper"], seed=op_seed)
+  return image
+
+
+def serving_preprocess(images, eval_steps):
+  """The eval policy on a batch of raw images, for the exported SavedModel.
+
+  Equals `apply_policy` on each image (tests/test_input_pipeline.py checks),
+  but runs each op once on the whole batch.
+
+  Args:
+    images: uint8 [batch, height, width, channels] tensor, as stored in the shards.
+    eval_steps: `metadata["augmentation"]["eval"]`.
+
+  Returns:
+    float32 [batch, height', width', channels] tensor, ready for the model.
+
+  Raises:
+    InputError: The policy has a random op (serving must be deterministic).
+  """
+  images = tf.cast(images, tf.float32)
+  for step in eval_steps:
+    if step["op"] in RANDOM_OPS:
+      raise InputError(f"the eval policy has the random op {step['op']!r}; serving needs "
+                       "deterministic preprocessing")
+    images = _deterministic_op(images, step)
+  return images
+
+
+# --- the tf.data input chain -------------------------------------------------
+
+
+def _format_shape(shape):
+  return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _decode_fn(metadata, steps, run_seed, with_ids):
+  """Returns fn(serialized, epoch) -> (image, label[, source id]) for Dataset.map."""
+  image_shape = list(metadata["image_shape"])
+  num_classes = metadata["num_classes"]
+  random = any(s["op"] in RANDOM_OPS for s in steps)
+
+  def decode(serialized, epoch):
+    features = schema.parse_example(serialized)
+    image = tf.io.decode_image(features[schema.ENCODED], expand_animations=False)
+    # Fails the run on a record of another size, and gives the ops static shapes.
+    image = tf.ensure_shape(image, image_shape)
+    label = features[schema.LABEL]
+    check = tf.debugging.assert_less(
+        label, tf.constant(num_classes, tf.int64),
+        message=f"label out of range [0, {num_classes}) in a record")
+    with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
+      label = tf.cast(label, tf.int32)
+    seed = example_seed(run_seed, features[schema.AUGMENT_SEED], epoch) if random else None
+    image = apply_policy(tf.cast(image, tf.float32), steps, seed)
+    if with_ids:
+      return image, label, features[schema.SOURCE_ID]
+    return image, label
+
+  return decode
+
+
+def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training, seed,
+                 image_shape=None, with_ids=False, shuffle_buffer=None, first_epoch=0):
+  """Builds the input of one worker: batches of this rank's part of `split`.
+
+  Training: endless, shuffled, augmented with the train policy, every batch
+  full. Eval: one pass in file order, eval policy, last batch may be short.
+
+  Args:
+    data_dir: Directory holding metadata.json and the shards (local or gs://).
+    metadata: `load_metadata(data_dir)`.
+    split: "train", "validation" or "test" (a key of metadata["splits"]).
+    rank: This worker's rank, in [0, size).
+    size: Number of workers.
+    batch_size: Examples per batch on THIS worker (the global batch is
+      batch_size * size).
+    training: Train (shuffle, repeat, train policy) or evaluate.
+    seed: The run seed; the same seed gives the same stream of batches.
+    image_shape: The model's (height, width, channels); checked against what
+      the policy produces (None dims match anything).
+    with_ids: Also yield each batch's `image/source_id` strings (for tests and
+      debugging).
+    shuffle_buffer: Records in the shuffle buffer (default: this rank's
+      records per epoch, at most 10,000).
+    first_epoch: Training: the epoch the stream starts at, e.g. for a resumed
+      run (step // steps_per_epoch), so it does not replay epoch 0's order and
+      augmentation.
+
+  Returns:
+    A tf.data.Dataset of (images float32 [batch, h, w, c], labels int32
+    [batch]) and, with `with_ids`, source ids string [batch].
+
+  Raises:
+    InputError: Unknown split, bad rank, a model shape the policy does not
+      produce, or (training) a rank that would get no records.
+  """
+  if batch_size < 1:
+    raise InputError(f"batch size must be at least 1, got {batch_size}")
+  which = "train" if training else "eval"
+  steps = metadata["augmentation"][which]
+  produced = augment.output_shape(steps, metadata["image_shape"])
+  if image_shape is not None and (
+      len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))):
+    raise InputError(f"model expects {_format_shape(image_shape)} but the data's {which} policy "
+                     f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})")
+  plan = plan_shards(metadata, split, rank=rank, size=size, training=training)
+  files = tf.constant([_join(data_dir, f) for f in plan.files])
+  decode = _decode_fn(metadata, steps, seed, with_ids)
+
+  if training:
+    if plan.num_examples == 0:
+      raise InputError(f"rank {rank} of {size} gets no records of split {split!r} "
+                       f"({_split(metadata, split)['num_examples']} records): use fewer workers")
+    buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
+    file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
+    # Ranks differ in what they read, so their record orders should too. A
+    # Python int, not a per-epoch tensor: tf.data's shuffle compares its seed
+    # pair with (0, 0) in Python, which fails for a tensor seed when the global
+    # seed is 0. Epochs still differ: each reads its files in a new order.
+    shuffle_seed = (seed * 1_000_003 + rank * 7_919 + _SHUFFLE_STREAM) % (2**31 - 1)
+
+    def epoch_records(epoch):
+      """One pass over this rank's records, in an order drawn for this epoch."""
+      # File order from the run seed and epoch, not the rank: under record
+      # sharding every rank must see the same order for shard() to partition it.
+      order = tf.argsort(tf.random.stateless_uniform(
+          [len(plan.files)], tf.random.experimental.stateless_fold_in(file_key, epoch)))
+      records = tf.data.Dataset.from_tensor_slices(tf.gather(files, order)).interleave(
+          tf.data.TFRecordDataset, cycle_length=min(len(plan.files), _INTERLEAVE_FILES),
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      if plan.by_records:
+        # Sharded before shuffling, so each record goes to exactly one rank.
+        records = records.shard(size, rank)
+      # Shuffle serialized records, not decoded images: a CIFAR record is ~2.5 KB
+      # against 12 KB of float32 pixels. Dataset.shuffle also mixes in TF's
+      # global seed when one is set (train.py sets it from the run seed and rank).
+      records = records.shuffle(buffer, seed=shuffle_seed)
+      return records.map(lambda record: (record, epoch))
+
+    # Repeat forever, one epoch after another, numbering them so that each
+    # epoch draws fresh augmentation (the loop stops after a number of steps,
+    # the same on every rank).
+    dataset = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
+  else:
+    # One pass in the files' order (their index order in metadata.json), so
+    # evaluation sees every record once, deterministically.
+    records = tf.data.TFRecordDataset(files)
+    if plan.by_records:
+      records = records.shard(size, rank)
+    dataset = records.map(lambda record: (record, tf.constant(0, tf.int64)))
+
+  # Decode and augment after shuffling (see above); deterministic=True keeps the
+  # order, and the stateless ops make the pixels independent of thread timing.
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Batch per worker, after the per-example map. The training stream is
+  # endless, so drop_remainder drops nothing there; it makes the batch
+  # dimension static, so the train step traces once. Eval keeps the short last
+  # batch, so every record counts.
+  dataset = dataset.batch(batch_size, drop_remainder=training)
+  # Prefetch last, so decoding the next batches overlaps the training step.
+  return dataset.prefetch(tf.data.AUTOTUNE)
