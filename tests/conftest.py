@@ -34,3 +34,36 @@ def horovod():
                   f"\n--- stderr\n{result.stderr[-4000:]}")
     return result
   return run
+
+
+@pytest.fixture(scope="session")
+def tfrecords(tmp_path_factory):
+  """Sample data of all three data sets, converted by the real Beam job once per session.
+
+  Returns the output root: <root>/cifar10, <root>/mnist, <root>/catdog.
+  """
+  from preprocess import sample_data  # pylint: disable=g-import-not-at-top
+  raw = tmp_path_factory.mktemp("raw")
+  out = tmp_path_factory.mktemp("tfrecords")
+  sample_data.generate(str(raw), seed=0)
+  for dataset, validation in (("cifar10", 250), ("mnist", 500), ("catdog", 40)):
+    cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset, "--raw-dir", raw,
+           "--out-dir", out, "--num-shards", "4", "--validation-size", str(validation)]
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=600,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  return out
+
+
+def run_trainer(dataset, flags, np_=1, timeout=900, check=True):
+  """Runs trainers/<dataset>.py as users do: directly, or under horovodrun -np N."""
+  script = str(ROOT / "trainers" / f"{dataset}.py")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+  if np_ == 1:
+    cmd = [script] + [str(f) for f in flags]
+  else:
+    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", script] + [str(f) for f in flags]
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+                f"\n--- stderr\n{result.stderr[-4000:]}")
+  return result

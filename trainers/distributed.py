@@ -15,6 +15,7 @@ the wrapped `tf.Variable`s.
 import dataclasses
 
 import horovod.tensorflow as hvd
+import keras
 import tensorflow as tf
 
 
@@ -55,8 +56,11 @@ def init():
 
 
 def _tf_variables(variables):
-  """The tf.Variables behind Keras 3 variables (see the module docstring)."""
-  return [getattr(v, "value", v) for v in variables]
+  """The tf.Variables behind Keras 3 variables (see the module docstring).
+
+  Plain tf.Variables pass through (their `.value` is a method, not a variable).
+  """
+  return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
 def average_gradients(grads, compression=False):
@@ -96,3 +100,20 @@ def allreduce_mean(value, name=None):
 def allgather(value, name=None):
   """Concatenates a tensor from every rank along axis 0 (rank order)."""
   return hvd.allgather(tf.convert_to_tensor(value), name=name)
+
+
+def allreduce_sum(value, name=None):
+  """Sum of a tensor over all ranks (for counts: correct predictions, examples)."""
+  return hvd.allreduce(tf.convert_to_tensor(value), op=hvd.Sum, name=name)
+
+
+def average_variables(variables):
+  """Replaces each variable by its mean over ranks, e.g. batch-norm moving statistics.
+
+  Each rank updates those statistics from its own batches, so without this the
+  ranks would evaluate, and rank 0 would checkpoint, different models.
+  """
+  if variables:
+    means = hvd.grouped_allreduce(_tf_variables(variables), op=hvd.Average)
+    for v, mean in zip(variables, means):
+      v.assign(mean)

@@ -1,0 +1,192 @@
+"""The trainers as users run them: flags, every model, resume, EMA eval, early stopping, export.
+
+All runs use the sample data converted by the real Beam job (conftest.tfrecords)
+and the real entry scripts, as single processes; tests/test_distributed.py
+covers `horovodrun -np 2`.
+"""
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import BIN, ROOT, run_trainer
+
+MODELS = [("cifar10", "tutorial"), ("cifar10", "cookbook"), ("mnist", "basic"),
+          ("mnist", "bn_dropout"), ("mnist", "resnet"), ("catdog", "lenet5")]
+
+
+def _metrics(model_dir):
+  return json.loads((model_dir / "metrics.json").read_text())
+
+
+def test_help_lists_the_shared_flags():
+  out = run_trainer("cifar10", ["--help"]).stdout
+  for flag in ("--data-dir", "--model-dir", "--model", "--batch-size", "--max-steps", "--epochs",
+               "--learning-rate", "--eval-every", "--checkpoint-every", "--seed", "--mode",
+               "--no-scale-lr", "--warmup-steps", "--fp16-allreduce"):
+    assert flag in out
+  assert "PER WORKER" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--max-steps", "5", "--epochs", "1"], "not allowed with argument"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--mode", "serve"], "invalid choice: 'serve'"),
+])
+def test_bad_flags_are_usage_errors(flags, message):
+  result = run_trainer("cifar10", flags, check=False)
+  assert result.returncode == 2 and message in result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+  result = run_trainer("mnist", ["--data-dir", tmp_path / "nope", "--model-dir", tmp_path / "m"],
+                       check=False)
+  assert result.returncode != 0
+  assert "metadata.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("dataset, model", MODELS, ids=[f"{d}-{m}" for d, m in MODELS])
+def test_every_model_trains_evaluates_and_exports(tfrecords, tmp_path, dataset, model):
+  model_dir = tmp_path / "run"
+  result = run_trainer(dataset, ["--model", model, "--data-dir", tfrecords / dataset,
+                                 "--model-dir", model_dir, "--max-steps", 3, "--batch-size", 8,
+                                 "--log-every", 1, "--eval-every", 2, "--checkpoint-every", 2])
+  assert "step 3/3" in result.stdout
+  metrics = _metrics(model_dir)
+  assert metrics["trained_steps"] == 3 and metrics["split"] == "test"
+  # Early stopping (bn_dropout) evaluates the best checkpoint's weights.
+  assert metrics["step"] == metrics.get("best_validation", {}).get("step", 3)
+  assert metrics["examples"] == json.loads((tfrecords / dataset / "metadata.json").read_text())[
+      "splits"]["test"]["num_examples"]
+  assert 0.0 <= metrics["precision_at_1"] <= 1.0
+  config = json.loads((model_dir / "config.json").read_text())
+  assert config["model"] == model and config["batch_size"] == 8 and config["workers"] == 1
+  assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("-3")
+  # The export serves raw uint8 images as stored in the shards.
+  meta = json.loads((tfrecords / dataset / "metadata.json").read_text())
+  served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_default"]
+  out = served(images=tf.zeros([2] + meta["image_shape"], tf.uint8))
+  assert out["probabilities"].shape == (2, meta["num_classes"])
+  np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+  labels = (model_dir / "export" / "labels.txt").read_text().split()
+  assert labels == meta["class_names"]
+
+
+def test_resume_continues_from_the_saved_step(tfrecords, tmp_path):
+  flags = ["--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
+           "--checkpoint-every", 10, "--log-every", 5, "--no-export"]
+  run_trainer("cifar10", flags + ["--max-steps", 20])
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-20")
+  result = run_trainer("cifar10", flags + ["--max-steps", 30])
+  assert "at step 20" in result.stdout and "step 25/30" in result.stdout
+  assert "step 5/30" not in result.stdout
+  assert _metrics(tmp_path)["step"] == 30
+  # --overwrite starts again from step 0.
+  result = run_trainer("cifar10", flags + ["--max-steps", 10, "--overwrite"])
+  assert "resumed" not in result.stdout and _metrics(tmp_path)["step"] == 10
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tfrecords, tmp_path):
+  flags = ["--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
+           "--checkpoint-every", 5, "--log-every", 1000, "--no-export"]
+  proc = subprocess.Popen([str(ROOT / "trainers" / "cifar10.py")] + [str(f) for f in flags] +
+                          ["--max-steps", "1000000"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, env={"PATH": f"{BIN}:/usr/bin:/bin",
+                                                          "TF_CPP_MIN_LOG_LEVEL": "2"})
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    if latest and int(latest.rsplit("-", 1)[1]) >= 15:
+      break
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
+  assert saved >= 15
+  result = run_trainer("cifar10", flags + ["--max-steps", saved + 5])
+  assert f"at step {saved}" in result.stdout
+  assert _metrics(tmp_path)["step"] == saved + 5
+
+
+def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutorial"):
+  """Test precision of `model` with the given trainable weights, computed here by hand."""
+  from trainers import input_pipeline, models  # pylint: disable=g-import-not-at-top
+  meta = input_pipeline.load_metadata(str(tfrecords / dataset))
+  net = models.build(model, meta["num_classes"], (24, 24, 3))
+  for v, w in zip(net.trainable_variables, weights):
+    v.assign(w)
+  correct = total = 0
+  for images, labels in input_pipeline.make_dataset(str(tfrecords / dataset), meta, "test", rank=0,
+                                                    size=1, batch_size=64, training=False, seed=0):
+    predictions = np.argmax(net(images, training=False).numpy(), axis=-1)
+    correct += int((predictions == labels.numpy()).sum())
+    total += len(labels)
+  return correct / total
+
+
+def test_tutorial_eval_uses_the_moving_average_weights(tfrecords, tmp_path):
+  run_trainer("cifar10", ["--model", "tutorial", "--data-dir", tfrecords / "cifar10",
+                          "--model-dir", tmp_path, "--max-steps", 30, "--batch-size", 16,
+                          "--mode", "train", "--no-export", "--eval-every", 0])
+  result = run_trainer("cifar10", ["--model", "tutorial", "--data-dir", tfrecords / "cifar10",
+                                   "--model-dir", tmp_path, "--mode", "eval"])
+  assert "EMA weights" in result.stdout
+  metrics = _metrics(tmp_path)
+  assert metrics["ema_weights"] and metrics["step"] == 30
+  reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+  names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("ema/shadows/"))
+  shadows = [reader.get_tensor(n) for n in sorted(names, key=lambda n: int(n.split("/")[2]))]
+  assert len(shadows) == 10  # 5 layers x (kernel, bias)
+  assert metrics["precision_at_1"] == pytest.approx(_evaluate_with(shadows, tfrecords), abs=1e-9)
+
+
+def test_early_stopping_keeps_and_restores_the_best_checkpoint(tfrecords, tmp_path):
+  result = run_trainer("mnist", ["--model", "bn_dropout", "--data-dir", tfrecords / "mnist",
+                                 "--model-dir", tmp_path, "--max-steps", 400, "--batch-size", 32,
+                                 "--eval-every", 2, "--early-stopping-patience", 6,
+                                 "--learning-rate", 0.5, "--log-every", 50])
+  assert "early stopping at step" in result.stdout and "restored the best checkpoint" in result.stdout
+  metrics = _metrics(tmp_path)
+  best = metrics["best_validation"]
+  stopped = int(result.stdout.split("early stopping at step ")[1].split(":")[0])
+  assert stopped - best["step"] >= 6 and stopped < 400
+  assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith(f"-{best['step']}")
+  # --mode eval picks the best checkpoint and reproduces its validation score.
+  run_trainer("mnist", ["--model", "bn_dropout", "--data-dir", tfrecords / "mnist",
+                        "--model-dir", tmp_path, "--mode", "eval", "--eval-split", "validation"])
+  again = _metrics(tmp_path)
+  assert again["step"] == best["step"]
+  assert again["precision_at_1"] == pytest.approx(best["precision_at_1"], abs=1e-9)
+
+
+def test_non_finite_loss_stops_the_run_with_a_message(tfrecords, tmp_path):
+  result = run_trainer("mnist", ["--model", "basic", "--data-dir", tfrecords / "mnist",
+                                 "--model-dir", tmp_path, "--max-steps", 50,
+                                 "--learning-rate", 1e12, "--no-export"], check=False)
+  assert result.returncode != 0
+  assert "non-finite loss" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_dir_of_another_model_is_refused(tfrecords, tmp_path):
+  run_trainer("cifar10", ["--model", "tiny", "--data-dir", tfrecords / "cifar10",
+                          "--model-dir", tmp_path, "--max-steps", 2, "--no-export"])
+  result = run_trainer("cifar10", ["--model", "cookbook", "--data-dir", tfrecords / "cifar10",
+                                   "--model-dir", tmp_path, "--max-steps", 2], check=False)
+  assert result.returncode != 0 and "--overwrite" in result.stderr
+
+
+def test_epochs_are_converted_to_steps_of_the_global_batch(tfrecords, tmp_path):
+  meta = json.loads((tfrecords / "cifar10" / "metadata.json").read_text())
+  n = meta["splits"]["train"]["num_examples"]
+  result = run_trainer("cifar10", ["--model", "tiny", "--data-dir", tfrecords / "cifar10",
+                                   "--model-dir", tmp_path, "--epochs", 0.5, "--batch-size", 50,
+                                   "--no-export", "--mode", "train"])
+  steps = -(-(n // 50) // 2)  # ceil(0.5 * steps per epoch)
+  assert f"->{steps}," in result.stdout

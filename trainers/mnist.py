@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Trains and evaluates the mnist models on the TFRecords of the Beam job.
+
+    horovodrun -np 4 trainers/mnist.py [flags]     # one process per GPU
+    python trainers/mnist.py --help                 # one process
+
+Flag parsing and the recipes live in trainers/config.py, the loop in trainers/train.py.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":
+  # Run as a script, sys.path[0] is trainers/; put the repository root there
+  # instead so `import trainers` works without an install.
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  sys.exit(train.main("mnist"))
