@@ -466,11 +466,11 @@ def run(config, ctx):
   """Runs `config.mode` in this process; returns the final metrics (or None)."""
   _prepare_model_dir(config, ctx)
   r = Run(config, ctx)
-  if ctx.is_chief:
+  _log(ctx, "config: " + json.dumps(json.loads(config.to_json()), sort_keys=True))
+  if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
     tf.io.gfile.makedirs(config.model_dir)
     _write_json(os.path.join(config.model_dir, "config.json"),
                 json.loads(config.to_json()) | {"workers": ctx.size})
-    _log(ctx, "config: " + json.dumps(json.loads(config.to_json()), sort_keys=True))
   metrics = None
   if config.mode in ("train", "train_and_eval"):
     step, best = train(r)
