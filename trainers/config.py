@@ -97,6 +97,8 @@ class Config:
   checkpoint_every: int
   keep_checkpoints: int
   log_every: int
+  summary_every: int
+  histogram_every: int
   seed: int
   overwrite: bool
   export: bool
@@ -147,6 +149,11 @@ def _parser(dataset):
   p.add_argument("--checkpoint-every", type=int, default=1000, help="Save a checkpoint every N steps.")
   p.add_argument("--keep-checkpoints", type=int, default=5, help="Checkpoints to keep.")
   p.add_argument("--log-every", type=int, default=100, help="Log progress every N steps (rank 0).")
+  p.add_argument("--summary-every", type=int, default=100,
+                 help="Write scalar summaries every N steps (0: never).")
+  p.add_argument("--histogram-every", type=int, default=1000,
+                 help="Write histograms of weights, gradients and activations, and input images, "
+                      "every N steps (0: never).")
   p.add_argument("--seed", type=int, default=0, help="Seed of initialization, shuffling and augmentation.")
   p.add_argument("--eval-split", default="test", help="Split that --mode eval and the final evaluation use.")
   p.add_argument("--overwrite", action="store_true",
@@ -168,7 +175,8 @@ def parse(dataset, argv):
     value = getattr(a, name)
     if value is not None and value < 1:
       parser.error(f"--{name.replace('_', '-')} must be at least 1")
-  for name in ("eval_every", "warmup_steps", "early_stopping_patience"):
+  for name in ("eval_every", "warmup_steps", "early_stopping_patience", "summary_every",
+               "histogram_every"):
     if getattr(a, name) is not None and getattr(a, name) < 0:
       parser.error(f"--{name.replace('_', '-')} must not be negative")
   if a.epochs is not None and a.epochs <= 0:
@@ -189,5 +197,6 @@ def parse(dataset, argv):
       eval_every=recipe.eval_every if a.eval_every is None else a.eval_every,
       early_stopping_patience=patience or None,
       eval_split=a.eval_split, checkpoint_every=a.checkpoint_every,
-      keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, seed=a.seed,
+      keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, summary_every=a.summary_every,
+      histogram_every=a.histogram_every, seed=a.seed,
       overwrite=a.overwrite, export=a.export)

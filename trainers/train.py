@@ -143,8 +143,9 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
   """One synchronized step: local gradients, averaged over ranks, then applied.
 
   Returns:
-    A tf.function (images, labels) -> dict of cross_entropy, total_loss and
-    accuracy, each averaged over ranks (so every rank sees the same values).
+    A tf.function (images, labels) -> (metrics, gradients): cross_entropy,
+    total_loss and accuracy, each averaged over ranks (so every rank sees the
+    same values), and the averaged gradients (for histograms).
   """
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   statistics = _synced_statistics(model)
@@ -169,9 +170,32 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
         tf.float32))
     # Horovod: metrics shown to users, and the non-finite check, use rank means.
     means = distributed.allreduce_mean(tf.stack([cross_entropy, total_loss, accuracy]))
-    return {"cross_entropy": means[0], "total_loss": means[1], "accuracy": means[2]}
+    return {"cross_entropy": means[0], "total_loss": means[1], "accuracy": means[2]}, grads
 
   return train_step
+
+
+def _is_relu(layer):
+  activation = getattr(layer, "activation", None)
+  return isinstance(layer, keras.layers.ReLU) or activation is keras.activations.relu
+
+
+def make_activation_probe(model):
+  """A tf.function images -> {layer name: output} over every layer of the model.
+
+  Used for activation histograms and the sparsity (fraction of zeros) of
+  ReLU outputs, as the CIFAR-10 tutorial's `_activation_summary`.
+  """
+  layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+  probe = keras.Model(model.inputs, [l.output for l in layers])
+  relu = {l.name for l in layers if _is_relu(l)}
+
+  @tf.function(reduce_retracing=True)
+  def activations(images):
+    outputs = probe(images, training=False)
+    return {l.name: out for l, out in zip(layers, outputs)}
+
+  return activations, relu
 
 
 def make_eval_step(model):
@@ -275,6 +299,18 @@ def export_serving_model(model, metadata, export_dir):
 # --- the run -----------------------------------------------------------------
 
 
+class _Rate:
+  """Steps per second since the last call."""
+
+  def __init__(self, step, now):
+    self._step, self._time = step, now
+
+  def steps_per_second(self, step, now):
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate
+
+
 def _log(ctx, message):
   if ctx.is_chief:
     print(message, flush=True)
@@ -290,7 +326,9 @@ def _prepare_model_dir(config, ctx):
   saved = os.path.join(config.model_dir, "config.json")
   if config.overwrite:
     if ctx.is_chief and tf.io.gfile.exists(config.model_dir):
-      for name in ("checkpoints", "best", "export", "train", "eval", "config.json", "metrics.json"):
+      hparams = tf.io.gfile.glob(os.path.join(config.model_dir, "events.out.tfevents.*"))
+      for name in ("checkpoints", "best", "export", "train", "eval", "config.json",
+                   "metrics.json") + tuple(os.path.basename(p) for p in hparams):
         path = os.path.join(config.model_dir, name)
         if tf.io.gfile.isdir(path):
           tf.io.gfile.rmtree(path)
@@ -382,31 +420,54 @@ def train(run):
   _log(ctx, f"training {config.dataset}/{config.model} on {ctx.size} worker(s): steps {start}->"
             f"{run.max_steps}, batch {config.batch_size}/worker ({global_batch} global), "
             f"{run.steps_per_epoch} steps/epoch")
-  started = last_time = time.time()
-  last_step = start
+  activations, relu_layers = make_activation_probe(run.model)
+  averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
+  started = time.time()
+  log_timer, summary_timer = _Rate(start, started), _Rate(start, started)
   step = start
   batches = iter(run.dataset("train", training=True))
   while step < run.max_steps:
     images, labels = next(batches)
-    metrics = {k: float(v) for k, v in train_step(images, labels).items()}
+    if step == start:
+      run.writer.trace_on()  # the graph of the first step, for TensorBoard's Graphs tab
+    metrics, grads = train_step(images, labels)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if step == start:
+      run.writer.trace_export("train", step + 1, "train_step")
     step += 1
     if not math.isfinite(metrics["total_loss"]):
       # Every rank sees the same averaged loss, so all stop at this step.
       raise TrainingError(f"non-finite loss {metrics['total_loss']} at step {step}: "
                           "lower --learning-rate or add --warmup-steps")
+    for name in ("cross_entropy", "total_loss"):
+      averages[name] = 0.9 * averages.get(name, metrics[name]) + 0.1 * metrics[name]
     if step % config.log_every == 0 or step == run.max_steps:
       now = time.time()
-      rate = (step - last_step) * global_batch / max(now - last_time, 1e-9)
-      lr = float(run.schedule(step - 1))
+      rate = log_timer.steps_per_second(step, now) * global_batch
       eta = (now - started) / (step - start) * (run.max_steps - step)
       _log(ctx, f"step {step}/{run.max_steps} loss {metrics['cross_entropy']:.4f} "
-                f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} lr {lr:.4g} "
-                f"{rate:.0f} img/s ({rate / ctx.size:.0f}/worker) elapsed "
-                f"{_format_seconds(now - started)} eta {_format_seconds(eta)}")
-      run.writer.scalars("train", step, dict(metrics, learning_rate=lr, images_per_sec=rate,
-                                             images_per_sec_per_worker=rate / ctx.size,
-                                             workers=ctx.size))
-      last_time, last_step = now, step
+                f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} "
+                f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
+                f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
+                f"eta {_format_seconds(eta)}")
+    if config.summary_every and (step % config.summary_every == 0 or step == start + 1):
+      steps_per_second = summary_timer.steps_per_second(step, time.time())
+      run.writer.scalars("train", step, dict(
+          metrics, cross_entropy_avg=averages["cross_entropy"], total_loss_avg=averages["total_loss"],
+          learning_rate=float(run.schedule(step - 1)), step_time=1.0 / steps_per_second,
+          images_per_sec=steps_per_second * global_batch,
+          images_per_sec_per_worker=steps_per_second * config.batch_size, workers=ctx.size))
+    if run.writer.active and config.histogram_every and (
+        step % config.histogram_every == 0 or step == start + 1):
+      outputs = activations(images)
+      run.writer.histograms("train", step, {
+          **{f"weights/{v.path}": v.value for v in run.model.trainable_variables},
+          **{f"gradients/{v.path}": g for v, g in zip(run.model.trainable_variables, grads)
+             if g is not None},
+          **{f"activations/{name}": out for name, out in outputs.items()}})
+      run.writer.scalars("train", step, {f"sparsity/{name}": tf.math.zero_fraction(outputs[name])
+                                         for name in sorted(relu_layers)})
+      run.writer.images("train", step, "augmented_inputs", images)
     if step % config.checkpoint_every == 0:
       run.checkpoints.save(step)
     if config.eval_every and has_validation and step % config.eval_every == 0:
@@ -469,8 +530,9 @@ def run(config, ctx):
   _log(ctx, "config: " + json.dumps(json.loads(config.to_json()), sort_keys=True))
   if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
     tf.io.gfile.makedirs(config.model_dir)
-    _write_json(os.path.join(config.model_dir, "config.json"),
-                json.loads(config.to_json()) | {"workers": ctx.size})
+    saved = json.loads(config.to_json()) | {"workers": ctx.size}
+    _write_json(os.path.join(config.model_dir, "config.json"), saved)
+    r.writer.config(saved)
   metrics = None
   if config.mode in ("train", "train_and_eval"):
     step, best = train(r)
