@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -66,6 +67,8 @@ def parse_args(argv):
                       help="cat/dog: encoding in the shards (CIFAR-10 and MNIST are always PNG, lossless).")
   parser.add_argument("--download", action="store_true", help="Fetch missing raw data first (official URLs).")
   parser.add_argument("--overwrite", action="store_true", help="Replace an existing output of the same data set.")
+  parser.add_argument("--progress-seconds", type=float, default=10.0,
+                      help="Log converted shards and records this often (0: only the final summary).")
   args, beam_args = parser.parse_known_args(argv)
   if args.num_shards is not None and args.num_shards < 1:
     parser.error("--num-shards must be at least 1")
@@ -188,7 +191,7 @@ def convert_dataset(name, args, options, log):
       f"while listing; converting with {options.view_as(StandardOptions).runner}")
 
   listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
-  with beam.Pipeline(options=options) as p:
+  with _Progress(name, out_dir, tasks, args.progress_seconds, log), beam.Pipeline(options=options) as p:
     results = (p
                | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
                | "ConvertShards" >> convert.ConvertShards(out_dir, raw.class_names,
@@ -212,6 +215,37 @@ def convert_dataset(name, args, options, log):
   log(f"{name}: read {counts['read']} = written {counts['written']} + rejected "
       f"{counts['rejected']} in {time.time() - started:.1f}s -> {out_dir}")
   return metadata
+
+
+class _Progress:
+  """Logs finished shards and records every few seconds while the pipeline runs.
+
+  Shards appear under their final names only when complete, so counting them in
+  the output directory works the same for every runner, local or remote.
+  """
+
+  def __init__(self, name, out_dir, tasks, seconds, log):
+    self._name, self._out_dir, self._seconds, self._log = name, out_dir, seconds, log
+    self._records = {t.filename: t.count for t in tasks}
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+
+  def __enter__(self):
+    if self._seconds > 0:
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
+
+  def _run(self):
+    while not self._stop.wait(self._seconds):
+      found = FileSystems.match([FileSystems.join(self._out_dir, "*.tfrecord")])[0].metadata_list
+      done = [os.path.basename(m.path) for m in found if os.path.basename(m.path) in self._records]
+      self._log(f"{self._name}: {len(done)}/{len(self._records)} shards, "
+                f"{sum(self._records[d] for d in done)}/{sum(self._records.values())} records read")
 
 
 def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args):

@@ -293,6 +293,16 @@ def test_bad_flags_get_one_line_errors(raw, tmp_path, flags, message):
   assert not (tmp_path / "cifar10" / "metadata.json").exists()
 
 
+def test_progress_lines_report_shards_and_records(raw, tmp_path):
+  result = build(raw, tmp_path, "--num-shards", "8", "--progress-seconds", "0.2")
+  progress = [l for l in result.stderr.splitlines() if l.endswith(" records read")]
+  assert progress
+  for line in progress:  # 8 train + 8 test shards; 2,500 + 500 records
+    assert line.startswith("cifar10: ") and "/16 shards, " in line and line.endswith("/3000 records read")
+  counts = [int(l.split(": ")[1].split("/")[0]) for l in progress]
+  assert counts == sorted(counts)  # shards done only ever grow
+
+
 def test_missing_raw_data_is_a_clear_error(tmp_path):
   result = build(tmp_path / "nothing", tmp_path / "out", dataset="all", check=False)
   assert result.returncode != 0 and "no cifar10/, mnist/ or catdog/" in result.stderr
