@@ -20,8 +20,11 @@ SEED    ?= 0
 NP      ?= 2
 # Extra flags, e.g. make preprocess ARGS="--num-shards 8 --runner=DataflowRunner ..."
 ARGS    ?=
+# TensorBoard and plots.
+LOGDIR  ?= runs
+PORT    ?= 6006
 
-.PHONY: help install test test-fast demo sample-data download preprocess bench clean
+.PHONY: help install test test-fast demo sample-data download preprocess bench tensorboard plots clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +52,13 @@ preprocess: $(STAMP) ## Convert $(RAW) into sharded TFRecords under $(OUT) with 
 
 demo: $(STAMP) ## Run the whole job on sample data: generate, convert, train with horovodrun -np $(NP), evaluate.
 	bash scripts/demo.sh "$(SAMPLE)" "$(NP)"
+
+tensorboard: $(STAMP) ## Serve TensorBoard for the runs under $(LOGDIR) on localhost:$(PORT).
+	@echo "TensorBoard: http://localhost:$(PORT)/ (logdir $(LOGDIR); Ctrl-C stops it)"
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host localhost --port $(PORT)
+
+plots: $(STAMP) ## Write PNG plots of training loss and evaluation accuracy per run to $(LOGDIR)/plots.
+	$(PY) -m trainers.plots --logdir $(LOGDIR)
 
 bench: $(STAMP) ## Run the benchmarks and append the figures to bench/RESULTS.md.
 	$(PY) -m bench.run
