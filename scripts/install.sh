@@ -48,7 +48,7 @@ PYEOF
 if horovod_ok; then
   log "horovod $HOROVOD_VERSION already installed"
 else
-  wheel_dir="$WHEELS/tf-$tf_version"
+  wheel_dir="$WHEELS/tf-$tf_version${HOROVOD_GPU_OPERATIONS:+-gpu}"  # GPU and CPU builds differ
   wheel=$(ls "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
     build=$(mktemp -d)
@@ -60,6 +60,20 @@ else
     cmakelists="$src/horovod/tensorflow/CMakeLists.txt"
     grep -q 'xla_mpi_ops.cc' "$cmakelists" || { log "error: expected xla_mpi_ops.cc in $cmakelists; the sdist changed"; exit 1; }
     sed -i '/xla_mpi_ops\.cc/d' "$cmakelists"
+    # GPU builds only (HOROVOD_GPU_OPERATIONS=NCCL, docker/Dockerfile): the CUDA
+    # code of the TensorFlow ops calls stream_executor::gpu::AsGpuStreamValue,
+    # which TensorFlow 2.21 no longer exports, so importing the ops would fail
+    # with an undefined symbol. Define it inline from Stream::platform_specific_handle().
+    # CPU builds never compile that code.
+    mpi_ops="$src/horovod/tensorflow/mpi_ops.cc"
+    grep -q '^GpuStreamHandle AsGpuStreamValue(Stream\* stream);$' "$mpi_ops" \
+      || { log "error: expected the AsGpuStreamValue declaration in $mpi_ops; the sdist changed"; exit 1; }
+    sed -i -e '/^GpuStreamHandle AsGpuStreamValue(Stream\* stream);$/d' \
+      -e '\|^#include "tensorflow/compiler/xla/stream_executor/stream.h"$|a\
+namespace stream_executor { namespace gpu {\
+inline GpuStreamHandle AsGpuStreamValue(Stream* stream) {\
+  return static_cast<GpuStreamHandle>(stream->platform_specific_handle().stream);\
+} } }' "$mpi_ops"
     log "building horovod against tensorflow $tf_version with Gloo (about 3 minutes on 2 cores)"
     mkdir -p "$wheel_dir"
     HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \

@@ -1,0 +1,655 @@
+"""Offline checks of the cluster side: the Kubernetes manifests (k8s/) and the images (docker/).
+
+Where this sits: the manifests run the repository's own programs (the Beam job,
+the trainers under horovodrun, TensorBoard) in images built by docker/, so a
+renamed flag or module breaks them only once they reach a cluster. Nothing here
+needs a cluster, a registry or Docker: the tests read the YAML and Dockerfiles and
+hold them to what the code really accepts. Every command they run must exist;
+every flag must be in the program's --help (for the Beam job: or be a Beam
+pipeline option), and the Beam job's own parser must accept its command lines;
+the MPIJob's -np must equal workers x slots; volumes, claims, labels, ports and
+images must agree. The overlays are rendered with their own JSON patches here,
+and, when kubectl is on the PATH, also built with `kubectl kustomize`.
+"""
+
+import copy
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+DOCKER = ROOT / "docker"
+BIN = pathlib.Path(sys.executable).parent
+DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
+IMAGE = "cnn-pipeline"  # the name every container uses; kustomization.yaml maps it
+DATA_CLAIM, RUNS_CLAIM = "cnn-data", "cnn-runs"
+BUILD_TFRECORDS = "pipeline.build_tfrecords"
+# MPIJob kubeflow.org/v2beta1 fields (mpi-operator pkg/apis/kubeflow/v2beta1/types.go).
+MPIJOB_SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "runPolicy", "mpiReplicaSpecs",
+                      "sshAuthMountPath", "launcherCreationPolicy", "mpiImplementation"}
+MPIJOB_RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds",
+                            "backoffLimit", "schedulingPolicy", "suspend", "managedBy"}
+MPIJOB_REPLICA_FIELDS = {"replicas", "template", "restartPolicy"}
+
+
+# ---- loading the manifests ---------------------------------------------------
+
+def _load(path):
+  return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _manifest_files():
+  return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _kustomizations():
+  return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def _base_docs():
+  return [doc for path in _manifest_files() for doc in _load(path)]
+
+
+def _json_patch(doc, ops):
+  """Applies RFC 6902 add/replace/remove operations, as kustomize's `patches` does."""
+  doc = copy.deepcopy(doc)
+  for op in ops:
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+    node = doc
+    for part in parents:
+      node = node[int(part)] if isinstance(node, list) else node[part]
+    key = int(last) if isinstance(node, list) else last
+    if op["op"] == "replace":
+      node[key]  # pylint: disable=pointless-statement  # must exist, as in RFC 6902
+      node[key] = copy.deepcopy(op["value"])
+    elif op["op"] == "add":
+      if isinstance(node, list):
+        node.insert(key, copy.deepcopy(op["value"]))
+      else:
+        node[key] = copy.deepcopy(op["value"])
+    elif op["op"] == "remove":
+      del node[key]
+    else:
+      raise ValueError(f"unsupported JSON patch op {op['op']!r}")
+  return doc
+
+
+def _matches(doc, target):
+  group = doc["apiVersion"].rpartition("/")[0]
+  return all([target.get("kind", doc["kind"]) == doc["kind"],
+              target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"],
+              target.get("group", group) == group])
+
+
+def _render(kustomization):
+  """The documents a kustomization produces, before its label and image transformers."""
+  spec = _load(kustomization)[0]
+  docs = []
+  for resource in spec["resources"]:
+    path = (kustomization.parent / resource).resolve()
+    docs += _render(path / "kustomization.yaml") if path.is_dir() else _load(path)
+  for patch in spec.get("patches", []):
+    ops = yaml.safe_load(patch["patch"])
+    hits = [i for i, d in enumerate(docs) if _matches(d, patch["target"])]
+    assert hits, f"{kustomization}: patch target {patch['target']} matches nothing"
+    for i in hits:
+      docs[i] = _json_patch(docs[i], ops)
+  return docs
+
+
+@functools.lru_cache(maxsize=None)
+def _all_rendered():
+  """Every object any kustomization creates, once per (kind, name)."""
+  seen = {}
+  for k in _kustomizations():
+    for doc in _render(k):
+      seen.setdefault((doc["kind"], doc["metadata"]["name"]), doc)
+  return list(seen.values())
+
+
+def _by_kind(docs, kind):
+  return [d for d in docs if d["kind"] == kind]
+
+
+def _pods(doc):
+  """(label, pod template) pairs of a workload object."""
+  if doc["kind"] in ("Job", "Deployment"):
+    return [(doc["metadata"]["name"], doc["spec"]["template"])]
+  if doc["kind"] == "MPIJob":
+    return [(f"{doc['metadata']['name']}/{role}", rs["template"])
+            for role, rs in doc["spec"]["mpiReplicaSpecs"].items()]
+  return []
+
+
+def _containers(pod):
+  spec = pod["spec"]
+  return spec.get("initContainers", []) + spec["containers"]
+
+
+def _argv(container):
+  return [str(a) for a in container.get("command", []) + container.get("args", [])]
+
+
+def _all_containers():
+  return [(f"{label}/{c['name']}", pod, c) for doc in _all_rendered()
+          for label, pod in _pods(doc) for c in _containers(pod)]
+
+
+# ---- commands ------------------------------------------------------------------
+
+def _comment_commands(text):
+  """Example command lines in '#' comments ('#   python ...', '\\' continues a line)."""
+  commands, pending = [], ""
+  for line in text.splitlines():
+    stripped = line.strip()
+    if not stripped.startswith("#"):
+      pending = ""
+      continue
+    body = stripped.lstrip("#").strip()
+    if pending or body.startswith("python "):
+      pending += body
+      if pending.endswith("\\"):
+        pending = pending[:-1] + " "
+      else:
+        commands.append(shlex.split(pending))
+        pending = ""
+  return commands
+
+
+def _rank_command(argv):
+  """The program horovodrun starts: everything from the first python/script token."""
+  for i, token in enumerate(argv[1:], 1):
+    if token in ("python", "python3") or token.endswith(".py"):
+      return argv[i:]
+  raise AssertionError(f"no rank command in {argv}")
+
+
+def _program(argv):
+  """What an argv runs, as (kind, name, flag tokens), or None for a shell one-liner."""
+  if argv[0] in ("python", "python3"):
+    if argv[1] == "-m":
+      return ("module", argv[2], argv[3:])
+    return ("script", argv[1], argv[2:])
+  if argv[0].endswith(".py"):
+    return ("script", argv[0], argv[1:])
+  if argv[0] in ("sh", "bash") and argv[1] == "-c":
+    return None
+  return ("bin", argv[0], argv[1:])
+
+
+def _all_commands():
+  """(where, program) for every command the manifests and Dockerfile comments run."""
+  found = []
+  for where, _, c in _all_containers():
+    argv = _argv(c)
+    if argv[0] == "horovodrun":  # its own flags, then the program it starts on every rank
+      rank = _rank_command(argv)
+      found.append((where, _program(argv[:len(argv) - len(rank)])))
+      found.append((where + " (ranks)", _program(rank)))
+    elif _program(argv) is not None:
+      found.append((where, _program(argv)))
+  for path in _manifest_files() + DOCKERFILES:
+    for argv in _comment_commands(path.read_text()):
+      found.append((f"{path.name} comment", _program(argv)))
+  return found
+
+
+# Runs in one subprocess, so that TensorFlow is imported once: every program's
+# --help (in-process, with runpy), then Beam's option names and the Beam job's
+# own parser on each of its command lines. JSON in, JSON out (last line).
+_PROBE = r"""
+import contextlib, io, json, runpy, sys
+request = json.load(sys.stdin)
+helps = {}
+for kind, name, path in request["programs"]:
+  out, code = io.StringIO(), "no exit"
+  sys.argv = [name, "--help"]
+  with contextlib.redirect_stdout(out):
+    try:
+      if kind == "module":
+        runpy.run_module(name, run_name="__main__", alter_sys=True)
+      else:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+      code = e.code
+  helps[kind + ":" + name] = {"code": code, "text": out.getvalue()}
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipeline import build_tfrecords
+errors = []
+for argv in request["beam_argvs"]:
+  with contextlib.redirect_stderr(io.StringIO()) as err:
+    try:
+      build_tfrecords.parse_args(argv)
+      errors.append(None)
+    except SystemExit:
+      errors.append(err.getvalue() or "rejected")
+print(json.dumps({"helps": helps, "errors": errors,
+                  "beam_options": sorted(PipelineOptions([]).get_all_options(drop_default=False))}))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe():
+  """--help of every repository program and venv tool the manifests run, and the Beam checks.
+
+  Returns:
+    A dict: `helps` maps (kind, name) to the --help text; `beam_options` is the
+    set of Beam pipeline option names; `beam_argvs` the Beam job's command lines
+    and `beam_errors` its parser's verdict on each (None: accepted).
+  """
+  commands = _all_commands()
+  programs = sorted({(kind, name) for _, (kind, name, _) in commands
+                     if kind != "bin" or (BIN / name).exists()})
+  paths = {"module": lambda n: None, "script": lambda n: str(ROOT / n), "bin": lambda n: str(BIN / n)}
+  beam_argvs = [flags for _, (kind, name, flags) in commands if (kind, name) == ("module", BUILD_TFRECORDS)]
+  request = {"programs": [(kind, name, paths[kind](name)) for kind, name in programs],
+             "beam_argvs": beam_argvs}
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, input=json.dumps(request),
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.splitlines()[-1])
+  helps = {}
+  for kind, name in programs:
+    entry = out["helps"][f"{kind}:{name}"]
+    assert entry["code"] in (0, None) and "--help" in entry["text"], (
+        f"{name} --help failed (exit {entry['code']}):\n{result.stderr[-2000:]}")
+    helps[(kind, name)] = entry["text"]
+  return {"helps": helps, "beam_options": set(out["beam_options"]), "beam_argvs": beam_argvs,
+          "beam_errors": out["errors"]}
+
+
+def _long_flags(help_text):
+  return set(re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", help_text))
+
+
+def _choices(help_text):
+  return {flag: set(values.split(",")) for flag, values in re.findall(r"(--[\w-]+) \{([^}]+)\}", help_text)}
+
+
+def _flag_values(tokens):
+  """(flag, value or None) for each long flag in `tokens`."""
+  out = []
+  for i, token in enumerate(tokens):
+    if token.startswith("--"):
+      flag, eq, value = token.partition("=")
+      if not eq:
+        value = tokens[i + 1] if i + 1 < len(tokens) and not tokens[i + 1].startswith("-") else None
+      out.append((flag, value))
+  return out
+
+
+# ---- quantities ----------------------------------------------------------------
+
+_UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _quantity(value):
+  number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()
+  return float(number) * _UNITS.get(unit, 1)
+
+
+# ---- the manifests -------------------------------------------------------------
+
+def test_every_document_parses_and_names_itself():
+  paths = sorted(K8S.rglob("*.yaml"))
+  assert len(paths) >= 9
+  for path in paths:
+    docs = _load(path)
+    assert docs, f"{path}: no YAML document"
+    for doc in docs:
+      assert doc.get("apiVersion") and doc.get("kind"), f"{path}: document without apiVersion/kind"
+      if doc["kind"] == "Kustomization":
+        assert "namespace" not in doc, f"{path}: the manifests are namespace-agnostic"
+        continue
+      assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+      assert "namespace" not in doc["metadata"], f"{path}: hard-coded namespace"
+
+
+def test_kustomization_lists_exactly_the_manifests():
+  base = _load(K8S / "kustomization.yaml")[0]
+  assert sorted(base["resources"]) == sorted(p.name for p in _manifest_files())
+  for path in _kustomizations():
+    for resource in _load(path)[0]["resources"]:
+      assert (path.parent / resource).exists(), f"{path}: missing resource {resource}"
+  # Overlays hold only their kustomization; any other YAML there would be applied by nobody.
+  strays = [p for p in (K8S / "overlays").rglob("*.yaml") if p.name != "kustomization.yaml"]
+  assert not strays
+
+
+def test_overlays_agree_with_the_base_on_image_and_labels():
+  base = _load(K8S / "kustomization.yaml")[0]
+  assert [i["name"] for i in base["images"]] == [IMAGE]
+  for path in _kustomizations():
+    spec = _load(path)[0]
+    assert spec["images"] == base["images"], f"{path}: image differs from k8s/kustomization.yaml"
+    assert spec["labels"] == base["labels"], f"{path}: labels differ from k8s/kustomization.yaml"
+
+
+def test_overlays_change_only_names_and_data_set():
+  base = {(d["kind"], d["metadata"]["name"]) for d in _base_docs()}
+  for path in sorted((K8S / "overlays").glob("*/kustomization.yaml")):
+    dataset = path.parent.name
+    docs = _render(path)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert names == {("MPIJob", f"train-{dataset}"), ("Job", f"eval-{dataset}")}
+    assert not names & base, f"{path}: would replace a base object"
+    text = json.dumps(docs)
+    assert "cifar10" not in text, f"{path}: leaves a cifar10 path or script in place"
+
+
+def test_containers_have_requests_limits_and_the_same_image():
+  containers = _all_containers()
+  assert len(containers) >= 8
+  for where, _, c in containers:
+    assert c["image"] == IMAGE, f"{where}: image {c['image']!r}"
+    requests, limits = c["resources"]["requests"], c["resources"]["limits"]
+    for resource in ("cpu", "memory"):
+      assert resource in requests and resource in limits, f"{where}: no {resource} request/limit"
+      assert _quantity(requests[resource]) <= _quantity(limits[resource]), f"{where}: {resource}"
+    for resource in set(requests) | set(limits):
+      if "/" in resource:  # extended resources (GPUs) cannot be overcommitted
+        assert requests.get(resource) == limits.get(resource), f"{where}: {resource}"
+
+
+def test_every_command_exists():
+  commands = _all_commands()
+  modules = {name for _, (kind, name, _) in commands if kind == "module"}
+  scripts = {name for _, (kind, name, _) in commands if kind == "script"}
+  assert {BUILD_TFRECORDS, "preprocess.download"} <= modules
+  assert {"trainers/cifar10.py", "trainers/mnist.py", "trainers/catdog.py"} <= scripts
+  for where, (kind, name, _) in commands:
+    if kind == "module":
+      path = ROOT / name.replace(".", "/")
+      assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), f"{where}: {name}"
+    elif kind == "script":
+      assert (ROOT / name).is_file(), f"{where}: {name} is not in the repository"
+    else:  # a tool from the venv (horovodrun, tensorboard) or the image's system
+      assert (BIN / name).exists() or name.startswith("/"), f"{where}: unknown program {name}"
+  for dockerfile in DOCKERFILES:
+    for word, rest in _instructions(dockerfile):
+      for module in re.findall(r"\bpython[\d.]* -m ([\w.]+)", rest if word in ("RUN", "CMD", "ENTRYPOINT") else ""):
+        in_repo = (ROOT / module.replace(".", "/")).with_suffix(".py").is_file()
+        assert in_repo or importlib.util.find_spec(module), f"{dockerfile.name}: no module {module}"
+
+
+def test_every_flag_is_accepted(probe):
+  checked = 0
+  for where, (kind, name, tokens) in _all_commands():
+    if (kind, name) not in probe["helps"]:
+      continue
+    text = probe["helps"][(kind, name)]
+    known, choices = _long_flags(text), _choices(text)
+    for flag, value in _flag_values(tokens):
+      checked += 1
+      ok = flag in known or (name == BUILD_TFRECORDS and flag[2:] in probe["beam_options"])
+      assert ok, f"{where}: {name} has no flag {flag}"
+      if flag in choices:
+        assert value in choices[flag], f"{where}: {flag} {value!r} not in {sorted(choices[flag])}"
+  assert checked >= 30
+
+
+def test_beam_job_command_lines_parse_with_its_own_parser(probe):
+  assert len(probe["beam_argvs"]) >= 3  # the Job, and the Dataflow and Flink examples
+  for argv, error in zip(probe["beam_argvs"], probe["beam_errors"]):
+    assert error is None, f"python -m {BUILD_TFRECORDS} rejects {argv}:\n{error}"
+
+
+def test_beam_workers_match_the_cpu_request():
+  (job,) = [d for d in _base_docs() if d["kind"] == "Job" and
+            any(BUILD_TFRECORDS in _argv(c) for c in _containers(d["spec"]["template"]))]
+  (c,) = [c for c in _containers(job["spec"]["template"]) if BUILD_TFRECORDS in _argv(c)]
+  flags = dict(_flag_values(_argv(c)))
+  assert flags["--direct_running_mode"] == "multi_processing"
+  assert float(flags["--direct_num_workers"]) == _quantity(c["resources"]["requests"]["cpu"])
+  assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+  assert isinstance(job["spec"]["backoffLimit"], int)
+
+
+def test_mpijob_world_size_matches_workers_and_gpus(probe):
+  mpijobs = _by_kind(_all_rendered(), "MPIJob")
+  assert len(mpijobs) == 3  # cifar10, and the mnist and catdog overlays
+  for job in mpijobs:
+    name, spec = job["metadata"]["name"], job["spec"]
+    assert job["apiVersion"] == "kubeflow.org/v2beta1"
+    assert set(spec) <= MPIJOB_SPEC_FIELDS, f"{name}: unknown fields {set(spec) - MPIJOB_SPEC_FIELDS}"
+    assert set(spec["runPolicy"]) <= MPIJOB_RUN_POLICY_FIELDS
+    launcher, worker = spec["mpiReplicaSpecs"]["Launcher"], spec["mpiReplicaSpecs"]["Worker"]
+    assert set(launcher) <= MPIJOB_REPLICA_FIELDS and set(worker) <= MPIJOB_REPLICA_FIELDS
+    # A failed rank must end the job: bounded retries, and the workers released.
+    assert spec["runPolicy"]["cleanPodPolicy"] in ("Running", "All")
+    assert isinstance(spec["runPolicy"]["backoffLimit"], int) and spec["runPolicy"]["backoffLimit"] >= 0
+    assert launcher["replicas"] == 1
+
+    (launch,) = launcher["template"]["spec"]["containers"]
+    argv = _argv(launch)
+    assert argv[0] == "horovodrun", f"{name}: launcher runs {argv[0]}"
+    own = argv[:argv.index(_rank_command(argv)[0])]
+    assert own[own.index("--hostfile") + 1] == "/etc/mpi/hostfile"
+    horovodrun_flags = _long_flags(probe["helps"][("bin", "horovodrun")]) | {"-np"}
+    assert {t for t in own if t.startswith("-")} <= horovodrun_flags
+    gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert spec["slotsPerWorker"] == gpus, f"{name}: one slot per GPU"
+    assert int(own[own.index("-np") + 1]) == worker["replicas"] * spec["slotsPerWorker"], (
+        f"{name}: -np must be Worker.replicas x slotsPerWorker")
+
+    # Workers run sshd for horovodrun, and are ready only once it listens.
+    (work,) = worker["template"]["spec"]["containers"]
+    assert "/usr/sbin/sshd -D" in " ".join(_argv(work))
+    ssh_port = {p["name"]: p["containerPort"] for p in work["ports"]}["ssh"]
+    assert ssh_port == 22 and work["readinessProbe"]["tcpSocket"]["port"] in ("ssh", 22)
+    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+
+
+def _mounts(pod, container):
+  """mountPath -> (claim, readOnly) for the PVC mounts of `container`."""
+  volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+  out = {}
+  for m in container.get("volumeMounts", []):
+    claim = volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName")
+    if claim:
+      out[m["mountPath"]] = (claim, bool(m.get("readOnly")))
+  return out
+
+
+def _claim_at(mounts, path):
+  hits = [(mp, v) for mp, v in mounts.items() if path == mp or path.startswith(mp.rstrip("/") + "/")]
+  assert hits, f"{path} is on no mounted volume"
+  return max(hits, key=lambda h: len(h[0]))[1]
+
+
+def test_volume_mounts_match_claims():
+  claims = {d["metadata"]["name"]: d for d in _base_docs() if d["kind"] == "PersistentVolumeClaim"}
+  assert set(claims) == {DATA_CLAIM, RUNS_CLAIM}
+  for claim in claims.values():
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on several nodes
+  for label, pod in [p for d in _all_rendered() for p in _pods(d)]:
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    for c in _containers(pod):
+      for m in c.get("volumeMounts", []):
+        assert m["name"] in volumes, f"{label}/{c['name']}: mounts undefined volume {m['name']}"
+    for v in volumes.values():
+      if "persistentVolumeClaim" in v:
+        assert v["persistentVolumeClaim"]["claimName"] in claims, f"{label}: unknown claim"
+
+
+def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
+  checked = 0
+  for doc in _all_rendered():
+    if doc["kind"] == "MPIJob":
+      # The ranks run in the worker pods; the launcher only waits for the data.
+      launcher = doc["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]
+      worker = doc["spec"]["mpiReplicaSpecs"]["Worker"]["template"]
+      runner = (worker, worker["spec"]["containers"][0])
+      argv = _rank_command(_argv(launcher["spec"]["containers"][0]))
+      waiter = (launcher, launcher["spec"]["initContainers"][0])
+    elif doc["kind"] == "Job" and any(a.startswith("trainers/") for c in _containers(
+        doc["spec"]["template"]) for a in _argv(c)):
+      pod = doc["spec"]["template"]
+      runner = (pod, pod["spec"]["containers"][0])
+      argv = _argv(runner[1])
+      waiter = (pod, pod["spec"]["initContainers"][0])
+    else:
+      continue
+    checked += 1
+    flags = dict(_flag_values(argv))
+    data_dir, model_dir = flags["--data-dir"], flags["--model-dir"]
+    mounts = _mounts(*runner)
+    assert _claim_at(mounts, data_dir) == (DATA_CLAIM, True), f"{doc['metadata']['name']}: data"
+    assert _claim_at(mounts, model_dir) == (RUNS_CLAIM, False), f"{doc['metadata']['name']}: runs"
+    # The wait-for init container waits for this run's own file, on the same volume.
+    wait_for = {e["name"]: e["value"] for e in waiter[1]["env"]}["WAIT_FOR"]
+    mode = flags.get("--mode", "train_and_eval")
+    expected = f"{model_dir}/export/saved_model.pb" if mode == "eval" else f"{data_dir}/metadata.json"
+    assert wait_for == expected, f"{doc['metadata']['name']}: waits for {wait_for}"
+    assert _claim_at(_mounts(*waiter), wait_for)[0] == _claim_at(mounts, wait_for)[0]
+  assert checked == 6  # train and eval, for cifar10, mnist and catdog
+
+
+def test_tensorboard_service_targets_the_deployment():
+  (deployment,) = _by_kind(_base_docs(), "Deployment")
+  (service,) = _by_kind(_base_docs(), "Service")
+  pod = deployment["spec"]["template"]
+  labels = pod["metadata"]["labels"]
+  assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+  assert service["spec"]["selector"].items() <= labels.items()
+  (c,) = pod["spec"]["containers"]
+  ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+  (port,) = service["spec"]["ports"]
+  target = port["targetPort"]
+  container_port = ports[target] if isinstance(target, str) else target
+  assert container_port in ports.values()
+  argv = _argv(c)
+  assert argv[0] == "tensorboard" and "--bind_all" in argv
+  flags = dict(_flag_values(argv))
+  assert int(flags["--port"]) == container_port == port["port"] == 6006
+  assert _mounts(pod, c)[flags["--logdir"]] == (RUNS_CLAIM, True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not on PATH")
+def test_kustomize_builds_what_the_tests_check():
+  base = _load(K8S / "kustomization.yaml")[0]
+  (image,) = base["images"]
+  for path in _kustomizations():
+    result = subprocess.run(["kubectl", "kustomize", "--load-restrictor=LoadRestrictionsNone",
+                             str(path.parent)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"{path}: {result.stderr}"
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    names = sorted((d["kind"], d["metadata"]["name"]) for d in built)
+    assert names == sorted((d["kind"], d["metadata"]["name"]) for d in _render(path))
+    for doc in built:
+      assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cnn-pipeline"
+      for _, pod in _pods(doc):
+        for c in _containers(pod):
+          assert c["image"] == f"{image['newName']}:{image['newTag']}", f"{path}: {c['name']}"
+
+
+def test_paths_named_in_docs_and_comments_exist():
+  pattern = re.compile(r"(?<![\w/.-])((?:docker|k8s|scripts|trainers|pipeline|preprocess|tests)"
+                       r"/[\w.-]+(?:/[\w.-]+)*)(:\d)?")
+  texts = [K8S / "README.md"] + _manifest_files() + _kustomizations() + sorted(DOCKER.iterdir())
+  checked = 0
+  for path in texts:
+    for ref, tag in pattern.findall(path.read_text()):
+      if tag:  # an image, e.g. docker/dockerfile:1
+        continue
+      checked += 1
+      assert (ROOT / ref.rstrip(".")).exists(), f"{path.relative_to(ROOT)} names missing {ref}"
+  assert checked >= 20
+
+
+# ---- the images ----------------------------------------------------------------
+
+def _instructions(dockerfile):
+  """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+  lines, current = [], ""
+  for line in dockerfile.read_text().splitlines():
+    if line.strip().startswith("#") or not line.strip():
+      continue
+    current += line.rstrip()
+    if current.endswith("\\"):
+      current = current[:-1] + " "
+      continue
+    word, _, rest = current.strip().partition(" ")
+    lines.append((word.upper(), rest.strip()))
+    current = ""
+  return lines
+
+
+def test_images_copy_only_files_that_exist_and_install_like_make_install():
+  assert [p.name for p in DOCKERFILES] == ["Dockerfile", "Dockerfile.cpu"]
+  for dockerfile in DOCKERFILES:
+    steps = _instructions(dockerfile)
+    for word, rest in steps:
+      if word == "COPY" and "--from=" not in rest:
+        *sources, _ = shlex.split(rest)
+        for source in sources:
+          assert (ROOT / source).exists(), f"{dockerfile.name}: COPY of missing {source}"
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    assert runs.count("bash scripts/install.sh") == 2, f"{dockerfile.name}: deps, then code"
+    for script in re.findall(r"\b(?:bash|sh) ((?:scripts|docker)/\S+)", runs):
+      assert (ROOT / script).is_file(), f"{dockerfile.name}: runs missing {script}"
+    ignore = (DOCKER / f"{dockerfile.name}.dockerignore").read_text().split()
+    # A copied host .venv would be reused by install.sh instead of built for the image.
+    assert {".venv", ".cache", "data", "runs", ".git"} <= set(ignore)
+
+
+def test_horovod_patch_lives_only_in_install_script():
+  assert "xla_mpi_ops" in (ROOT / "scripts" / "install.sh").read_text()
+  for path in DOCKER.iterdir():
+    for patched in ("xla_mpi_ops", "AsGpuStreamValue"):
+      assert patched not in path.read_text(), f"{path.name} patches Horovod outside scripts/install.sh"
+
+
+def test_images_use_the_python_of_setup_py():
+  (version,) = re.findall(r'python_requires=">=(3\.\d+),<', (ROOT / "setup.py").read_text())
+  cpu = dict(_instructions(DOCKER / "Dockerfile.cpu"))
+  assert cpu["FROM"].startswith(f"python:{version}-slim")
+  gpu = _instructions(DOCKER / "Dockerfile")
+  assert ("ARG", f"PYTHON=python{version}") in gpu
+
+
+def test_gpu_image_cuda_matches_the_pinned_cuda_libraries():
+  steps = _instructions(DOCKER / "Dockerfile")
+  args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+  cuda_minor = ".".join(args["CUDA_VERSION"].split(".")[:2])
+  froms = [rest for word, rest in steps if word == "FROM"]
+  assert froms == ["nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${BASE_OS} AS build",
+                   "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${BASE_OS}"]
+  pins = dict(line.split("==") for line in (DOCKER / "constraints-gpu.txt").read_text().splitlines()
+              if line and not line.startswith("#"))
+  for package in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cublas-cu12"):
+    assert pins[package].startswith(cuda_minor + "."), f"{package} {pins[package]} vs CUDA {cuda_minor}"
+  env = " ".join(rest for word, rest in steps if word == "ENV")
+  assert "HOROVOD_GPU_OPERATIONS=NCCL" in env
+
+
+def test_gpu_requirements_swap_only_tensorflow(tmp_path):
+  (tmp_path / "docker").mkdir()
+  for name in ("gpu_requirements.sh", "constraints-gpu.txt"):
+    shutil.copy(DOCKER / name, tmp_path / "docker" / name)
+  original = (ROOT / "requirements.txt").read_text()
+  (tmp_path / "requirements.txt").write_text(original)
+  for _ in range(2):  # the Dockerfile runs it after each COPY; a second run changes nothing
+    subprocess.run(["bash", str(tmp_path / "docker" / "gpu_requirements.sh")], check=True, timeout=60)
+  rewritten = (tmp_path / "requirements.txt").read_text()
+
+  def requirements(text):
+    return [l.split("#")[0].strip() for l in text.splitlines() if l.split("#")[0].strip()]
+  before, after = requirements(original), requirements(rewritten)
+  (cpu,) = [r for r in before if r.startswith("tensorflow-cpu==")]
+  version = cpu.split("==")[1]
+  assert after == [f"tensorflow[and-cuda]=={version}" if r == cpu else r for r in before] + [
+      "-c docker/constraints-gpu.txt"]
