@@ -6,6 +6,7 @@ listed under Tags()['tensors'] with the plugin named in their metadata); a real
 """
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -17,7 +18,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import BIN, run_trainer
+from tests.conftest import BIN, ROOT, run_trainer
 
 
 def _accumulator(path):
@@ -168,3 +169,16 @@ def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
     proc.terminate()
     proc.wait(timeout=30)
   assert proc.returncode is not None
+
+
+def test_make_plots_writes_png_figures_of_the_run(run_dir, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  logdir = tmp_path / "runs"
+  shutil.copytree(run_dir, logdir / "cifar10-tutorial")
+  subprocess.run(["make", "plots", f"LOGDIR={logdir}"], cwd=ROOT, check=True, capture_output=True,
+                 timeout=300)
+  for name in ("cifar10-tutorial.png", "all_runs.png"):
+    with Image.open(logdir / "plots" / name) as image:
+      assert image.format == "PNG"
+      assert 600 <= image.width <= 2000 and 300 <= image.height <= 1200
+      assert len(set(image.convert("RGB").getdata())) > 10  # not blank
