@@ -17,6 +17,7 @@ import hashlib
 
 import numpy as np
 
+from preprocess import fileio
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
@@ -36,10 +37,6 @@ META_FILE = "batches.meta.txt"
 _RECORDS_PER_READ = 256
 
 
-def _open_rb(path):
-  return open(path, "rb")
-
-
 def _seekable(f):
   # Beam's CompressedFile makes `seekable` a property, not io's method.
   seekable = getattr(f, "seekable", False)
@@ -50,7 +47,7 @@ def _plural(n, word):
   return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def read_class_names(path, opener=_open_rb):
+def read_class_names(path, opener=fileio.open_rb):
   """Reads `batches.meta.txt`: the ten class names, in label order.
 
   Args:
@@ -130,19 +127,7 @@ def _seek_to(f, offset):
     remaining -= got
 
 
-def _read_up_to(f, n):
-  """Reads n bytes, or fewer only at end of file (read() may return short)."""
-  parts = []
-  while n:
-    part = f.read(n)
-    if not part:
-      break
-    parts.append(part)
-    n -= len(part)
-  return b"".join(parts)
-
-
-def read_records(path, source_name, start=0, stop=None, opener=_open_rb):
+def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
   """Yields the records [start, stop) of one CIFAR-10 batch file.
 
   Args:
@@ -168,7 +153,7 @@ def read_records(path, source_name, start=0, stop=None, opener=_open_rb):
     index = start
     while stop is None or index < stop:
       want = _RECORDS_PER_READ if stop is None else min(_RECORDS_PER_READ, stop - index)
-      chunk = _read_up_to(f, want * RECORD_BYTES)
+      chunk = fileio.read_up_to(f, want * RECORD_BYTES)
       whole, extra = divmod(len(chunk), RECORD_BYTES)
       if extra:
         raise DataFormatError(

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from preprocess import fileio
 from preprocess.records import Record, Reject
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
@@ -25,10 +26,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 # Modes that carry an alpha channel (upper case: straight alpha; lower: premultiplied).
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _16BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-
-
-def _open_rb(path):
-  return open(path, "rb")
 
 
 def _class_of(parts):
@@ -135,7 +132,7 @@ def _decode(data, size):
   return np.array(_resize_and_crop(rgb, size), dtype=np.uint8)
 
 
-def load_image(path, relpath, label, size, opener=_open_rb):
+def load_image(path, relpath, label, size, opener=fileio.open_rb):
   """Decodes one image file into a size x size RGB `Record`, or a `Reject`.
 
   The image is converted to RGB (alpha composited over white, 16-bit scaled to

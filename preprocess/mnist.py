@@ -25,6 +25,7 @@ import zlib
 
 import numpy as np
 
+from preprocess import fileio
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
@@ -47,10 +48,6 @@ _KIND_OF_MAGIC = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
 # Records per read() call: ~800 KB of pixels; bounds memory, amortises calls.
 _RECORDS_PER_READ = 1024
 _SKIP_CHUNK = 1 << 20
-
-
-def _open_rb(path):
-  return open(path, "rb")
 
 
 def _seekable(f):
@@ -112,7 +109,7 @@ class _Prepended(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def open_idx(path, opener=_open_rb):
+def open_idx(path, opener=fileio.open_rb):
   """Opens an IDX file for reading, gunzipping it if it starts with 1f 8b.
 
   Args:
@@ -139,18 +136,6 @@ def open_idx(path, opener=_open_rb):
       yield stream
 
 
-def _read_up_to(f, n):
-  """Reads n bytes, or fewer only at end of file (read() may return short)."""
-  parts = []
-  while n:
-    part = f.read(n)
-    if not part:
-      break
-    parts.append(part)
-    n -= len(part)
-  return b"".join(parts)
-
-
 def read_idx(f, path, n):
   """Reads up to n bytes from an `open_idx` stream (fewer only at the end).
 
@@ -160,7 +145,7 @@ def read_idx(f, path, n):
       otherwise surface as a traceback that does not name the file.
   """
   try:
-    return _read_up_to(f, n)
+    return fileio.read_up_to(f, n)
   except EOFError as e:
     raise DataFormatError(path, f"truncated gzip stream ({str(e).lower().rstrip('.')})") from None
   except (zlib.error, gzip.BadGzipFile) as e:
@@ -219,7 +204,7 @@ def _check_data_length(f, path, expected, what):
         path, f"{total - expected} unexpected bytes after the data ({what}, {expected} bytes)")
 
 
-def check_files(images_path, labels_path, opener=_open_rb):
+def check_files(images_path, labels_path, opener=fileio.open_rb):
   """Validates an images/labels pair end to end and returns its record count.
 
   Reads both files once, in constant memory, so that a truncated download or a
@@ -249,7 +234,7 @@ def check_files(images_path, labels_path, opener=_open_rb):
   return n_images
 
 
-def read_records(images_path, labels_path, source_name, start=0, stop=None, opener=_open_rb):
+def read_records(images_path, labels_path, source_name, start=0, stop=None, opener=fileio.open_rb):
   """Yields the records [start, stop) of an MNIST images/labels pair.
 
   Args:

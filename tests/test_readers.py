@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from preprocess import cifar10, imagefolder, mnist
+from preprocess import cifar10, fileio, imagefolder, mnist
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
@@ -100,7 +100,7 @@ def test_cifar_pixels_labels_ids_and_hashes_are_exact(tmp_path):
     np.testing.assert_array_equal(rec.image, expected)
 
 
-@pytest.mark.parametrize("opener", [cifar10._open_rb, non_seekable_opener],
+@pytest.mark.parametrize("opener", [fileio.open_rb, non_seekable_opener],
                          ids=["seekable", "non-seekable"])
 def test_cifar_range_reads_equal_slices_of_full_read(tmp_path, opener):
   path = tmp_path / "b.bin"
@@ -230,7 +230,7 @@ def test_mnist_range_reads_equal_slices_of_full_read(tmp_path):
   n = 1100  # More than one 1024-record read.
   for gz in (True, False):
     images, labels, _, _ = write_mnist(tmp_path, n, gz, seed=1)
-    for opener in (mnist._open_rb, non_seekable_opener):
+    for opener in (fileio.open_rb, non_seekable_opener):
       full = list(mnist.read_records(images, labels, "m", opener=opener))
       assert len(full) == n
       for start, stop in [(0, n), (3, 9), (1020, 1030), (1099, 1100), (50, 50), (1000, None)]:
