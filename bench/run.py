@@ -1,4 +1,4 @@
-"""Benchmarks: conversion throughput and peak memory of the Beam job (`make bench`).
+"""Benchmarks (`make bench`): the Beam job's throughput and memory; summary overhead.
 
 Generates full-size CIFAR-10-format data (60,000 records) with the sample-data
 generator, then times, in one run on this machine:
@@ -7,8 +7,12 @@ generator, then times, in one run on this machine:
   3. the Beam job on the same data repeated 10x (600,000 records), to show
      whether peak memory stays flat as the data grows.
 Peak memory is the largest summed RSS of the process and all its children
-(Beam's worker processes included), sampled every 50 ms. Results are appended
-to bench/RESULTS.md with the machine and date.
+(Beam's worker processes included), sampled every 50 ms.
+
+Then it trains the CIFAR-10 tutorial model on the sample data with the default
+summary settings and with summaries off, alternating, and reports the
+step-time overhead of summaries. Results are appended to bench/RESULTS.md with
+the machine and date.
 """
 
 import argparse
@@ -69,19 +73,80 @@ def beam_cmd(raw, out):
           "--raw-dir", str(raw), "--out-dir", str(out), "--overwrite"]
 
 
+def _loop_seconds(output):
+  """The trainer's own measure of its training loop ("trained N steps in X.XXs")."""
+  line = next(l for l in output.splitlines() if l.startswith("trained ") and " steps in " in l)
+  return float(line.split(" steps in ")[1].split("s ")[0])
+
+
+def summary_overhead(work, steps, repeats):
+  """Seconds per step with default summaries and with none; min over repeats."""
+  raw, out = work / "raw-sample", work / "tfrecords-sample"
+  if not (out / "cifar10" / "metadata.json").exists():
+    sample_data.generate(str(raw), datasets=("cifar10",), seed=0)
+    subprocess.run(beam_cmd(raw, out), cwd=ROOT, check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  settings = {"defaults (--summary-every 100 --histogram-every 1000)": [],
+              "summaries off (--summary-every 0 --histogram-every 0)": ["--summary-every", "0",
+                                                                         "--histogram-every", "0"]}
+  best = {name: float("inf") for name in settings}
+  for _ in range(repeats):
+    for name, flags in settings.items():
+      cmd = [sys.executable, str(ROOT / "trainers" / "cifar10.py"), "--model", "tutorial",
+             "--data-dir", str(out / "cifar10"), "--model-dir", str(work / "overhead-run"),
+             "--overwrite", "--max-steps", str(steps), "--batch-size", "64", "--mode", "train",
+             "--no-export", "--eval-every", "0", "--checkpoint-every", str(steps)] + flags
+      result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+      best[name] = min(best[name], _loop_seconds(result.stdout) / steps)
+  return best
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench"))
   parser.add_argument("--scale", type=int, default=10, help="Data growth factor for the memory check.")
   parser.add_argument("--results", default=str(RESULTS))
+  parser.add_argument("--only", choices=("conversion", "summaries"), default=None)
+  parser.add_argument("--steps", type=int, default=1000, help="Training steps per summary-overhead run.")
+  parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
   work = pathlib.Path(args.work_dir)
-  raw, big = work / "raw", work / f"raw-x{args.scale}"
+  work.mkdir(parents=True, exist_ok=True)
+  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+             platform.processor())
+  machine = (f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+             f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n")
+  text = ""
+  if args.only != "summaries":
+    text += conversion(work, args.scale, machine)
+  if args.only != "conversion":
+    print("summary overhead ...", file=sys.stderr)
+    per_step = summary_overhead(work, args.steps, args.repeats)
+    (with_summaries, without), names = per_step.values(), list(per_step)
+    text += "\n".join([
+        f"\n## Summary overhead, {datetime.date.today().isoformat()}", machine,
+        f"CIFAR-10 tutorial model, batch 64, one process, {args.steps} steps, best of {args.repeats}.\n",
+        "| summaries | ms/step |", "|---|---:|",
+        f"| {names[0]} | {with_summaries * 1000:.1f} |",
+        f"| {names[1]} | {without * 1000:.1f} |",
+        f"\nOverhead of the default summaries: {(with_summaries / without - 1) * 100:+.1f}% step time.\n"])
+  print(text)
+  results = pathlib.Path(args.results)
+  if not results.exists():
+    results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n")
+  with results.open("a") as f:
+    f.write(text)
+
+
+def conversion(work, scale, machine):
+  """Times the baseline loop and the Beam job; returns the Markdown section."""
+  raw, big = work / "raw", work / f"raw-x{scale}"
   if not (raw / "cifar10").exists():
     print("generating full-size CIFAR-10-format data ...", file=sys.stderr)
     sample_data.generate(str(raw), datasets=("cifar10",), full=True, seed=0)
   if not (big / "cifar10").exists():
-    repeat_cifar(raw, big, args.scale)
+    repeat_cifar(raw, big, scale)
   n = 60000
   rows = []
   print("baseline loop ...", file=sys.stderr)
@@ -92,29 +157,19 @@ def main():
   print("beam job ...", file=sys.stderr)
   t_beam, m_beam = measure(beam_cmd(raw, work / "out-beam"))
   rows.append(("Beam job, `make preprocess` defaults", n, t_beam, m_beam))
-  print(f"beam job on {args.scale}x data ...", file=sys.stderr)
+  print(f"beam job on {scale}x data ...", file=sys.stderr)
   t_big, m_big = measure(beam_cmd(big, work / "out-beam-big"))
-  rows.append((f"Beam job, same defaults, data x{args.scale}", n * args.scale, t_big, m_big))
+  rows.append((f"Beam job, same defaults, data x{scale}", n * scale, t_big, m_big))
   shutil.rmtree(work / "out-beam-big", ignore_errors=True)
 
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-             platform.processor())
-  lines = [f"\n## Conversion, {datetime.date.today().isoformat()}",
-           f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-           f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n",
+  lines = [f"\n## Conversion, {datetime.date.today().isoformat()}", machine,
            "| run | records | seconds | records/s | vs loop | peak RSS (MiB, all processes) |",
            "|---|---:|---:|---:|---:|---:|"]
   for name, count, secs, mem in rows:
     lines.append(f"| {name} | {count:,} | {secs:.1f} | {count / secs:,.0f} | "
                  f"{(count / secs) / (n / t_loop):.2f}x | {mem:,.0f} |")
-  lines.append(f"\nPeak memory at x{args.scale} data / at x1: {m_big / m_beam:.2f}.")
-  text = "\n".join(lines) + "\n"
-  print(text)
-  results = pathlib.Path(args.results)
-  if not results.exists():
-    results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n")
-  with results.open("a") as f:
-    f.write(text)
+  lines.append(f"\nPeak memory at x{scale} data / at x1: {m_big / m_beam:.2f}.")
+  return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

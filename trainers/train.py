@@ -483,6 +483,9 @@ def train(run):
           _log(ctx, f"early stopping at step {step}: validation precision@1 "
                     f"{run.best_precision.numpy():.4f} at step {run.best_step.numpy()}, no better since")
           break
+  seconds = time.time() - started
+  _log(ctx, f"trained {step - start} steps in {seconds:.2f}s "
+            f"({(step - start) * global_batch / max(seconds, 1e-9):.0f} img/s)")
   if step % config.checkpoint_every:
     run.checkpoints.save(step)
   best = None
