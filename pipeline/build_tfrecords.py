@@ -35,6 +35,7 @@ from pipeline import convert
 from pipeline import datasets
 from pipeline import plan
 from preprocess import augment
+from preprocess import cli
 from preprocess import schema
 from preprocess.errors import DataFormatError
 
@@ -51,7 +52,7 @@ class UsageError(Exception):
 
 def parse_args(argv):
   """Splits argv into this job's flags and the Beam pipeline flags."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m pipeline.build_tfrecords", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=datasets.DATASETS + ("all",))

@@ -20,7 +20,6 @@ Usage:
   python -m preprocess.download --dataset {cifar10,mnist,catdog,all} --raw-dir DIR [--force]
 """
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -40,6 +39,7 @@ import zipfile
 import zlib
 from typing import Optional
 
+from preprocess import cli
 from preprocess import imagefolder
 from preprocess.errors import DataFormatError
 
@@ -557,15 +557,8 @@ def _install_catdog(archive, root, log):
 # --- command line -----------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports usage errors on one line (plus the exit code 2 argparse uses)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parse_args(argv):
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m preprocess.download",
       description=("Download the official CIFAR-10 (binary), MNIST and Kaggle cats-and-dogs "
                    "archives, verify their recorded checksums, and extract them into the "

@@ -13,7 +13,6 @@ Usage:
   python -m preprocess.sample_data --out-dir data/raw [--dataset all] [--full] [--seed 0]
 """
 
-import argparse
 import colorsys
 import gzip
 import hashlib
@@ -28,6 +27,8 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from preprocess import cli
 
 DATASETS = ("cifar10", "mnist", "catdog")
 
@@ -562,15 +563,8 @@ def _write_catdog(out_dir, train_per_class, test_per_class, seed):
 # --- command line -----------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports usage errors on one line (plus the exit code 2 argparse uses)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parse_args(argv):
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m preprocess.sample_data",
       description=("Write small synthetic raw data sets in the official file layouts "
                    "(CIFAR-10 binary batches, gzipped MNIST IDX, cat/dog JPEG folders), "

@@ -8,10 +8,11 @@ inconsistent ones. The result is printed and saved as `config.json` in the
 model dir at the start of a run.
 """
 
-import argparse
 import dataclasses
 import json
 from typing import Optional
+
+from preprocess import cli
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -109,7 +110,7 @@ class Config:
 
 def _parser(dataset):
   models = sorted(RECIPES[dataset])
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog=f"trainers/{dataset}.py",
       description=(f"Train or evaluate a {dataset} model on the TFRecords of `make preprocess`. "
                    f"One process per GPU: `horovodrun -np 4 trainers/{dataset}.py`; "

@@ -11,7 +11,6 @@ Usage:
   python -m trainers.plots --logdir runs [--out-dir runs/plots]
 """
 
-import argparse
 import collections
 import os
 import sys
@@ -27,6 +26,8 @@ from matplotlib.figure import Figure
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
+
+from preprocess import cli
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FIGSIZE = (10, 4)  # inches; with DPI, 1000x400 px: readable in a report at page width
@@ -237,15 +238,8 @@ def plot_comparison(runs, path):
 # --- command line -----------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports usage errors on one line (plus the exit code 2 argparse uses)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parse_args(argv):
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m trainers.plots",
       description=("Draw PNG figures of training loss and evaluation accuracy from the "
                    "TensorBoard event files of training runs: one figure per run (loss vs "
