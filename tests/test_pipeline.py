@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -205,6 +206,18 @@ def test_catdog_resizes_every_image_and_ledgers_bad_files(raw, tmp_path):
                                           "train/cat/notes.txt", "test/bird/bird.1.jpg"}
   assert all(r["reason"] for r in ledger)
   assert meta["records"] == {"read": good + 4, "written": good, "rejected": 4}
+
+
+def test_cifar10_archive_is_extracted_and_converted(raw, cifar_out, tmp_path):
+  cifar = tmp_path / "raw" / "cifar10"
+  cifar.mkdir(parents=True)
+  with tarfile.open(cifar / "cifar-10-binary.tar.gz", "w:gz") as tar:
+    tar.add(raw / "cifar10" / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+  build(tmp_path / "raw", tmp_path / "out", "--num-shards", "3")
+  assert (cifar / "cifar-10-batches-bin" / "data_batch_1.bin").exists()
+  expected, _ = cifar_out
+  for shard in sorted(expected.glob("*.tfrecord")):
+    assert (tmp_path / "out" / "cifar10" / shard.name).read_bytes() == shard.read_bytes()
 
 
 def test_bad_cifar_labels_are_rejected_and_the_rest_kept(raw, tmp_path):
