@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,6 +53,18 @@ def tfrecords(tmp_path_factory):
     subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=600,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
   return out
+
+
+def wait_for_checkpoint(model_dir, min_step, timeout=300):
+  """Waits until model_dir/checkpoints holds a checkpoint of step >= min_step; returns its step."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    latest = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
+    if latest and int(latest.rsplit("-", 1)[1]) >= min_step:
+      return int(latest.rsplit("-", 1)[1])
+    time.sleep(0.5)
+  pytest.fail(f"no checkpoint of step >= {min_step} in {model_dir} after {timeout} s")
 
 
 def run_trainer(dataset, flags, np_=1, timeout=900, check=True):

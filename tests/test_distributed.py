@@ -11,7 +11,7 @@ import psutil
 import pytest
 import tensorflow as tf
 
-from tests.conftest import BIN, ROOT, run_trainer
+from tests.conftest import BIN, ROOT, run_trainer, wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -102,12 +102,7 @@ def test_a_dead_worker_ends_the_job_and_a_restart_resumes(tfrecords, tmp_path):
   env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="2")
   launcher = subprocess.Popen(cmd + [str(f) for f in flags] + ["--max-steps", "1000000"], cwd=ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-    if latest and int(latest.rsplit("-", 1)[1]) >= 10:
-      break
-    time.sleep(0.5)
+  wait_for_checkpoint(tmp_path, 10)
   ranks = _rank_processes(launcher)
   assert set(ranks) == {0, 1}, ranks
   ranks[1].send_signal(signal.SIGKILL)

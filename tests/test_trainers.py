@@ -8,13 +8,12 @@ covers `horovodrun -np 2`.
 import json
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import BIN, ROOT, run_trainer
+from tests.conftest import BIN, ROOT, run_trainer, wait_for_checkpoint
 
 MODELS = [("cifar10", "tutorial"), ("cifar10", "cookbook"), ("mnist", "basic"),
           ("mnist", "bn_dropout"), ("mnist", "resnet"), ("catdog", "lenet5")]
@@ -100,12 +99,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tfrecords, tmp_path
                           ["--max-steps", "1000000"], cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, env={"PATH": f"{BIN}:/usr/bin:/bin",
                                                           "TF_CPP_MIN_LOG_LEVEL": "2"})
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-    if latest and int(latest.rsplit("-", 1)[1]) >= 15:
-      break
-    time.sleep(0.5)
+  wait_for_checkpoint(tmp_path, 15)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   saved = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
