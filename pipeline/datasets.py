@@ -79,9 +79,12 @@ def _list(root):
   return found
 
 
-def _require_dir(root, what):
-  if not FileSystems.exists(root) or not _list(root):
+def _list_required(root, what):
+  """`_list(root)`, or a DataFormatError if `root` is missing or holds no files."""
+  files = _list(root) if FileSystems.exists(root) else {}
+  if not files:
     raise DataFormatError(root, f"no {what} found here (run with --download, or see README)")
+  return files
 
 
 def _cifar10(raw_dir, options):
@@ -91,8 +94,7 @@ def _cifar10(raw_dir, options):
   if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
     from preprocess import download  # pylint: disable=g-import-not-at-top
     download.extract_archive(archive, root)
-  _require_dir(batches, "CIFAR-10 binary batches (cifar-10-batches-bin/)")
-  files = _list(batches)
+  files = _list_required(batches, "CIFAR-10 binary batches (cifar-10-batches-bin/)")
   meta_name = cifar10.META_FILE
   if meta_name not in files:
     raise DataFormatError(FileSystems.join(batches, meta_name), "missing class names file")
@@ -114,8 +116,7 @@ def _cifar10(raw_dir, options):
 
 def _mnist(raw_dir, options):
   root = FileSystems.join(raw_dir, "mnist")
-  _require_dir(root, "MNIST IDX files")
-  files = _list(root)
+  files = _list_required(root, "MNIST IDX files")
   splits, used = {}, {}
   for split in ("train", "test"):
     images, labels = mnist.find_split_files(set(files), split, directory=root)
@@ -127,8 +128,7 @@ def _mnist(raw_dir, options):
 
 def _catdog(raw_dir, options):
   root = FileSystems.join(raw_dir, "catdog")
-  _require_dir(root, "cat/dog images (train/ and test/ folders)")
-  files = _list(root)
+  files = _list_required(root, "cat/dog images (train/ and test/ folders)")
   splits, rejects, used = {}, [], {}
   for split in ("train", "test"):
     in_split = {rel[len(split) + 1:]: rel for rel in files if rel.startswith(split + "/")}
