@@ -9,7 +9,6 @@ model dir at the start of a run.
 """
 
 import dataclasses
-import json
 from typing import Optional
 
 from preprocess import cli
@@ -103,9 +102,6 @@ class Config:
   seed: int
   overwrite: bool
   export: bool
-
-  def to_json(self):
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
 def _parser(dataset):

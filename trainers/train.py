@@ -15,6 +15,7 @@ export, summaries) goes through objects that do nothing on other ranks.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -139,6 +140,12 @@ def _synced_statistics(model):
           if v.dtype in ("float16", "float32", "float64") and "seed_generator" not in v.path]
 
 
+def _correct(logits, labels):
+  """1.0 where the top logit is the label, else 0.0 (precision@1 per example)."""
+  predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)
+
+
 def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
   """One synchronized step: local gradients, averaged over ranks, then applied.
 
@@ -165,9 +172,7 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
       distributed.average_variables(statistics)  # Horovod: one set of BN statistics.
     if ema is not None:
       ema.update(optimizer.iterations)
-    accuracy = tf.reduce_mean(tf.cast(
-        tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)),
-        tf.float32))
+    accuracy = tf.reduce_mean(_correct(logits, labels))
     # Horovod: metrics shown to users, and the non-finite check, use rank means.
     means = distributed.allreduce_mean(tf.stack([cross_entropy, total_loss, accuracy]))
     return {"cross_entropy": means[0], "total_loss": means[1], "accuracy": means[2]}, grads
@@ -204,9 +209,7 @@ def make_eval_step(model):
   @tf.function(reduce_retracing=True)
   def eval_step(images, labels):
     logits = model(images, training=False)
-    correct = tf.reduce_sum(tf.cast(
-        tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(labels, tf.int32)),
-        tf.float64))
+    correct = tf.reduce_sum(tf.cast(_correct(logits, labels), tf.float64))
     return tf.stack([correct, tf.cast(loss_fn(labels, logits), tf.float64),
                      tf.cast(tf.shape(labels)[0], tf.float64)])
 
@@ -396,9 +399,12 @@ class Run:
         batch_size=self.config.batch_size, training=training, seed=self.config.seed,
         image_shape=self.model.input_shape[1:], first_epoch=self.step // self.steps_per_epoch)
 
+  def evaluation_weights(self):
+    """Context in which the model holds the weights the recipe evaluates and exports."""
+    return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
+
   def evaluate(self, split):
-    context = self.ema.swapped_in() if self.ema else contextlib.nullcontext()
-    with context:
+    with self.evaluation_weights():
       return evaluate(self.eval_step, self.dataset(split, training=False))
 
 
@@ -530,10 +536,11 @@ def run(config, ctx):
   """Runs `config.mode` in this process; returns the final metrics (or None)."""
   _prepare_model_dir(config, ctx)
   r = Run(config, ctx)
-  _log(ctx, "config: " + json.dumps(json.loads(config.to_json()), sort_keys=True))
+  config_dict = dataclasses.asdict(config)
+  _log(ctx, "config: " + json.dumps(config_dict, sort_keys=True))
   if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
     tf.io.gfile.makedirs(config.model_dir)
-    saved = json.loads(config.to_json()) | {"workers": ctx.size}
+    saved = config_dict | {"workers": ctx.size}
     _write_json(os.path.join(config.model_dir, "config.json"), saved)
     r.writer.config(saved)
   metrics = None
@@ -543,8 +550,7 @@ def run(config, ctx):
       metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
     if config.export and ctx.is_chief:
       export_dir = os.path.join(config.model_dir, "export")
-      context = r.ema.swapped_in() if r.ema else contextlib.nullcontext()
-      with context:
+      with r.evaluation_weights():
         export_serving_model(r.model, r.metadata, export_dir)
       _log(ctx, f"exported the serving model to {export_dir}")
   else:
