@@ -308,7 +308,8 @@ def main(argv=None):
     elif args.dataset == "all":
       names = [n for n in names if _present(n, args.raw_dir)]
       if not names:
-        raise UsageError(f"{args.raw_dir}: no {', '.join(n + '/' for n in specs.names())} raw "
+        folders = [n + "/" for n in specs.names()]
+        raise UsageError(f"{args.raw_dir}: no {', '.join(folders[:-1])} or {folders[-1]} raw "
                          "data (use --download or make sample-data)")
     for name in names:
       convert_dataset(name, args, options, log)
