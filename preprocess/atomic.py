@@ -12,7 +12,7 @@ import uuid
 
 
 def temp_name(path):
-  """A unique hidden-ish temporary name beside `path` (same directory, same file system)."""
+  """A unique temporary name beside `path` (same directory, so the rename stays on one file system)."""
   return f"{path}.tmp-{uuid.uuid4().hex}"
 
 
