@@ -1,8 +1,8 @@
 """Atomic file writes: a file under its final name is always complete.
 
 Everything the data flow writes for others to trust (raw sample files,
-metadata.json, rejects.jsonl, run configs) is written to a hidden temporary
-name beside the target and renamed into place, so an interrupted run never
+metadata.json, rejects.jsonl, run configs) is written to a temporary name
+beside the target and renamed into place, so an interrupted run never
 leaves a truncated file that looks finished.
 """
 

@@ -7,6 +7,7 @@ computation from the raw CIFAR-10 bytes, and bad data fails early with a
 one-line message.
 """
 
+import copy
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ import tensorflow as tf
 from preprocess import augment
 from preprocess import cifar10
 from preprocess import datasets
+from preprocess import metadata
 from trainers import input_pipeline as ip
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -292,8 +294,8 @@ def test_ranks_first_training_epochs_partition_the_split(cifar, size, by_records
 
 def test_a_rank_without_records_fails_loudly(cifar):
   data_dir, meta = cifar
-  small = json.loads(json.dumps(meta))
-  small["splits"]["test"]["shards"] = [{"file": "test-00000-of-00004.tfrecord", "num_examples": 3}]
+  small = copy.deepcopy(meta)
+  small.splits["test"].shards = [metadata.ShardInfo("test-00000-of-00004.tfrecord", 3)]
   with pytest.raises(ip.InputError, match="rank 3 of 4 gets no records"):
     ip.make_dataset(data_dir, small, "test", rank=3, size=4, batch_size=1, training=True, seed=0)
 
