@@ -150,15 +150,6 @@ def _list_image_folder(spec, root, options):
                     size, splits, rejects, used)
 
 
-# Format -> its lister (driver side, from the directory listing) and its reader
-# (worker side, one record range of one source).
-_LISTERS = {
-    "cifar_binary": _list_cifar_binary,
-    "idx": _list_idx,
-    "image": _list_image_folder,
-}
-
-
 def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
   """Lists and checks the raw files of `dataset` under `raw_dir`/`dataset`.
 
@@ -176,22 +167,42 @@ def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
   """
   spec = datasets.get(dataset)
   root = FileSystems.join(raw_dir, spec.name)
-  return _LISTERS[spec.layout.format](spec, root, {"image_size": image_size,
-                                                   "image_format": image_format})
+  lister = _FORMATS[spec.layout.format][0]
+  return lister(spec, root, {"image_size": image_size, "image_format": image_format})
+
+
+def _read_cifar_binary(source, start, stop, image_size):
+  del image_size  # Stored as is, 32x32.
+  return cifar10.read_records(source.paths[0], source.name, start, stop, opener=open_raw)
+
+
+def _read_idx(source, start, stop, image_size):
+  del image_size  # Stored as is, 28x28.
+  return mnist.read_records(source.paths[0], source.paths[1], source.name, start, stop,
+                            opener=open_raw)
+
+
+def _read_image(source, start, stop, image_size):
+  del start, stop  # One image a source.
+  return [imagefolder.load_image(source.paths[0], source.name, source.label, image_size,
+                                 opener=open_raw)]
+
+
+# Format (a layout's `format`, a Source's `kind`) -> (lister on the driver,
+# reader of one record range on a worker). Formats, not data sets: every data
+# set in a format shares them.
+_FORMATS = {
+    "cifar_binary": (_list_cifar_binary, _read_cifar_binary),
+    "idx": (_list_idx, _read_idx),
+    "image": (_list_image_folder, _read_image),
+}
 
 
 def read_source(source, start, stop, image_size):
   """Yields the `Record`s and `Reject`s of `source` records [start, stop)."""
-  if source.kind == "cifar_binary":
-    yield from cifar10.read_records(source.paths[0], source.name, start, stop, opener=open_raw)
-  elif source.kind == "idx":
-    yield from mnist.read_records(source.paths[0], source.paths[1], source.name, start, stop,
-                                  opener=open_raw)
-  elif source.kind == "image":
-    yield imagefolder.load_image(source.paths[0], source.name, source.label, image_size,
-                                 opener=open_raw)
-  else:
+  if source.kind not in _FORMATS:
     raise ValueError(f"unknown source kind {source.kind!r}")
+  yield from _FORMATS[source.kind][1](source, start, stop, image_size)
 
 
 def sha256_file(path):
