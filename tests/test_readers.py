@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from preprocess import cifar10, fileio, imagefolder, mnist
+from preprocess import cifar10, datasets, fileio, imagefolder, mnist
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
