@@ -67,6 +67,7 @@ def spec_dir(tmp_path, monkeypatch):
   (folder / "shapes_test_spec.py").write_text(SPEC_MODULE)
   monkeypatch.syspath_prepend(str(folder))
   import shapes_test_spec  # pylint: disable=import-outside-toplevel,import-error
+  assert datasets.get("shapes_test") is shapes_test_spec.SPEC
   yield folder
   datasets.unregister("shapes_test")
   sys.modules.pop("shapes_test_spec", None)
