@@ -156,11 +156,27 @@ class Metadata:
     return metadata
 
   def validate(self, path=FILE):
-    """Checks that the counts and policies agree with each other.
+    """Checks the types, and that the counts and policies agree with each other.
+
+    `from_json` calls it; the Beam job calls it on what it built before writing.
 
     Raises:
-      MetadataError: One line naming `path` and what disagrees.
+      MetadataError: One line naming `path` and what is wrong.
     """
+    for key, kind in _TYPES.items():
+      _expect(path, key, getattr(self, key), kind)
+    if not all(isinstance(n, str) for n in self.class_names):
+      raise MetadataError(f"{path}: class_names must be strings")
+    for name, split in self.splits.items():
+      if not isinstance(split, SplitInfo):
+        raise MetadataError(f"{path}: splits.{name} must be a SplitInfo, got "
+                            f"{type(split).__name__}")
+      _expect(path, f"splits.{name}.num_examples", split.num_examples, int)
+      for i, shard in enumerate(split.shards):
+        if not isinstance(shard, ShardInfo):
+          raise MetadataError(f"{path}: splits.{name}.shards[{i}] must be a ShardInfo")
+        _expect(path, f"splits.{name}.shards[{i}].file", shard.file, str)
+        _expect(path, f"splits.{name}.shards[{i}].num_examples", shard.num_examples, int)
     if len(self.class_names) != self.num_classes:
       raise MetadataError(f"{path}: num_classes is {self.num_classes} but class_names has "
                           f"{len(self.class_names)} names")
@@ -197,3 +213,5 @@ def _expect(path, key, value, kind):
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+_TYPES = {"dataset": str, "class_names": list, "num_classes": int, "image_shape": list,
+          "image_format": str, "feature_spec": dict, "splits": dict, "augmentation": dict}

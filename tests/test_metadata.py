@@ -85,3 +85,15 @@ def test_not_json_or_not_an_object():
     md.Metadata.from_json("{", "m.json")
   with pytest.raises(md.MetadataError, match=r"^m\.json: expected a JSON object, got list$"):
     md.Metadata.from_json("[]", "m.json")
+
+
+def test_validate_checks_what_the_beam_job_built():
+  meta = _metadata()
+  meta.validate("out/metadata.json")
+  meta.num_classes = "2"
+  with pytest.raises(md.MetadataError, match=r"^out/metadata.json: num_classes must be an integer, got str$"):
+    meta.validate("out/metadata.json")
+  meta = _metadata()
+  meta.splits["train"].shards[0] = {"file": "x", "num_examples": 2}
+  with pytest.raises(md.MetadataError, match=r"splits.train.shards\[0\] must be a ShardInfo"):
+    meta.validate("out/metadata.json")

@@ -8,7 +8,6 @@ readers: a misunderstanding shared by generator and reader would otherwise pass.
 
 import gzip
 import hashlib
-import pathlib
 import re
 import struct
 import subprocess
