@@ -72,7 +72,7 @@ def test_every_model_trains_evaluates_and_exports(tfrecords, tmp_path, dataset, 
   meta = json.loads((tfrecords / dataset / "metadata.json").read_text())
   served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_default"]
   out = served(images=tf.zeros([2] + meta["image_shape"], tf.uint8))
-  assert out["probabilities"].shape == (2, meta.num_classes)
+  assert out["probabilities"].shape == (2, meta["num_classes"])
   np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
   labels = (model_dir / "export" / "labels.txt").read_text().split()
   assert labels == meta["class_names"]
