@@ -16,7 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from preprocess import cifar10
+from preprocess import datasets
 from preprocess import schema
+
+LAYOUT = datasets.get("cifar10").layout
 
 
 def _bytes(v):
@@ -28,17 +31,17 @@ def _int(v):
 
 
 def main(batches_dir, out_dir):
-  names = cifar10.read_class_names(os.path.join(batches_dir, cifar10.META_FILE))
+  names = cifar10.read_class_names(os.path.join(batches_dir, LAYOUT.meta_file))
   os.makedirs(out_dir, exist_ok=True)
   count = 0
-  for split, files in (("train", cifar10.TRAIN_FILES), ("test", cifar10.TEST_FILES)):
+  for split, files in LAYOUT.splits.items():
     with tf.io.TFRecordWriter(os.path.join(out_dir, f"{split}.tfrecord")) as writer:
       for fname in files:
         data = np.fromfile(os.path.join(batches_dir, fname), np.uint8).reshape(-1, cifar10.RECORD_BYTES)
         for i, row in enumerate(data):
           label = int(row[0])
           image = row[1:].reshape(3, 32, 32).transpose(1, 2, 0)
-          source_id = f"{cifar10.BATCHES_DIR}/{fname}:{i}"
+          source_id = f"{LAYOUT.batches_dir}/{fname}:{i}"
           example = tf.train.Example(features=tf.train.Features(feature={
               schema.ENCODED: _bytes(schema.encode_image(np.ascontiguousarray(image), "png")),
               schema.FORMAT: _bytes(b"png"),

@@ -83,7 +83,7 @@ def summary_overhead(work, steps, repeats):
   """Seconds per step with default summaries and with none; min over repeats."""
   raw, out = work / "raw-sample", work / "tfrecords-sample"
   if not (out / "cifar10" / "metadata.json").exists():
-    sample_data.generate(str(raw), datasets=("cifar10",), seed=0)
+    sample_data.generate(str(raw), names=("cifar10",), seed=0)
     subprocess.run(beam_cmd(raw, out), cwd=ROOT, check=True, capture_output=True,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
   settings = {"defaults (--summary-every 100 --histogram-every 1000)": [],
@@ -144,7 +144,7 @@ def conversion(work, scale, machine):
   raw, big = work / "raw", work / f"raw-x{scale}"
   if not (raw / "cifar10").exists():
     print("generating full-size CIFAR-10-format data ...", file=sys.stderr)
-    sample_data.generate(str(raw), datasets=("cifar10",), full=True, seed=0)
+    sample_data.generate(str(raw), names=("cifar10",), full=True, seed=0)
   if not (big / "cifar10").exists():
     repeat_cifar(raw, big, scale)
   n = 60000

@@ -1,11 +1,13 @@
-"""The Beam job: raw CIFAR-10 / MNIST / cat-dog files -> sharded TFRecords + metadata.json.
+"""The Beam job: raw files of each registered data set -> sharded TFRecords + metadata.json.
 
     python -m pipeline.build_tfrecords --dataset cifar10 --raw-dir data/raw --out-dir data/tfrecords
 
-Flow: list and check the raw files and plan the shards on the driver
-(pipeline/datasets.py, pipeline/plan.py); convert the shards in parallel with
-Beam (pipeline/convert.py); then check that every record read was written or
-rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`.
+Flow: list and check the raw files as the data set's spec says
+(preprocess/datasets/, pipeline/datasets.py) and plan the shards on the driver
+(pipeline/plan.py); convert the shards in parallel with Beam
+(pipeline/convert.py); then check that every record read was written or
+rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`
+(the typed contract in preprocess/metadata.py).
 Trainers trust only `metadata.json`, so a failed run never looks complete.
 
 Flags this module does not know are handed to Beam as pipeline options, e.g.
@@ -34,16 +36,15 @@ from apache_beam.options.pipeline_options import StandardOptions
 from pipeline import convert
 from pipeline import datasets
 from pipeline import plan
-from preprocess import augment
+from preprocess import atomic
 from preprocess import cli
+from preprocess import datasets as specs
+from preprocess import metadata as metadata_lib
 from preprocess import schema
 from preprocess.errors import DataFormatError
 
-METADATA = "metadata.json"
+METADATA = metadata_lib.FILE
 REJECTS = "rejects.jsonl"
-FORMAT_VERSION = 1
-# Defaults from each recipe: MNIST holds out the first 5,000 training images.
-DEFAULT_VALIDATION_SIZE = {"cifar10": 0, "mnist": 5000, "catdog": 0}
 
 
 class UsageError(Exception):
@@ -55,17 +56,22 @@ def parse_args(argv):
   parser = cli.ArgumentParser(
       prog="python -m pipeline.build_tfrecords", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--dataset", required=True, choices=datasets.DATASETS + ("all",))
-  parser.add_argument("--raw-dir", required=True, help="Raw data root: holds cifar10/, mnist/, catdog/.")
+  names = specs.names()
+  parser.add_argument("--dataset", required=True, choices=names + ("all",))
+  parser.add_argument("--raw-dir", required=True,
+                      help=f"Raw data root: holds {', '.join(n + '/' for n in names)}.")
   parser.add_argument("--out-dir", required=True, help="Output root; each data set goes to OUT/<dataset>/.")
   parser.add_argument("--num-shards", type=int, default=None,
                       help="Shards per split (default: about 4,096 records a shard, a power of two, at least 4).")
   parser.add_argument("--validation-size", type=int, default=None,
-                      help="Training records moved to a validation split (default: 5000 for mnist, else 0).")
+                      help="Training records moved to a validation split (default: the data set's, "
+                      + ", ".join(f"{n} {specs.get(n).validation_size}" for n in names) + ").")
   parser.add_argument("--image-size", type=int, default=150,
-                      help="cat/dog: side of the square output; shorter side resized to it, then centre-cropped.")
+                      help="Image folders (catdog): side of the square output; shorter side resized "
+                      "to it, then centre-cropped.")
   parser.add_argument("--image-format", choices=schema.IMAGE_FORMATS, default="jpeg",
-                      help="cat/dog: encoding in the shards (CIFAR-10 and MNIST are always PNG, lossless).")
+                      help="Image folders (catdog): encoding in the shards (CIFAR-10 and MNIST are "
+                      "always PNG, lossless).")
   parser.add_argument("--download", action="store_true", help="Fetch missing raw data first (official URLs).")
   parser.add_argument("--overwrite", action="store_true", help="Replace an existing output of the same data set.")
   parser.add_argument("--progress-seconds", type=float, default=10.0,
@@ -162,14 +168,11 @@ def _read_json_lines(prefix):
 
 
 def _write_atomically(path, text):
-  temp = f"{path}.tmp-{uuid.uuid4().hex}"
-  with FileSystems.create(temp) as f:
-    f.write(text.encode("utf-8"))
-  FileSystems.rename([temp], [path])
+  atomic.write_text(path, text, filesystem=FileSystems)
 
 
 def convert_dataset(name, args, options, log):
-  """Runs the conversion of one data set and returns its metadata dict.
+  """Runs the conversion of one data set and returns its `metadata.Metadata`.
 
   Raises:
     DataFormatError: A raw file is structurally broken.
@@ -178,7 +181,7 @@ def convert_dataset(name, args, options, log):
   """
   started = time.time()
   raw = datasets.load(name, args.raw_dir, image_size=args.image_size, image_format=args.image_format)
-  validation_size = (DEFAULT_VALIDATION_SIZE[name] if args.validation_size is None
+  validation_size = (specs.get(name).validation_size if args.validation_size is None
                      else args.validation_size)
   try:
     tasks = plan.make_tasks(plan.make_splits(raw.splits, validation_size), args.num_shards)
@@ -211,10 +214,10 @@ def convert_dataset(name, args, options, log):
   lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
   _write_atomically(FileSystems.join(out_dir, REJECTS), lines)
   FileSystems.delete([work])
-  _write_atomically(FileSystems.join(out_dir, METADATA), json.dumps(metadata, indent=2) + "\n")
-  counts = metadata["records"]
-  log(f"{name}: read {counts['read']} = written {counts['written']} + rejected "
-      f"{counts['rejected']} in {time.time() - started:.1f}s -> {out_dir}")
+  _write_atomically(FileSystems.join(out_dir, METADATA), metadata.to_json())
+  counts = metadata.records
+  log(f"{name}: read {counts.read} = written {counts.written} + rejected "
+      f"{counts.rejected} in {time.time() - started:.1f}s -> {out_dir}")
   return metadata
 
 
@@ -250,7 +253,7 @@ class _Progress:
 
 
 def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args):
-  """Checks that nothing was lost and builds metadata.json."""
+  """Checks that nothing was lost and builds the `metadata.Metadata`."""
   by_shard = {}
   for s in stats:  # A retried bundle may report a shard twice; its content is the same.
     by_shard[(s["split"], s["index"])] = s
@@ -265,28 +268,28 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
   splits = {}
   for task in tasks:
     s = by_shard[(task.split, task.index)]
-    entry = splits.setdefault(task.split, {"num_examples": 0, "shards": [],
-                                           "label_counts": [0] * len(raw.class_names)})
-    entry["num_examples"] += s["written"]
-    entry["shards"].append({"file": s["file"], "num_examples": s["written"]})
-    entry["label_counts"] = [a + b for a, b in zip(entry["label_counts"], s["label_counts"])]
+    split = splits.setdefault(task.split, metadata_lib.SplitInfo(
+        num_examples=0, shards=[], label_counts=[0] * len(raw.class_names)))
+    split.num_examples += s["written"]
+    split.shards.append(metadata_lib.ShardInfo(file=s["file"], num_examples=s["written"]))
+    split.label_counts = [a + b for a, b in zip(split.label_counts, s["label_counts"])]
   reject_counts = collections.Counter(r["split"] for r in rejects)
-  return {
-      "format_version": FORMAT_VERSION,
-      "dataset": name,
-      "class_names": raw.class_names,
-      "num_classes": len(raw.class_names),
-      "image_shape": list(raw.image_shape),
-      "image_format": raw.image_format,
-      "feature_spec": schema.FEATURE_SPEC,
-      "splits": splits,
-      "augmentation": augment.policy(name),
-      "records": {"read": read, "written": written, "rejected": len(rejects)},
-      "rejects": {"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
-      "sources": {rel: {"sha256": datasets.sha256_file(path)} for rel, path in sorted(raw.files.items())},
-      "options": {"validation_size": validation_size, "num_shards": args.num_shards,
-                  "image_size": args.image_size if name == "catdog" else None},
-  }
+  metadata = metadata_lib.Metadata(
+      dataset=name,
+      class_names=raw.class_names,
+      num_classes=len(raw.class_names),
+      image_shape=list(raw.image_shape),
+      image_format=raw.image_format,
+      feature_spec=schema.FEATURE_SPEC,
+      splits=splits,
+      augmentation=specs.get(name).policy(),
+      records=metadata_lib.RecordCounts(read=read, written=written, rejected=len(rejects)),
+      rejects={"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
+      sources={rel: {"sha256": datasets.sha256_file(path)} for rel, path in sorted(raw.files.items())},
+      options={"validation_size": validation_size, "num_shards": args.num_shards,
+               "image_size": raw.image_size})
+  metadata.validate(FileSystems.join(args.out_dir, name, METADATA))
+  return metadata
 
 
 def _present(name, raw_dir):
@@ -296,7 +299,7 @@ def _present(name, raw_dir):
 def main(argv=None):
   args, options = parse_args(sys.argv[1:] if argv is None else argv)
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
-  names = datasets.DATASETS if args.dataset == "all" else (args.dataset,)
+  names = specs.names() if args.dataset == "all" else (args.dataset,)
   try:
     if args.download:
       from preprocess import download  # pylint: disable=g-import-not-at-top
@@ -305,8 +308,9 @@ def main(argv=None):
     elif args.dataset == "all":
       names = [n for n in names if _present(n, args.raw_dir)]
       if not names:
-        raise UsageError(f"{args.raw_dir}: no cifar10/, mnist/ or catdog/ raw data "
-                         "(use --download or make sample-data)")
+        folders = [n + "/" for n in specs.names()]
+        raise UsageError(f"{args.raw_dir}: no {', '.join(folders[:-1])} or {folders[-1]} raw "
+                         "data (use --download or make sample-data)")
     for name in names:
       convert_dataset(name, args, options, log)
   except (DataFormatError, UsageError) as e:

@@ -14,32 +14,20 @@ stays flat, the work still spreads over every worker, and the output does not
 depend on how a runner bundles or orders elements.
 """
 
-import struct
 import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-import google_crc32c
 
 from pipeline import datasets
 from preprocess import schema
+from preprocess import tfrecord
 from preprocess.records import Reject
 
 REJECTS = "rejects"
 STATS = "stats"
-
-
-def _masked_crc(data):
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord_frame(data):
-  """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
-  length = struct.pack("<Q", len(data))
-  return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
 class ConvertShardFn(beam.DoFn):
@@ -77,7 +65,7 @@ class ConvertShardFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, dict(item.to_json_dict(), split=task.split))
             continue
           example = schema.make_example(item, self._class_names, self._image_format)
-          out.write(tfrecord_frame(example))
+          out.write(tfrecord.frame(example))
           written += 1
           label_counts[item.label] += 1
     if read != task.count:

@@ -1,6 +1,13 @@
-"""Raw-data side of the pipeline: readers, the TFRecord schema, augmentation policy.
+"""Raw-data side of the pipeline and the contract with the trainers.
 
-Everything here is plain Python (numpy, Pillow, the standard library): no Beam and
-no TensorFlow, so the Beam job in `pipeline/` and the trainers in `trainers/` can
-both import it, and it can be tested without a runner.
+`datasets/` holds one spec per data set (the registry); the format readers
+(`cifar10`, `mnist`, `imagefolder`) turn raw files into `records`; `schema`
+and `tfrecord` define the shard bytes; `metadata` is the typed metadata.json;
+`augment` the one table of augmentation ops. `download` and `sample_data`
+write raw data; `cli`, `atomic`, `hashing` and `fileio` are shared helpers.
+
+Everything here is plain Python (numpy, Pillow, the standard library): no Beam,
+and TensorFlow only inside the functions that need it (augment's ops,
+schema.parse_example), so the Beam job in `pipeline/` and the trainers in
+`trainers/` can both import it, and it can be tested without a runner.
 """

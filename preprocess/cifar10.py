@@ -13,6 +13,7 @@ each plane a row-major 32x32 image. `batches.meta.txt` lists the class names,
 one a line.
 """
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -21,26 +22,63 @@ from preprocess import fileio
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
-CLASS_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-]
 IMAGE_SHAPE = (32, 32, 3)
 RECORD_BYTES = 1 + 32 * 32 * 3  # 3073
-BATCHES_DIR = "cifar-10-batches-bin"
-TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-TEST_FILES = ("test_batch.bin",)
-META_FILE = "batches.meta.txt"
 
 # Records per read() call: ~780 KB, few enough calls that a remote file system
 # is not hit once per 3 KB record, small enough to keep worker memory flat.
 _RECORDS_PER_READ = 256
 
 
-def _seekable(f):
-  # Beam's CompressedFile makes `seekable` a property, not io's method.
-  seekable = getattr(f, "seekable", False)
-  return seekable() if callable(seekable) else bool(seekable)
+@dataclasses.dataclass(frozen=True)
+class BinaryLayout:
+  """Where a data set in this format keeps its files, under RAW/<name>/.
+
+  The file names themselves are the data set's (preprocess/datasets/cifar10.py).
+
+  Attributes:
+    batches_dir: Folder of the batch files, relative to the data set root.
+    splits: Split name -> tuple of batch file names, in record order.
+    meta_file: The class names file, in `batches_dir`.
+    archive: The downloaded archive that holds `batches_dir`; the Beam job
+      extracts it again when `batches_dir` is missing.
+  """
+  batches_dir: str
+  splits: dict
+  meta_file: str
+  archive: str
+  format = "cifar_binary"
+
+  def file_names(self):
+    """Every file of `batches_dir`: the batches in split order, then the meta file."""
+    return tuple(n for names in self.splits.values() for n in names) + (self.meta_file,)
+
+  def installed_paths(self, root, remote_files):
+    """The paths whose presence means the data set is installed under `root`."""
+    del remote_files  # The archive is kept, but the batches are what counts.
+    return [root / self.batches_dir / n for n in self.file_names()]
+
+  def partial_install(self, root):
+    """A one-line problem if an incomplete install is in the way, else None."""
+    batches = root / self.batches_dir
+    if batches.exists():
+      missing = [n for n in self.file_names() if not (batches / n).exists()]
+      return batches, f"exists but lacks {', '.join(missing)}; delete it or run with --force"
+    return None
+
+  def install(self, local_files, root, log):
+    """Extracts `batches_dir` from the downloaded archive into `root`."""
+    from preprocess import download  # pylint: disable=g-import-not-at-top
+    archive = local_files[0]
+    log(f"{archive}: extracting")
+    with download.extracted(archive, root) as tmp:
+      batches = tmp / self.batches_dir
+      missing = [n for n in self.file_names() if not (batches / n).is_file()]
+      if missing:
+        raise download.DownloadError(archive, f"no {self.batches_dir}/{missing[0]} in the "
+                                              f"archive ({len(missing)} expected files missing)")
+      # download() has refused a partial install unless `force`: replacing is safe.
+      download.replace(batches, root / self.batches_dir)
 
 
 def _plural(n, word):
@@ -112,21 +150,6 @@ def _decode(raw, source_name, index):
                 content_sha256=hashlib.sha256(raw).hexdigest())
 
 
-def _seek_to(f, offset):
-  """Positions `f` at `offset`, seeking if it can and reading past bytes if not."""
-  if offset == 0:
-    return
-  if _seekable(f):
-    f.seek(offset)
-    return
-  remaining = offset
-  while remaining:
-    got = len(f.read(min(remaining, 1 << 20)))
-    if not got:
-      return  # Short file; the first read in read_records reports it.
-    remaining -= got
-
-
 def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
   """Yields the records [start, stop) of one CIFAR-10 batch file.
 
@@ -149,7 +172,7 @@ def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
   if start < 0 or (stop is not None and stop < start):
     raise ValueError(f"bad record range [{start}, {stop})")
   with opener(path) as f:
-    _seek_to(f, start * RECORD_BYTES)
+    fileio.skip_to(f, start * RECORD_BYTES)
     index = start
     while stop is None or index < stop:
       want = _RECORDS_PER_READ if stop is None else min(_RECORDS_PER_READ, stop - index)

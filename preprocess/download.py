@@ -1,14 +1,15 @@
-"""Fetches the official CIFAR-10, MNIST and cat/dog archives into the raw-data layout.
+"""Fetches the official archives of each registered data set into the raw-data layout.
 
 Step zero of the data flow, for machines with internet: official archives ->
 checksum-verified, safely extracted files under RAW in the layout the readers
-expect (`RAW/cifar10/cifar-10-batches-bin/`, `RAW/mnist/*-ubyte.gz`,
+expect (each data set's spec in preprocess/datasets/ names its sources and
+layout, e.g. `RAW/cifar10/cifar-10-batches-bin/`, `RAW/mnist/*-ubyte.gz`,
 `RAW/catdog/{train,test}/{cat,dog}/`) -> pipeline/datasets.py lists them -> the
 Beam job writes shards. Without internet, preprocess/sample_data.py writes the
 same layout from generated images.
 
 Every download goes to a hidden temporary file next to its final name, is checked
-against the size and digests recorded in `SOURCES`, and only then renamed, so a
+against the size and digests recorded in the spec's `sources`, and only then renamed, so a
 file under its final name is always a verified one. Archives are checked member
 by member before anything is extracted (no absolute paths, no `..`, no links or
 devices) and are extracted into a hidden temporary folder that is renamed into
@@ -17,7 +18,7 @@ complete. Archives are kept after extraction: pipeline/datasets.py re-extracts
 the CIFAR-10 one if its batches folder is deleted, and `--force` reuses nothing.
 
 Usage:
-  python -m preprocess.download --dataset {cifar10,mnist,catdog,all} --raw-dir DIR [--force]
+  python -m preprocess.download --dataset {NAME,all} --raw-dir DIR [--force]
 """
 
 import contextlib
@@ -40,20 +41,9 @@ import zlib
 from typing import Optional
 
 from preprocess import cli
-from preprocess import imagefolder
+from preprocess import datasets
+from preprocess import hashing
 from preprocess.errors import DataFormatError
-
-DATASETS = ("cifar10", "mnist", "catdog")
-
-CIFAR10_BATCHES_DIR = "cifar-10-batches-bin"
-CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + (
-    "test_batch.bin", "batches.meta.txt")
-CATDOG_CLASSES = ("cat", "dog")
-CATDOG_SPLITS = ("train", "test")
-# The Kaggle archive has no test split. A file goes to test/ when a hash of its
-# class and name falls in the first TEST_PERCENT of 100 buckets (`catdog_split`),
-# so every run, machine and Python version makes the same split.
-CATDOG_TEST_PERCENT = 10
 
 _CHUNK_BYTES = 1 << 20
 _PROGRESS_SECONDS = 5.0
@@ -109,54 +99,8 @@ class RemoteFile:
     return {a: d for a, d in (("sha256", self.sha256), ("md5", self.md5)) if d is not None}
 
 
-def _mirrored(filename, bases, **checks):
+def mirrored(filename, bases, **checks):
   return RemoteFile(filename, tuple(base + filename for base in bases), **checks)
-
-
-# The official files. Sizes and SHA-256 digests are copied from the catalogues
-# of TensorFlow Datasets (tensorflow/datasets, tensorflow_datasets/url_checksums/
-# cifar10.txt and mnist.txt) and Hugging Face Datasets (huggingface/datasets,
-# datasets/cats_vs_dogs/dataset_infos.json, "download_checksums"), which both
-# hash what they download. Never edit a digest to make a download pass: a
-# mismatch means the file changed upstream or in transit.
-_MNIST_MIRRORS = (
-    # What the TFDS `mnist` catalogue downloads; yann.lecun.com often fails.
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    # torchvision's mirror, then the original site. Same bytes: the digests
-    # decide, not the host.
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://yann.lecun.com/exdb/mnist/",
-)
-SOURCES = {
-    "cifar10": [
-        RemoteFile(
-            "cifar-10-binary.tar.gz",
-            ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
-            sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-            # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
-            md5="c32a1d4ab5d03f1284b67883e8d87530",
-            size=170052171),
-    ],
-    "mnist": [
-        _mirrored("train-images-idx3-ubyte.gz", _MNIST_MIRRORS, size=9912422,
-                  sha256="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-        _mirrored("train-labels-idx1-ubyte.gz", _MNIST_MIRRORS, size=28881,
-                  sha256="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-        _mirrored("t10k-images-idx3-ubyte.gz", _MNIST_MIRRORS, size=1648877,
-                  sha256="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-        _mirrored("t10k-labels-idx1-ubyte.gz", _MNIST_MIRRORS, size=4542,
-                  sha256="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-    ],
-    "catdog": [
-        # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`).
-        RemoteFile(
-            "kagglecatsanddogs_5340.zip",
-            ("https://download.microsoft.com/download/3/E/1/"
-             "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",),
-            sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
-            size=824887076),
-    ],
-}
 
 
 def with_mirror(files, base_url):
@@ -169,18 +113,6 @@ def with_mirror(files, base_url):
   return [dataclasses.replace(f, urls=(base + f.filename,)) for f in files]
 
 
-def catdog_split(class_name, filename):
-  """The split ("train" or "test") of one cat/dog image, from its class and name.
-
-  The first 8 bytes of SHA-256("<class>/<filename>") as a big-endian integer,
-  modulo 100, below CATDOG_TEST_PERCENT means test. Nothing else is involved, so
-  the split never depends on listing order, the machine or the run.
-  """
-  digest = hashlib.sha256(f"{class_name}/{filename}".encode("utf-8")).digest()
-  bucket = int.from_bytes(digest[:8], "big") % 100
-  return "test" if bucket < CATDOG_TEST_PERCENT else "train"
-
-
 def _log_stderr(message):
   print(message, file=sys.stderr, flush=True)
 
@@ -190,68 +122,43 @@ def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
 
   Does nothing (no network) when the data set's files are already in place,
   unless `force`. An archive already downloaded and matching its digests is
-  extracted again without fetching it.
+  extracted again without fetching it. What "in place" means and how the
+  downloaded files become the raw layout is the data set's spec
+  (preprocess/datasets/).
 
   Args:
-    dataset: One of DATASETS.
-    raw_dir: The raw data root (holds cifar10/, mnist/, catdog/).
-    sources: RemoteFiles to fetch instead of SOURCES[dataset] (other URLs,
+    dataset: A registered data set name (`datasets.names()`).
+    raw_dir: The raw data root (holds one folder per data set).
+    sources: RemoteFiles to fetch instead of the spec's (other URLs,
       e.g. `with_mirror`, or test files with their own digests).
     force: Download again and replace what is installed.
     log: Callable taking one progress line (default: print to stderr).
 
   Returns:
-    The installed paths: the seven CIFAR-10 batch files, the four MNIST files,
-    or the cat/dog `train` and `test` folders.
+    The installed paths the spec's layout names (e.g. the seven CIFAR-10
+    batch files, the four MNIST files, the cat/dog `train` and `test` folders).
 
   Raises:
     DownloadError: A file could not be fetched or verified, an archive is
       unsafe or lacks expected files, or a partial install is in the way.
     ValueError: Unknown data set.
   """
-  if dataset not in DATASETS:
-    raise ValueError(f"unknown data set {dataset!r}; choose from {list(DATASETS)}")
-  files = list(SOURCES[dataset] if sources is None else sources)
+  spec = datasets.get(dataset)
+  files = list(spec.sources if sources is None else sources)
   root = pathlib.Path(raw_dir) / dataset
-  outputs = _outputs(dataset, root, files)
+  outputs = spec.layout.installed_paths(root, files)
   if not force and all(p.exists() for p in outputs):
     log(f"{dataset}: already in {root}, not downloading (use --force to replace)")
     return outputs
   if not force:
-    _check_no_partial_install(dataset, root)
+    partial = spec.layout.partial_install(root)
+    if partial is not None:
+      raise DownloadError(*partial)
   root.mkdir(parents=True, exist_ok=True)
   local = [_ensure_file(f, root, force, log) for f in files]
-  if dataset == "cifar10":
-    _install_cifar10(local[0], root, log)
-  elif dataset == "catdog":
-    _install_catdog(local[0], root, log)
+  (spec.install or spec.layout.install)(local, root, log)
   log(f"{dataset}: ready in {root}")
   return outputs
-
-
-def _outputs(dataset, root, files):
-  """The paths whose presence means `dataset` is installed."""
-  if dataset == "cifar10":
-    return [root / CIFAR10_BATCHES_DIR / name for name in CIFAR10_FILES]
-  if dataset == "mnist":
-    return [root / f.filename for f in files]
-  return [root / split for split in CATDOG_SPLITS]
-
-
-def _check_no_partial_install(dataset, root):
-  """Fails before any download if an incomplete install would block the final rename."""
-  if dataset == "cifar10":
-    batches = root / CIFAR10_BATCHES_DIR
-    if batches.exists():
-      missing = [n for n in CIFAR10_FILES if not (batches / n).exists()]
-      raise DownloadError(batches, f"exists but lacks {', '.join(missing)}; "
-                                   "delete it or run with --force")
-  elif dataset == "catdog":
-    present = [s for s in CATDOG_SPLITS if (root / s).exists()]
-    if present:
-      missing = [s for s in CATDOG_SPLITS if s not in present]
-      raise DownloadError(root / present[0], f"exists but {'/, '.join(missing)}/ does not; "
-                                             "delete it or run with --force")
 
 
 # --- fetching and verifying --------------------------------------------------
@@ -261,7 +168,7 @@ def _ensure_file(remote, root, force, log):
   """Returns the local path of `remote`, verified, fetching it if needed."""
   path = root / remote.filename
   if path.exists() and not force:
-    problem = _mismatch(remote, path.stat().st_size, _file_digests(path, remote.digests()))
+    problem = _mismatch(remote, path.stat().st_size, hashing.file_digests(path, remote.digests()))
     if problem is None:
       log(f"{path}: already downloaded, checksum ok")
       return path
@@ -342,15 +249,6 @@ def _progress(done, total, seconds):
   return f"{done / 2**20:.1f} MiB, {rate:.1f} MiB/s"
 
 
-def _file_digests(path, algorithms):
-  hashers = {a: hashlib.new(a) for a in algorithms}
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
-      for h in hashers.values():
-        h.update(chunk)
-  return {a: h.hexdigest() for a, h in hashers.items()}
-
-
 def _mismatch(remote, size, digests):
   """None if size and digests match `remote`, else a one-line description."""
   if remote.size is not None and size != remote.size:
@@ -385,19 +283,19 @@ def extract_archive(archive, dest_dir, force=False):
   """
   dest_dir = pathlib.Path(dest_dir)
   dest_dir.mkdir(parents=True, exist_ok=True)
-  with _extracted(archive, dest_dir) as tmp:
+  with extracted(archive, dest_dir) as tmp:
     entries = sorted(tmp.iterdir())
     for entry in entries:
       if (dest_dir / entry.name).exists() and not force:
         raise DownloadError(dest_dir / entry.name,
                             f"already exists; not extracting {archive} over it")
     for entry in entries:
-      _replace(entry, dest_dir / entry.name)
+      replace(entry, dest_dir / entry.name)
   return [dest_dir / e.name for e in entries]
 
 
 @contextlib.contextmanager
-def _extracted(archive, dest_dir):
+def extracted(archive, dest_dir):
   """Extracts `archive` into a hidden folder in `dest_dir`; yields it, then deletes it.
 
   The folder sits in `dest_dir` so that moving entries out of it is a rename on
@@ -490,7 +388,7 @@ def _write_members(dest, plan, opener):
       shutil.copyfileobj(src, out, _CHUNK_BYTES)
 
 
-def _replace(src, dst):
+def replace(src, dst):
   """Renames `src` to `dst`, first moving any existing `dst` aside and deleting it."""
   if not (dst.exists() or dst.is_symlink()):
     os.replace(src, dst)
@@ -503,72 +401,19 @@ def _replace(src, dst):
     shutil.rmtree(trash, ignore_errors=True)
 
 
-# --- per data set layout -----------------------------------------------------
-
-
-def _install_cifar10(archive, root, log):
-  log(f"{archive}: extracting")
-  with _extracted(archive, root) as tmp:
-    batches = tmp / CIFAR10_BATCHES_DIR
-    missing = [n for n in CIFAR10_FILES if not (batches / n).is_file()]
-    if missing:
-      raise DownloadError(archive, f"no {CIFAR10_BATCHES_DIR}/{missing[0]} in the archive "
-                                   f"({len(missing)} expected files missing)")
-    # download() has refused a partial install unless `force`: replacing is safe.
-    _replace(batches, root / CIFAR10_BATCHES_DIR)
-
-
-def _install_catdog(archive, root, log):
-  """Extracts the Kaggle zip and moves PetImages/{Cat,Dog} into {train,test}/{cat,dog}.
-
-  Images are moved whatever their content: the archive holds some empty or
-  non-JPEG files, and rejecting those into the run's ledger is the pipeline's
-  job, not the downloader's.
-  """
-  log(f"{archive}: extracting")
-  with _extracted(archive, root) as tmp:
-    counts = {split: 0 for split in CATDOG_SPLITS}
-    for class_name in CATDOG_CLASSES:
-      source = tmp / "PetImages" / class_name.capitalize()
-      if not source.is_dir():
-        raise DownloadError(archive, f"no PetImages/{source.name}/ folder in the archive")
-      for split in CATDOG_SPLITS:
-        (tmp / split / class_name).mkdir(parents=True)
-      for path in sorted(source.iterdir()):
-        # Files the image reader would take, whatever their content. The class
-        # folders also hold a Windows thumbnail cache (Thumbs.db); it stays in
-        # RAW/catdog/PetImages with the licence and readme, outside the splits.
-        if path.is_file() and path.suffix.lower() in imagefolder.IMAGE_EXTENSIONS:
-          split = catdog_split(class_name, path.name)
-          os.replace(path, tmp / split / class_name / path.name)
-          counts[split] += 1
-    for split in CATDOG_SPLITS:  # Refused earlier unless `force`, as above.
-      _replace(tmp / split, root / split)
-    # What is left (Thumbs.db, licence, readme) is the archive's, kept beside
-    # the splits rather than silently deleted; re-running replaces it.
-    left = sorted(tmp.iterdir())
-    for entry in left:
-      _replace(entry, root / entry.name)
-    log(f"catdog: {counts['train']} train and {counts['test']} test images "
-        f"({CATDOG_TEST_PERCENT}% test by name hash); other archive files left in "
-        f"{', '.join(str(root / e.name) for e in left) or 'none'}")
-
-
 # --- command line -----------------------------------------------------------
 
 
 def _parse_args(argv):
+  names = datasets.names()
   parser = cli.ArgumentParser(
       prog="python -m preprocess.download",
-      description=("Download the official CIFAR-10 (binary), MNIST and Kaggle cats-and-dogs "
-                   "archives, verify their recorded checksums, and extract them into the "
-                   "raw-data layout the Beam job reads. Already installed data sets are "
-                   "skipped. Progress goes to stderr."),
-      epilog=("Layout: <raw-dir>/cifar10/cifar-10-batches-bin/, <raw-dir>/mnist/*.gz, "
-              f"<raw-dir>/catdog/{{train,test}}/{{cat,dog}}/ ({CATDOG_TEST_PERCENT}% of cat/dog "
-              "images go to test, chosen by a hash of the file name). Offline? Use "
-              "python -m preprocess.sample_data instead."))
-  parser.add_argument("--dataset", required=True, choices=DATASETS + ("all",),
+      description=("Download the official archives of " + ", ".join(names) + ", verify their "
+                   "recorded checksums, and extract them into the raw-data layout the Beam job "
+                   "reads. Already installed data sets are skipped. Progress goes to stderr."),
+      epilog=("Layout: <raw-dir>/<dataset>/, as each spec in preprocess/datasets/ describes. "
+              "Offline? Use python -m preprocess.sample_data instead."))
+  parser.add_argument("--dataset", required=True, choices=names + ("all",),
                       help="which data set to download")
   parser.add_argument("--raw-dir", required=True, type=pathlib.Path,
                       help="raw data root; each data set goes into <raw-dir>/<dataset>/")
@@ -582,10 +427,10 @@ def _parse_args(argv):
 
 def main(argv=None):
   args = _parse_args(argv)
-  datasets = DATASETS if args.dataset == "all" else (args.dataset,)
+  names = datasets.names() if args.dataset == "all" else (args.dataset,)
   try:
-    for name in datasets:
-      sources = with_mirror(SOURCES[name], args.mirror) if args.mirror else None
+    for name in names:
+      sources = with_mirror(datasets.get(name).sources, args.mirror) if args.mirror else None
       paths = download(name, args.raw_dir, sources=sources, force=args.force)
       print(f"{name}: {len(paths)} paths ready under {args.raw_dir / name}")
   except (DataFormatError, OSError) as e:

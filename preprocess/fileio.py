@@ -22,3 +22,27 @@ def read_up_to(f, n):
     parts.append(part)
     n -= len(part)
   return b"".join(parts)
+
+
+def seekable(f):
+  """Whether `f` can seek; Beam's CompressedFile makes `seekable` a property, not io's method."""
+  attr = getattr(f, "seekable", False)
+  return attr() if callable(attr) else bool(attr)
+
+
+def skip_to(f, offset):
+  """Positions `f` at `offset` from its start, seeking if it can and reading past bytes if not.
+
+  A short file is left at its end; the caller's next read reports it.
+  """
+  if offset == 0:
+    return
+  if seekable(f):
+    f.seek(offset)
+    return
+  remaining = offset
+  while remaining:
+    got = len(f.read(min(remaining, 1 << 20)))
+    if not got:
+      return
+    remaining -= got

@@ -10,6 +10,7 @@ Two layouts are understood: class folders (`cat/cat.1.jpg`, `Dog/12.jpg`) and
 a flat directory whose file names start with the class (`dog.45.jpg`).
 """
 
+import dataclasses
 import hashlib
 import io
 import posixpath
@@ -22,6 +23,41 @@ from preprocess import fileio
 from preprocess.records import Record, Reject
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLayout:
+  """Where a data set in this format keeps its files: RAW/<name>/<split>/...
+
+  Each split folder holds class folders or class-prefixed file names
+  (`list_split`); the class names are the data set's.
+
+  Attributes:
+    splits: The split folders, e.g. ("train", "test").
+  """
+  splits: tuple = ("train", "test")
+  format = "image"
+
+  def installed_paths(self, root, remote_files):
+    del remote_files
+    return [root / split for split in self.splits]
+
+  def partial_install(self, root):
+    present = [s for s in self.splits if (root / s).exists()]
+    if present and len(present) < len(self.splits):
+      missing = [s for s in self.splits if s not in present]
+      return root / present[0], (f"exists but {'/, '.join(missing)}/ does not; "
+                                  "delete it or run with --force")
+    return None
+
+  def install(self, local_files, root, log):
+    """Extracts each downloaded archive into `root` (specs with other archive layouts override)."""
+    from preprocess import download  # pylint: disable=g-import-not-at-top
+    for archive in local_files:
+      log(f"{archive}: extracting")
+      download.extract_archive(archive, root, force=True)
+
 
 # Modes that carry an alpha channel (upper case: straight alpha; lower: premultiplied).
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})

@@ -17,6 +17,7 @@ the extension.
 """
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -29,11 +30,6 @@ from preprocess import fileio
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
 
-SPLIT_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-CLASS_NAMES = [str(d) for d in range(10)]
 IMAGE_SHAPE = (28, 28, 1)
 IMAGE_BYTES = 28 * 28
 
@@ -50,18 +46,35 @@ _RECORDS_PER_READ = 1024
 _SKIP_CHUNK = 1 << 20
 
 
-def _seekable(f):
-  # Beam's CompressedFile makes `seekable` a property, not io's method.
-  seekable = getattr(f, "seekable", False)
-  return seekable() if callable(seekable) else bool(seekable)
+@dataclasses.dataclass(frozen=True)
+class IdxLayout:
+  """Where a data set in this format keeps its files: RAW/<name>/<file>[.gz].
+
+  Attributes:
+    splits: Split name -> (images file, labels file), names without `.gz`
+      (the data set's own names, in preprocess/datasets/mnist.py).
+  """
+  splits: dict
+  format = "idx"
+
+  def installed_paths(self, root, remote_files):
+    """The paths whose presence means the data set is installed: the downloaded files."""
+    return [root / f.filename for f in remote_files]
+
+  def partial_install(self, root):
+    del root  # Each file is installed on its own, by rename.
+    return None
+
+  def install(self, local_files, root, log):
+    del local_files, root, log  # The readers take the gzipped files as downloaded.
 
 
-def find_split_files(names, split, directory=None):
+def find_split_files(names, split_files, directory=None):
   """Picks the images and labels file names of a split from a directory listing.
 
   Args:
     names: The file names (not paths) present in the MNIST directory.
-    split: "train" or "test".
+    split_files: (images, labels) base names of the split, e.g. `IdxLayout.splits["train"]`.
     directory: The directory, used only to name a missing file in the error.
 
   Returns:
@@ -69,13 +82,10 @@ def find_split_files(names, split, directory=None):
 
   Raises:
     DataFormatError: A file is present in neither variant.
-    ValueError: Unknown split.
   """
-  if split not in SPLIT_FILES:
-    raise ValueError(f"unknown MNIST split {split!r}; use one of {sorted(SPLIT_FILES)}")
   names = set(names)
   chosen = []
-  for base in SPLIT_FILES[split]:
+  for base in split_files:
     for candidate in (base + ".gz", base):
       if candidate in names:
         chosen.append(candidate)
@@ -124,7 +134,7 @@ def open_idx(path, opener=fileio.open_rb):
     # An opener may already be decompressing (Beam's does for .gz), so even
     # these first bytes can hit a corrupt stream.
     head = read_idx(raw, path, 2)
-    if _seekable(raw):
+    if fileio.seekable(raw):
       raw.seek(0)
       stream = raw
     else:
@@ -156,7 +166,7 @@ def _skip(f, path, n):
   """Advances past n bytes: seeks in plain files, decompresses and drops in gzip."""
   # Only io streams: other file objects (Beam's CompressedFile) may emulate a
   # seek by decompressing without our error translation.
-  if isinstance(f, io.IOBase) and not isinstance(f, gzip.GzipFile) and _seekable(f):
+  if isinstance(f, io.IOBase) and not isinstance(f, gzip.GzipFile) and fileio.seekable(f):
     f.seek(n, io.SEEK_CUR)
     return
   while n:

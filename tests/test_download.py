@@ -7,6 +7,7 @@ devices) are built member by member with tarfile/zipfile, exactly as an attacker
 would, and the tests check that nothing at all lands on disk.
 """
 
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -28,7 +29,9 @@ import pytest
 from PIL import Image
 
 from preprocess import cifar10
+from preprocess import datasets
 from preprocess import download
+from preprocess.datasets import catdog as catdog_spec
 from preprocess.download import DownloadError, RemoteFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -92,10 +95,10 @@ def files_under(path):
 
 def cifar_members():
   """{member name: bytes} of a tiny cifar-10-binary.tar.gz (2 records per batch)."""
-  names = "\n".join(cifar10.CLASS_NAMES) + "\n"
+  names = "\n".join(list(datasets.get("cifar10").class_names)) + "\n"
   members = {"cifar-10-batches-bin/batches.meta.txt": names.encode(),
              "cifar-10-batches-bin/readme.html": b"<html></html>"}
-  for i, name in enumerate(download.CIFAR10_FILES[:-1]):
+  for i, name in enumerate(datasets.get("cifar10").layout.file_names()[:-1]):
     records = b"".join(bytes([(i + r) % 10]) + bytes([i * 16 + r]) * 3072 for r in range(2))
     members[f"cifar-10-batches-bin/{name}"] = records
   return members
@@ -177,11 +180,11 @@ def test_cifar10_download_extracts_the_official_layout(server, tmp_path):
                             log=lambda line: None)
 
   batches = raw / "cifar10" / "cifar-10-batches-bin"
-  assert paths == [batches / n for n in download.CIFAR10_FILES]
+  assert paths == [batches / n for n in datasets.get("cifar10").layout.file_names()]
   for name, data in members.items():
     assert (raw / "cifar10" / name).read_bytes() == data
   # The reader the Beam job uses accepts what was extracted.
-  assert cifar10.read_class_names(batches / "batches.meta.txt") == cifar10.CLASS_NAMES
+  assert cifar10.read_class_names(batches / "batches.meta.txt") == list(datasets.get("cifar10").class_names)
   test_batch = batches / "test_batch.bin"
   assert cifar10.count_records(test_batch, test_batch.stat().st_size) == 2
   # The verified archive is kept; no temporary download or extraction folder is.
@@ -246,7 +249,7 @@ def test_catdog_split_is_deterministic_disjoint_and_moves_every_image(server, tm
   # Every image (the corrupt ones too) is in exactly one split, unchanged, in its class.
   assert {key: data for key, (_, data) in first.items()} == images
   assert {key: split for key, (split, _) in first.items()} == {
-      key: download.catdog_split(*key) for key in images}
+      key: catdog_spec.split_of(*key) for key in images}
   test_share = sum(split == "test" for split, _ in first.values()) / len(first)
   assert 0.05 <= test_share <= 0.15, test_share
   for class_name in ("cat", "dog"):
@@ -262,10 +265,10 @@ def test_catdog_split_is_deterministic_disjoint_and_moves_every_image(server, tm
 def test_catdog_split_is_a_fixed_function_of_class_and_name():
   # Pinned so that a change to the rule (which would reshuffle everyone's test
   # set) fails here, not silently.
-  assert [download.catdog_split("cat", f"{n}.jpg") for n in range(12)].count("test") == sum(
+  assert [catdog_spec.split_of("cat", f"{n}.jpg") for n in range(12)].count("test") == sum(
       int.from_bytes(hashlib.sha256(f"cat/{n}.jpg".encode()).digest()[:8], "big") % 100 < 10
       for n in range(12))
-  assert download.catdog_split("cat", "1.jpg") == download.catdog_split("cat", "1.jpg")
+  assert catdog_spec.split_of("cat", "1.jpg") == catdog_spec.split_of("cat", "1.jpg")
 
 
 # --- verification ----------------------------------------------------------------
@@ -317,8 +320,9 @@ def test_default_sources_are_https_with_well_formed_digests():
       "mnist": list(MNIST_NAMES),
       "catdog": ["kagglecatsanddogs_5340.zip"],
   }
-  assert set(download.SOURCES) == set(download.DATASETS) == set(expected_names)
-  for dataset, files in download.SOURCES.items():
+  sources = {name: datasets.get(name).sources for name in datasets.names()}
+  assert set(sources) == set(expected_names)
+  for dataset, files in sources.items():
     assert sorted(f.filename for f in files) == sorted(expected_names[dataset])
     for f in files:
       assert f.urls and all(u.startswith("https://") and u.endswith("/" + f.filename)
@@ -327,9 +331,9 @@ def test_default_sources_are_https_with_well_formed_digests():
       assert f.md5 is None or re.fullmatch(r"[0-9a-f]{32}", f.md5), f
       assert isinstance(f.size, int) and f.size > 0, f
   # The MD5 published on the CIFAR-10 page is checked as well.
-  assert download.SOURCES["cifar10"][0].md5 == "c32a1d4ab5d03f1284b67883e8d87530"
+  assert sources["cifar10"][0].md5 == "c32a1d4ab5d03f1284b67883e8d87530"
   tfds_mirror = "https://storage.googleapis.com/cvdf-datasets/mnist/"
-  assert all(f.urls[0].startswith(tfds_mirror) for f in download.SOURCES["mnist"])
+  assert all(f.urls[0].startswith(tfds_mirror) for f in sources["mnist"])
 
 
 # --- unsafe archives -------------------------------------------------------------
@@ -519,7 +523,9 @@ def test_cli_usage_errors_and_help():
 
 def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   mnist_files(server.root)
-  monkeypatch.setitem(download.SOURCES, "mnist", [remote(server, n) for n in MNIST_NAMES])
+  local = dataclasses.replace(datasets.get("mnist"),
+                              sources=tuple(remote(server, n) for n in MNIST_NAMES))
+  monkeypatch.setitem(datasets._REGISTRY, "mnist", local)  # pylint: disable=protected-access
   raw = tmp_path / "raw"
 
   assert download.main(["--dataset", "mnist", "--raw-dir", str(raw)]) == 0

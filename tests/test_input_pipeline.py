@@ -7,6 +7,7 @@ computation from the raw CIFAR-10 bytes, and bad data fails early with a
 one-line message.
 """
 
+import copy
 import json
 import os
 import pathlib
@@ -20,6 +21,8 @@ import tensorflow as tf
 
 from preprocess import augment
 from preprocess import cifar10
+from preprocess import datasets
+from preprocess import metadata
 from trainers import input_pipeline as ip
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,7 +35,7 @@ def data(tmp_path_factory):
   from preprocess import sample_data  # pylint: disable=g-import-not-at-top
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
-  sample_data.generate(str(raw), datasets=("cifar10", "mnist"), seed=0)
+  sample_data.generate(str(raw), names=("cifar10", "mnist"), seed=0)
   for dataset, validation in (("cifar10", 0), ("mnist", 500)):
     cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset, "--raw-dir",
            raw, "--out-dir", out, "--num-shards", "4", "--validation-size", validation]
@@ -80,7 +83,7 @@ def _image(seed=0, shape=(32, 32, 3)):
 
 
 def test_the_tests_cover_every_op():
-  assert {s["op"] for s in STEPS} == augment.KNOWN_OPS
+  assert {s["op"] for s in STEPS} == set(augment.OPS)
 
 
 @pytest.mark.parametrize("step", STEPS, ids=[s["op"] for s in STEPS])
@@ -95,7 +98,7 @@ def test_op_gives_the_same_pixels_eagerly_and_inside_dataset_map(step):
   assert eager.shape[1:] == augment.output_shape([step], (32, 32, 3))
 
 
-@pytest.mark.parametrize("step", [s for s in STEPS if s["op"] in ip.RANDOM_OPS],
+@pytest.mark.parametrize("step", [s for s in STEPS if augment.OPS[s["op"]].random],
                          ids=lambda s: s["op"])
 def test_random_op_is_a_function_of_its_seed(step):
   image = tf.constant(_image())
@@ -138,7 +141,7 @@ def test_bad_policies_fail_loudly():
 
 @pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
 def test_serving_preprocess_equals_the_eval_policy_per_image(dataset):
-  steps = augment.policy(dataset)["eval"]
+  steps = datasets.get(dataset).policy()["eval"]
   shape = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1)}[dataset]
   raw = np.random.default_rng(1).integers(0, 256, size=(5,) + shape, dtype=np.uint8)
   raw[0] = 7  # a flat image: standardization must not divide by zero
@@ -185,12 +188,12 @@ def test_eval_images_equal_a_hand_computation_from_the_raw_bytes(data, cifar):
     crop = pixels[4:28, 4:28]  # the central 24x24
     expected = (crop - crop.mean()) / max(crop.std(), 1 / np.sqrt(crop.size))
     np.testing.assert_allclose(image, expected, atol=2e-5)
-  assert len(ids) == meta["splits"]["test"]["num_examples"]
+  assert len(ids) == meta.splits["test"].num_examples
 
 
 def test_mnist_images_are_28x28x1_in_unit_range(data):
   meta = ip.load_metadata(data["mnist"])
-  assert meta["splits"]["validation"]["num_examples"] == 500
+  assert meta.splits["validation"].num_examples == 500
   for split, training in (("train", True), ("validation", False)):
     images, labels = next(iter(ip.make_dataset(
         str(data["mnist"]), meta, split, rank=0, size=1, batch_size=50, training=training, seed=0,
@@ -236,7 +239,7 @@ def test_each_epoch_is_a_fresh_permutation_with_fresh_augmentation(cifar):
 def test_augmentation_depends_only_on_run_seed_example_and_epoch(data, cifar):
   """Recomputes training images by hand; the rank that reads them does not matter."""
   data_dir, meta = cifar
-  steps = meta["augmentation"]["train"]
+  steps = meta.augmentation["train"]
   raw = np.frombuffer((data["raw"] / CIFAR_TEST_BIN).read_bytes(), np.uint8)
   raw = raw.reshape(-1, cifar10.RECORD_BYTES)
   from preprocess import schema  # pylint: disable=g-import-not-at-top
@@ -259,7 +262,7 @@ def test_ranks_eval_streams_are_disjoint_and_cover_the_split(cifar, size, by_rec
   data_dir, meta = cifar
   everything = _read_all(ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=64,
                                          training=False, seed=0, with_ids=True))[2]
-  assert len(set(everything)) == meta["splits"]["test"]["num_examples"] == 500
+  assert len(set(everything)) == meta.splits["test"].num_examples == 500
   seen = []
   for rank in range(size):
     plan = ip.plan_shards(meta, "test", rank=rank, size=size, training=False)
@@ -291,8 +294,8 @@ def test_ranks_first_training_epochs_partition_the_split(cifar, size, by_records
 
 def test_a_rank_without_records_fails_loudly(cifar):
   data_dir, meta = cifar
-  small = json.loads(json.dumps(meta))
-  small["splits"]["test"]["shards"] = [{"file": "test-00000-of-00004.tfrecord", "num_examples": 3}]
+  small = copy.deepcopy(meta)
+  small.splits["test"].shards = [metadata.ShardInfo("test-00000-of-00004.tfrecord", 3)]
   with pytest.raises(ip.InputError, match="rank 3 of 4 gets no records"):
     ip.make_dataset(data_dir, small, "test", rank=3, size=4, batch_size=1, training=True, seed=0)
 

@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from preprocess import cifar10, fileio, imagefolder, mnist
+from preprocess import cifar10, datasets, fileio, imagefolder, mnist
 from preprocess.errors import DataFormatError
 from preprocess.records import Record, Reject
+
+CIFAR_NAMES = list(datasets.get("cifar10").class_names)
+CIFAR_LAYOUT = datasets.get("cifar10").layout
+MNIST_LAYOUT = datasets.get("mnist").layout
 
 
 class _NonSeekable(io.RawIOBase):
@@ -74,10 +78,10 @@ def write_cifar(path, labels, seed=0):
 def test_cifar_constants():
   assert cifar10.RECORD_BYTES == 3073
   assert cifar10.IMAGE_SHAPE == (32, 32, 3)
-  assert cifar10.CLASS_NAMES[0] == "airplane" and cifar10.CLASS_NAMES[9] == "truck"
-  assert len(set(cifar10.CLASS_NAMES)) == 10
-  assert cifar10.TRAIN_FILES == tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-  assert cifar10.TEST_FILES == ("test_batch.bin",)
+  assert CIFAR_NAMES[0] == "airplane" and CIFAR_NAMES[9] == "truck"
+  assert len(set(CIFAR_NAMES)) == 10
+  assert CIFAR_LAYOUT.splits["train"] == tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+  assert CIFAR_LAYOUT.splits["test"] == ("test_batch.bin",)
 
 
 def test_cifar_pixels_labels_ids_and_hashes_are_exact(tmp_path):
@@ -157,13 +161,13 @@ def test_cifar_file_ending_mid_record_raises_while_reading(tmp_path):
 
 def test_cifar_class_names(tmp_path):
   path = tmp_path / "batches.meta.txt"
-  path.write_text("\n".join(cifar10.CLASS_NAMES) + "\n\n  \n")
-  assert cifar10.read_class_names(str(path)) == cifar10.CLASS_NAMES
-  path.write_text("\n".join(cifar10.CLASS_NAMES[:9]))
+  path.write_text("\n".join(CIFAR_NAMES) + "\n\n  \n")
+  assert cifar10.read_class_names(str(path)) == CIFAR_NAMES
+  path.write_text("\n".join(CIFAR_NAMES[:9]))
   with pytest.raises(DataFormatError) as err:
     cifar10.read_class_names(str(path))
   assert_one_line_naming(err, path)
-  path.write_text("\n".join(cifar10.CLASS_NAMES[:9] + ["cat"]))
+  path.write_text("\n".join(CIFAR_NAMES[:9] + ["cat"]))
   with pytest.raises(DataFormatError, match="cat"):
     cifar10.read_class_names(str(path))
 
@@ -171,10 +175,10 @@ def test_cifar_class_names(tmp_path):
 def test_cifar_reads_through_the_given_opener_only():
   raw = cifar_record(4, 0) + cifar_record(5, 1)
   opener = memory_opener({"gs://bucket/b.bin": raw, "gs://bucket/meta":
-                          "\n".join(cifar10.CLASS_NAMES).encode()})
+                          "\n".join(CIFAR_NAMES).encode()})
   out = list(cifar10.read_records("gs://bucket/b.bin", "b.bin", 1, 2, opener=opener))
   assert [(r.source_id, r.label) for r in out] == [("b.bin:1", 5)]
-  assert cifar10.read_class_names("gs://bucket/meta", opener=opener) == cifar10.CLASS_NAMES
+  assert cifar10.read_class_names("gs://bucket/meta", opener=opener) == CIFAR_NAMES
 
 
 # --- MNIST -------------------------------------------------------------------
@@ -322,12 +326,13 @@ def test_mnist_images_must_be_28x28(tmp_path):
 def test_mnist_find_split_files():
   both = {"train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
           "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte.gz"}
-  assert mnist.find_split_files(both, "train") == ("train-images-idx3-ubyte.gz",
+  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["train"]) == ("train-images-idx3-ubyte.gz",
                                                    "train-labels-idx1-ubyte")
-  assert mnist.find_split_files(both, "test") == ("t10k-images-idx3-ubyte",
+  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["test"]) == ("t10k-images-idx3-ubyte",
                                                   "t10k-labels-idx1-ubyte.gz")
   with pytest.raises(DataFormatError) as err:
-    mnist.find_split_files({"t10k-images-idx3-ubyte.gz"}, "test", directory="gs://b/mnist")
+    mnist.find_split_files({"t10k-images-idx3-ubyte.gz"}, MNIST_LAYOUT.splits["test"],
+                           directory="gs://b/mnist")
   assert "gs://b/mnist/t10k-labels-idx1-ubyte" in str(err.value)
 
 

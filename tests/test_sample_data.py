@@ -8,7 +8,6 @@ readers: a misunderstanding shared by generator and reader would otherwise pass.
 
 import gzip
 import hashlib
-import pathlib
 import re
 import struct
 import subprocess
@@ -132,7 +131,7 @@ def test_mnist_idx_headers_counts_and_labels(raw):
   out, result = raw
   root = out / "mnist"
   assert sorted(p.name for p in root.iterdir()) == sorted(sum(MNIST_NAMES.values(), ()))
-  for split, n in (("train", 3000), ("test", 500)):
+  for split, n in (("train", 6000), ("test", 500)):
     labels, images = read_mnist(root, split)
     assert len(labels) == n
     assert np.bincount(labels, minlength=10).tolist() == [n // 10] * 10
@@ -140,7 +139,7 @@ def test_mnist_idx_headers_counts_and_labels(raw):
     # MNIST look: exact-0 background, bright strokes.
     assert (np.median(images.reshape(n, -1), axis=1) == 0).all()
     assert (images.reshape(n, -1).max(1) >= 200).all()
-  assert result["mnist"]["counts"] == {"train": 3000, "test": 500}
+  assert result["mnist"]["counts"] == {"train": 6000, "test": 500}
 
 
 def test_mnist_is_learnable(raw):
@@ -191,7 +190,7 @@ def test_catdog_refuses_to_mix_with_leftover_files(tmp_path):
   leftover.parent.mkdir(parents=True)
   leftover.write_bytes(b"from an earlier --full run")
   with pytest.raises(FileExistsError, match="would not write"):
-    sample_data.generate(tmp_path, datasets=("catdog",))
+    sample_data.generate(tmp_path, names=("catdog",))
   assert all_files(tmp_path) == [leftover.relative_to(tmp_path)]  # Nothing written.
 
 
@@ -206,7 +205,7 @@ def test_no_two_images_have_identical_pixels(raw):
   assert len(set(pixels)) == len(pixels) == 3000
   mnist = [img.tobytes() for split in ("train", "test")
            for img in read_mnist(out / "mnist", split)[1]]
-  assert len(set(mnist)) == len(mnist) == 3500
+  assert len(set(mnist)) == len(mnist) == 6500
   catdog = []
   for path in sorted((out / "catdog").rglob("*.*")):
     with Image.open(path) as image:
@@ -248,7 +247,7 @@ def test_same_seed_same_bytes_across_processes_and_different_seed_differs(raw, t
 
 def test_one_data_set_alone_equals_its_part_of_all(raw, tmp_path):
   out, _ = raw
-  sample_data.generate(tmp_path, datasets=("mnist",), seed=0)
+  sample_data.generate(tmp_path, names=("mnist",), seed=0)
   files = all_files(tmp_path)
   assert files == [p.relative_to(out) for p in sorted((out / "mnist").iterdir())]
   for rel in files:
@@ -257,9 +256,9 @@ def test_one_data_set_alone_equals_its_part_of_all(raw, tmp_path):
 
 def test_generate_rejects_unknown_data_sets_and_negative_seeds(tmp_path):
   with pytest.raises(ValueError, match="imagenet"):
-    sample_data.generate(tmp_path, datasets=("imagenet",))
+    sample_data.generate(tmp_path, names=("imagenet",))
   with pytest.raises(ValueError, match="non-negative"):
-    sample_data.generate(tmp_path, datasets=("mnist",), seed=-1)
+    sample_data.generate(tmp_path, names=("mnist",), seed=-1)
   assert not any(tmp_path.iterdir())
 
 

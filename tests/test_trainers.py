@@ -113,7 +113,7 @@ def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutoria
   """Test precision of `model` with the given trainable weights, computed here by hand."""
   from trainers import input_pipeline, models  # pylint: disable=g-import-not-at-top
   meta = input_pipeline.load_metadata(str(tfrecords / dataset))
-  net = models.build(model, meta["num_classes"], (24, 24, 3))
+  net = models.build(model, meta.num_classes, (24, 24, 3))
   for v, w in zip(net.trainable_variables, weights):
     v.assign(w)
   correct = total = 0

@@ -9,26 +9,24 @@ preprocess/schema.py) and applies the split's augmentation policy as written
 into `metadata.json` (preprocess/augment.py), with stateless random ops seeded
 from the example, the epoch and the run seed, so a run seed always reproduces
 the same stream. The exported SavedModel runs the eval policy through
-`serving_preprocess`, so serving sees exactly what evaluation saw.
+`serving_preprocess`, so serving sees exactly what evaluation saw. The
+metadata is the typed `preprocess.metadata.Metadata`; the ops come from the
+one table in preprocess/augment.py; shards are counted by preprocess/tfrecord.py.
 
 Horovod is not imported here: the rank and the number of workers come in as
 plain ints (trainers/distributed.py owns Horovod).
 """
 
 import collections
-import json
-import struct
 
 import tensorflow as tf
 
 from preprocess import augment
+from preprocess import metadata as metadata_lib
 from preprocess import schema
+from preprocess import tfrecord
 
-METADATA = "metadata.json"
-FORMAT_VERSION = 1
-
-RANDOM_OPS = frozenset({"random_crop", "random_flip_left_right", "random_brightness",
-                        "random_contrast"})
+METADATA = metadata_lib.FILE
 
 # Files read at once while training. Fixed rather than AUTOTUNE because the
 # interleaved order depends on it, and the stream must not depend on the core count.
@@ -56,11 +54,7 @@ def _join(*parts):
 
 
 def count_records(path):
-  """Counts the records of a TFRecord file from its framing, without decoding them.
-
-  Each record is framed as: uint64 length (little-endian), uint32 CRC of the
-  length, `length` bytes of data, uint32 CRC of the data. Reading 8 bytes a
-  record and seeking past the rest is cheap even for large shards.
+  """Counts the records of a TFRecord file from its framing (preprocess/tfrecord.py).
 
   Args:
     path: File path (local or any tf.io.gfile scheme, e.g. gs://).
@@ -72,20 +66,11 @@ def count_records(path):
     InputError: The file ends inside a record (truncated write or copy).
   """
   size = tf.io.gfile.stat(path).length
-  count = offset = 0
   with tf.io.gfile.GFile(path, "rb") as f:
-    while offset < size:
-      if size - offset < 12:
-        raise InputError(f"{path}: ends inside the header of record {count} "
-                         f"(byte {offset} of {size}): the file is truncated")
-      f.seek(offset)
-      (length,) = struct.unpack("<Q", f.read(8))
-      offset += 8 + 4 + length + 4
-      if offset > size:
-        raise InputError(f"{path}: record {count} needs {offset - size} more bytes than the "
-                         f"file has: the file is truncated")
-      count += 1
-  return count
+    try:
+      return tfrecord.count_records(f, size, path)
+    except tfrecord.TFRecordError as e:
+      raise InputError(str(e)) from None
 
 
 def load_metadata(data_dir, check_records=True):
@@ -98,7 +83,7 @@ def load_metadata(data_dir, check_records=True):
       sets may skip it once they have been checked).
 
   Returns:
-    The metadata dict, as written by pipeline/build_tfrecords.py.
+    The `preprocess.metadata.Metadata` written by pipeline/build_tfrecords.py.
 
   Raises:
     InputError: metadata.json is missing or malformed, a shard is missing, or a
@@ -111,45 +96,19 @@ def load_metadata(data_dir, check_records=True):
   with tf.io.gfile.GFile(path, "r") as f:
     text = f.read()
   try:
-    metadata = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(metadata, dict):
-    raise InputError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
-  version = metadata.get("format_version")
-  if version != FORMAT_VERSION:
-    raise InputError(f"{path}: format_version {version!r}, but this reader knows "
-                     f"{FORMAT_VERSION}: rerun make preprocess with this checkout")
-  missing = [k for k in ("splits", "image_shape", "image_format", "num_classes", "class_names",
-                         "augmentation") if k not in metadata]
-  if missing:
-    raise InputError(f"{path}: missing keys {', '.join(missing)}")
-  if len(metadata["class_names"]) != metadata["num_classes"]:
-    raise InputError(f"{path}: num_classes is {metadata['num_classes']} but class_names has "
-                     f"{len(metadata['class_names'])} names")
-  for which in ("train", "eval"):
-    try:
-      augment.output_shape(metadata["augmentation"][which], metadata["image_shape"])
-    except (KeyError, ValueError) as e:
-      raise InputError(f"{path}: bad {which} augmentation policy ({e})") from None
-  for split, entry in metadata["splits"].items():
-    listed = sum(s["num_examples"] for s in entry["shards"])
-    if listed != entry["num_examples"]:
-      raise InputError(f"{path}: the shards of split {split!r} add up to {listed} records, "
-                       f"but its num_examples is {entry['num_examples']}")
-    labelled = sum(entry.get("label_counts", [listed]))
-    if labelled != listed:
-      raise InputError(f"{path}: the label_counts of split {split!r} add up to {labelled}, "
-                       f"but its num_examples is {entry['num_examples']}")
-    for shard in entry["shards"]:
-      shard_path = _join(data_dir, shard["file"])
+    metadata = metadata_lib.Metadata.from_json(text, path)
+  except metadata_lib.MetadataError as e:
+    raise InputError(str(e)) from None
+  for split, entry in metadata.splits.items():
+    for shard in entry.shards:
+      shard_path = _join(data_dir, shard.file)
       if not tf.io.gfile.exists(shard_path):
         raise InputError(f"{shard_path}: listed in {METADATA} (split {split!r}) but missing")
       if check_records:
         found = count_records(shard_path)
-        if found != shard["num_examples"]:
+        if found != shard.num_examples:
           raise InputError(f"{shard_path}: holds {found} records, but {METADATA} says "
-                           f"{shard['num_examples']}")
+                           f"{shard.num_examples}")
   return metadata
 
 
@@ -159,7 +118,7 @@ def steps_per_epoch(metadata, split, global_batch):
   Raises:
     InputError: The split holds fewer examples than one global batch.
   """
-  count = _split(metadata, split)["num_examples"]
+  count = _split(metadata, split).num_examples
   if count < global_batch:
     raise InputError(f"split {split!r} has {count} examples, fewer than one global batch of "
                      f"{global_batch}: lower the batch size or use fewer workers")
@@ -167,10 +126,10 @@ def steps_per_epoch(metadata, split, global_batch):
 
 
 def _split(metadata, split):
-  if split not in metadata["splits"]:
-    raise InputError(f"no split {split!r} in {metadata.get('dataset', 'the data')}'s "
-                     f"{METADATA}; it has {', '.join(sorted(metadata['splits']))}")
-  return metadata["splits"][split]
+  if split not in metadata.splits:
+    raise InputError(f"no split {split!r} in {metadata.dataset}'s "
+                     f"{METADATA}; it has {', '.join(sorted(metadata.splits))}")
+  return metadata.splits[split]
 
 
 # --- sharding ----------------------------------------------------------------
@@ -200,14 +159,14 @@ def plan_shards(metadata, split, *, rank, size, training):
   """
   if not 0 <= rank < size:
     raise InputError(f"rank {rank} is not in [0, {size})")
-  shards = _split(metadata, split)["shards"]
+  shards = _split(metadata, split).shards
   if len(shards) >= size:
-    shares = [sum(s["num_examples"] for s in shards[r::size]) for r in range(size)]
+    shares = [sum(s.num_examples for s in shards[r::size]) for r in range(size)]
     balanced = min(shares) > 0 and max(shares) <= (1 + _MAX_TRAIN_IMBALANCE) * min(shares)
     if balanced or not training:
-      return ShardPlan([s["file"] for s in shards[rank::size]], False, shares[rank])
-  total = sum(s["num_examples"] for s in shards)
-  return ShardPlan([s["file"] for s in shards], True, len(range(rank, total, size)))
+      return ShardPlan([s.file for s in shards[rank::size]], False, shares[rank])
+  total = sum(s.num_examples for s in shards)
+  return ShardPlan([s.file for s in shards], True, len(range(rank, total, size)))
 
 
 # --- augmentation ------------------------------------------------------------
@@ -232,17 +191,11 @@ def example_seed(run_seed, augment_seed, epoch):
   return tf.random.experimental.stateless_fold_in(key, tf.cast(epoch, tf.int64))
 
 
-def _deterministic_op(image, step):
-  """The ops without randomness; each works on one HWC image or an NHWC batch alike."""
-  op = step["op"]
-  if op == "central_crop":
-    # The tutorial's eval input: crop (or pad) around the centre.
-    return tf.image.resize_with_crop_or_pad(image, step["height"], step["width"])
-  if op == "per_image_standardization":
-    return tf.image.per_image_standardization(image)
-  if op == "scale":
-    return image * tf.constant(step["factor"], image.dtype)
-  raise InputError(f"unknown augmentation op {op!r}; known: {', '.join(sorted(augment.KNOWN_OPS))}")
+def _op(step):
+  try:
+    return augment.op_of(step)
+  except ValueError as e:
+    raise InputError(str(e)) from None
 
 
 def apply_policy(image, steps, seed=None):
@@ -261,22 +214,13 @@ def apply_policy(image, steps, seed=None):
     InputError: Unknown op, or a random op without a seed.
   """
   for i, step in enumerate(steps):
-    op = step["op"]
-    if op not in RANDOM_OPS:
-      image = _deterministic_op(image, step)
+    op = _op(step)
+    if not op.random:
+      image = op.apply(image, step, None)
       continue
     if seed is None:
-      raise InputError(f"augmentation op {op!r} is random and needs a seed")
-    op_seed = tf.random.experimental.stateless_fold_in(seed, i)
-    if op == "random_crop":
-      image = tf.image.stateless_random_crop(
-          image, [step["height"], step["width"], image.shape[-1]], seed=op_seed)
-    elif op == "random_flip_left_right":
-      image = tf.image.stateless_random_flip_left_right(image, seed=op_seed)
-    elif op == "random_brightness":
-      image = tf.image.stateless_random_brightness(image, step["max_delta"], seed=op_seed)
-    elif op == "random_contrast":
-      image = tf.image.stateless_random_contrast(image, step["lower"], step["upper"], seed=op_seed)
+      raise InputError(f"augmentation op {op.name!r} is random and needs a seed")
+    image = op.apply(image, step, tf.random.experimental.stateless_fold_in(seed, i))
   return image
 
 
@@ -288,7 +232,7 @@ def serving_preprocess(images, eval_steps):
 
   Args:
     images: uint8 [batch, height, width, channels] tensor, as stored in the shards.
-    eval_steps: `metadata["augmentation"]["eval"]`.
+    eval_steps: `metadata.augmentation["eval"]`.
 
   Returns:
     float32 [batch, height', width', channels] tensor, ready for the model.
@@ -298,10 +242,11 @@ def serving_preprocess(images, eval_steps):
   """
   images = tf.cast(images, tf.float32)
   for step in eval_steps:
-    if step["op"] in RANDOM_OPS:
-      raise InputError(f"the eval policy has the random op {step['op']!r}; serving needs "
+    op = _op(step)
+    if op.random:
+      raise InputError(f"the eval policy has the random op {op.name!r}; serving needs "
                        "deterministic preprocessing")
-    images = _deterministic_op(images, step)
+    images = op.apply(images, step, None)
   return images
 
 
@@ -314,9 +259,9 @@ def _format_shape(shape):
 
 def _decode_fn(metadata, steps, run_seed, with_ids):
   """Returns fn(serialized, epoch) -> (image, label[, source id]) for Dataset.map."""
-  image_shape = list(metadata["image_shape"])
-  num_classes = metadata["num_classes"]
-  random = any(s["op"] in RANDOM_OPS for s in steps)
+  image_shape = list(metadata.image_shape)
+  num_classes = metadata.num_classes
+  random = any(_op(s).random for s in steps)
 
   def decode(serialized, epoch):
     features = schema.parse_example(serialized)
@@ -348,7 +293,7 @@ def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training,
   Args:
     data_dir: Directory holding metadata.json and the shards (local or gs://).
     metadata: `load_metadata(data_dir)`.
-    split: "train", "validation" or "test" (a key of metadata["splits"]).
+    split: "train", "validation" or "test" (a key of metadata.splits).
     rank: This worker's rank, in [0, size).
     size: Number of workers.
     batch_size: Examples per batch on THIS worker (the global batch is
@@ -376,8 +321,11 @@ def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training,
   if batch_size < 1:
     raise InputError(f"batch size must be at least 1, got {batch_size}")
   which = "train" if training else "eval"
-  steps = metadata["augmentation"][which]
-  produced = augment.output_shape(steps, metadata["image_shape"])
+  steps = metadata.augmentation[which]
+  try:
+    produced = augment.output_shape(steps, metadata.image_shape)
+  except ValueError as e:
+    raise InputError(f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})") from None
   if image_shape is not None and (
       len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))):
     raise InputError(f"model expects {_format_shape(image_shape)} but the data's {which} policy "
@@ -389,7 +337,7 @@ def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training,
   if training:
     if plan.num_examples == 0:
       raise InputError(f"rank {rank} of {size} gets no records of split {split!r} "
-                       f"({_split(metadata, split)['num_examples']} records): use fewer workers")
+                       f"({_split(metadata, split).num_examples} records): use fewer workers")
     buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
     file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
     # Ranks differ in what they read, so their record orders should too. A

@@ -42,8 +42,8 @@ class TrainingError(Exception):
 
 def create_model(config, metadata):
   """The recipe's architecture, sized by what the data's augmentation policy outputs."""
-  input_shape = augment.output_shape(metadata["augmentation"]["train"], metadata["image_shape"])
-  return models.build(config.recipe.model, metadata["num_classes"], input_shape)
+  input_shape = augment.output_shape(metadata.augmentation["train"], metadata.image_shape)
+  return models.build(config.recipe.model, metadata.num_classes, input_shape)
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -280,8 +280,8 @@ def export_serving_model(model, metadata, export_dir):
   The eval augmentation policy (crop, standardization, scaling) is part of the
   serving function, so clients send pixels, not preprocessed tensors.
   """
-  height, width, channels = metadata["image_shape"]
-  eval_steps = metadata["augmentation"]["eval"]
+  height, width, channels = metadata.image_shape
+  eval_steps = metadata.augmentation["eval"]
   module = tf.Module()
   module.model = model
 
@@ -296,7 +296,7 @@ def export_serving_model(model, metadata, export_dir):
     tf.io.gfile.rmtree(export_dir)
   tf.saved_model.save(module, export_dir, signatures={"serving_default": serve})
   with tf.io.gfile.GFile(os.path.join(export_dir, "labels.txt"), "w") as f:
-    f.write("\n".join(metadata["class_names"]) + "\n")
+    f.write("\n".join(metadata.class_names) + "\n")
 
 
 # --- the run -----------------------------------------------------------------
@@ -417,7 +417,7 @@ def train(run):
   if restored or start:
     _log(ctx, f"resumed from {restored} at step {start}")
   train_step = make_train_step(run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce)
-  has_validation = "validation" in run.metadata["splits"]
+  has_validation = "validation" in run.metadata.splits
   patience = config.early_stopping_patience
   if patience and not has_validation:
     raise TrainingError(f"--model {config.model} stops early on the validation split, but "

@@ -1,0 +1,126 @@
+"""The data-set registry: one spec per data set, found by file.
+
+Every module in this package (cifar10.py, mnist.py, catdog.py, ...) defines one
+data set with `register(DatasetSpec(...))`: its raw layout and file names (a
+layout of one of the shared formats: CIFAR binary batches in
+preprocess/cifar10.py, IDX in preprocess/mnist.py, image folders in
+preprocess/imagefolder.py), class names, download sources with checksums,
+default validation size, default augmentation policy and the sample-data
+generator. The Beam job (pipeline/datasets.py), the downloader
+(preprocess/download.py) and the sample-data writer (preprocess/sample_data.py)
+iterate over `names()` and read what they need from `get(name)`; nothing else
+knows a data set by name. Adding a data set in an existing format is one new
+module here. The trainers need nothing from the specs: what they use reaches
+them through metadata.json (preprocess/metadata.py).
+
+Spec modules are imported on first use, not when this package is imported, so
+the format modules and the downloader can import this package without a cycle.
+"""
+
+import copy
+import dataclasses
+import importlib
+import pkgutil
+from typing import Callable, Optional
+
+_REGISTRY = {}
+_LOADED = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """How to write a small synthetic copy of a data set in its raw layout.
+
+  Attributes:
+    per_class: {"small": (train, test), "full": (train, test)} images per class.
+    write: fn(root, train_per_class, test_per_class, rng_for_split) -> list of the
+      Paths written, under root = RAW/<name>. `rng_for_split(split)` gives the
+      numpy Generator of a split, so one split or one data set alone gives the
+      same bytes as all of them together.
+    stream: Distinct small int mixed into the random seed of this data set.
+  """
+  per_class: dict
+  write: Callable
+  stream: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One data set, TFDS-builder-like.
+
+  Attributes:
+    name: Folder under the raw and output roots, and the --dataset value.
+    description: One line for --help and logs.
+    class_names: Class names, index = label (a layout may read them from the
+      raw files instead, as CIFAR-10's batches.meta.txt; they must agree).
+    layout: Where the raw files are and how to read them: a
+      `cifar10.BinaryLayout`, `mnist.IdxLayout` or `imagefolder.FolderLayout`.
+    sources: `download.RemoteFile`s of the official files.
+    sample: The `Sample` generator.
+    validation_size: Training records moved to a validation split by default.
+    augmentation: {"train": [step, ...], "eval": [...]}, steps as in
+      preprocess/augment.py; written into metadata.json.
+    install: fn(local_files, root, log) that turns downloaded files into the
+      layout, or None for the layout's default.
+  """
+  name: str
+  description: str
+  class_names: tuple
+  layout: object
+  sources: tuple
+  sample: Sample
+  augmentation: dict
+  validation_size: int = 0
+  install: Optional[Callable] = None
+
+  def policy(self):
+    """A fresh copy of the default augmentation policy."""
+    return copy.deepcopy(self.augmentation)
+
+
+def register(spec):
+  """Adds `spec` to the registry and returns it.
+
+  Raises:
+    ValueError: Another spec has the same name or sample stream.
+  """
+  if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+    raise ValueError(f"data set {spec.name!r} is registered twice")
+  clash = [s.name for s in _REGISTRY.values()
+           if s.sample.stream == spec.sample.stream and s.name != spec.name]
+  if clash:
+    raise ValueError(f"data set {spec.name!r}: sample stream {spec.sample.stream} is "
+                     f"already {clash[0]!r}'s")
+  _REGISTRY[spec.name] = spec
+  return spec
+
+
+def unregister(name):
+  """Removes a spec (for tests that register their own)."""
+  _REGISTRY.pop(name, None)
+
+
+def _load():
+  global _LOADED
+  if not _LOADED:
+    _LOADED = True
+    for module in pkgutil.iter_modules(__path__):
+      importlib.import_module(f"{__name__}.{module.name}")
+
+
+def names():
+  """Names of all registered data sets, in sample-stream order (cifar10, mnist, catdog, ...)."""
+  _load()
+  return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].sample.stream, n)))
+
+
+def get(name):
+  """The spec of data set `name`.
+
+  Raises:
+    ValueError: No such data set.
+  """
+  _load()
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown data set {name!r}; choose from {', '.join(names())}")
+  return _REGISTRY[name]

@@ -1,0 +1,192 @@
+"""CIFAR-10 (binary version): the data set spec.
+
+Everything the project knows about CIFAR-10 by name: its raw layout and file
+names (read by the CIFAR binary format in preprocess/cifar10.py), class
+names, the official archive and its checksums, the recipe's validation size,
+the TensorFlow tutorial's augmentation, and the sample-data generator. The
+registry (preprocess/datasets/__init__.py) finds this file; the Beam job, the
+downloader and the sample-data writer read it from there.
+"""
+
+import math
+
+import numpy as np
+
+from preprocess import atomic
+from preprocess import cifar10
+from preprocess import download
+from preprocess import sample_data
+from preprocess.datasets import DatasetSpec, Sample, register
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+               "horse", "ship", "truck")
+LAYOUT = cifar10.BinaryLayout(
+    batches_dir="cifar-10-batches-bin",
+    splits={"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+            "test": ("test_batch.bin",)},
+    meta_file="batches.meta.txt",
+    archive="cifar-10-binary.tar.gz")
+
+# The tutorial's input crop (cifar10_input.py: IMAGE_SIZE = 24).
+_CROP = 24
+
+# One shape per class, each with a class-typical hue (label / 10 on the hue
+# circle). The trainer crops 24x24 at random, flips, jitters brightness and
+# contrast and standardizes per image, so the class must live in the shape and
+# its texture near the centre, not in the brightness or the borders.
+# 0 disc, 1 square, 2 triangle, 3 ring, 4 cross, 5 horizontal bars,
+# 6 vertical bars, 7 diagonal stripes, 8 checkerboard, 9 dot grid.
+_CIFAR_SIZE = 32
+_CIFAR_YY, _CIFAR_XX = np.mgrid[0:_CIFAR_SIZE, 0:_CIFAR_SIZE].astype(np.float32) + 0.5
+# Max rotation in degrees. Orientation is the class for the bar classes, and a
+# square or cross turned by 45 degrees stops looking like one.
+_CIFAR_MAX_ROTATION = {1: 15, 4: 15, 5: 12, 6: 12, 7: 12, 8: 15, 9: 15}
+
+
+def _stripes(coord, period):
+  """Soft 0/1 stripes across `coord` (in pixels) with the given period."""
+  return np.clip(0.5 + 1.5 * np.cos(2 * np.pi * coord / period), 0, 1)
+
+
+def _cifar_image(rng, label):
+  """Draws one 32x32x3 uint8 image of class `label`."""
+  radius = rng.uniform(6.5, 10.0)
+  cx, cy = 16 + rng.uniform(-3, 3, size=2)
+  if label in _CIFAR_MAX_ROTATION:
+    angle = math.radians(rng.uniform(-1, 1) * _CIFAR_MAX_ROTATION[label])
+  else:
+    angle = rng.uniform(0, 2 * math.pi)
+  if label == 7:  # Both diagonals, so a left-right flip stays in the class.
+    angle += math.radians(45 if rng.random() < 0.5 else -45)
+  dx, dy = _CIFAR_XX - cx, _CIFAR_YY - cy
+  cos, sin = math.cos(angle), math.sin(angle)
+  u_px = cos * dx + sin * dy  # Rotated coordinates, in pixels ...
+  v_px = -sin * dx + cos * dy
+  u, v = u_px / radius, v_px / radius  # ... and in object radii.
+
+  # Signed distance (in radii, negative inside) of the outline, then alpha with
+  # a one-pixel soft edge.
+  square = np.maximum(np.abs(u), np.abs(v)) - 0.85
+  disc = np.hypot(u, v) - 1.0
+  pattern = 1.0
+  if label == 0:
+    sdf = disc
+  elif label == 1:
+    sdf = square
+  elif label == 2:
+    sdf = np.maximum.reduce([v, -0.866 * u - 0.5 * v, 0.866 * u - 0.5 * v]) - 0.5
+  elif label == 3:
+    sdf = np.abs(np.hypot(u, v) - 0.72) - 0.26
+  elif label == 4:
+    sdf = np.minimum(np.maximum(np.abs(u) - 0.3, np.abs(v) - 1.0),
+                     np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3))
+  elif label in (5, 6, 7):
+    sdf = disc
+    period = rng.uniform(3.6, 5.0)
+    pattern = _stripes((v_px if label != 6 else u_px) + rng.uniform(0, period), period)
+  elif label == 8:
+    sdf = square
+    period = rng.uniform(4.0, 5.5)
+    phase = rng.uniform(0, period, size=2)
+    pattern = np.clip(0.5 + 2.0 * np.cos(np.pi * (u_px + phase[0]) / period)
+                      * np.cos(np.pi * (v_px + phase[1]) / period), 0, 1)
+  else:
+    sdf = square
+    spacing = rng.uniform(3.8, 4.8)
+    gu = (u_px + spacing / 2) % spacing - spacing / 2
+    gv = (v_px + spacing / 2) % spacing - spacing / 2
+    pattern = np.clip(1.3 - np.hypot(gu, gv), 0, 1)  # Dots of radius ~1.3 px.
+  alpha = np.clip(0.5 - sdf * radius, 0, 1) * pattern
+
+  # Object and background differ in value, so the shape survives grayscale-ish
+  # colour jitter; the background hue is arbitrary and unsaturated.
+  obj_value = rng.uniform(0.45, 1.0)
+  if obj_value > 0.7:
+    bg_value = rng.uniform(0.05, obj_value - 0.35)
+  else:
+    bg_value = rng.uniform(obj_value + 0.3, 1.0)
+  fg = sample_data.hsv(label / 10 + rng.uniform(-0.05, 0.05), rng.uniform(0.55, 1.0), obj_value)
+  bg_hue, bg_sat = rng.uniform(0, 1), rng.uniform(0, 0.35)
+  bg0 = sample_data.hsv(bg_hue, bg_sat, bg_value)
+  bg1 = sample_data.hsv(bg_hue + rng.uniform(-0.1, 0.1), bg_sat,
+             np.clip(bg_value + rng.uniform(-0.15, 0.15), 0, 1))
+  grad_angle = rng.uniform(0, 2 * math.pi)
+  t = ((_CIFAR_XX - 16) * math.cos(grad_angle) + (_CIFAR_YY - 16) * math.sin(grad_angle)) / 45 + 0.5
+  image = bg0 + (bg1 - bg0) * t[..., None]
+  # Clutter: a few faint straight lines anywhere, so not every non-background
+  # pixel belongs to the object.
+  for _ in range(rng.integers(0, 3)):
+    a = rng.uniform(0, math.pi)
+    x0, y0 = rng.uniform(0, 32), rng.uniform(0, 32)
+    dist = np.abs((_CIFAR_XX - x0) * math.sin(a) - (_CIFAR_YY - y0) * math.cos(a))
+    line_alpha = np.clip(0.9 - dist, 0, 1)[..., None] * rng.uniform(0.2, 0.5)
+    image = image * (1 - line_alpha) + rng.uniform(0, 255, size=3).astype(np.float32) * line_alpha
+  image = image * (1 - alpha[..., None]) + fg * alpha[..., None]
+  image += rng.normal(0, rng.uniform(2, 8), size=image.shape).astype(np.float32)
+  return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _cifar_records(rng, labels, seen):
+  """The CIFAR-10 binary records: label byte, then the R, G and B planes."""
+  out = bytearray()
+  for label in labels:
+    image = sample_data.unique(lambda: _cifar_image(rng, int(label)), seen)
+    out.append(int(label))
+    out += image.transpose(2, 0, 1).tobytes()
+  return bytes(out)
+
+
+def _write_sample(root, train_per_class, test_per_class, rng_for_split):
+  """Writes the five training batches, the test batch and the class names file."""
+  root = root / LAYOUT.batches_dir
+  seen = set()
+  files = []
+  rng = rng_for_split("train")
+  per_batch = train_per_class // len(LAYOUT.splits["train"])
+  for name in LAYOUT.splits["train"]:
+    labels = sample_data.balanced_labels(rng, len(CLASS_NAMES), per_batch)
+    files.append(root / name)
+    atomic.write_bytes(files[-1], _cifar_records(rng, labels, seen))
+  rng = rng_for_split("test")
+  files.append(root / LAYOUT.splits["test"][0])
+  atomic.write_bytes(files[-1], _cifar_records(rng, sample_data.balanced_labels(rng, 10, test_per_class), seen))
+  # The official file ends with an empty line after the last class name.
+  files.append(root / LAYOUT.meta_file)
+  atomic.write_bytes(files[-1], ("\n".join(CLASS_NAMES) + "\n\n").encode("ascii"))
+  counts = {"train": per_batch * 10 * len(LAYOUT.splits["train"]), "test": test_per_class * 10}
+  return {"root": root, "counts": counts, "files": files}
+
+
+SPEC = register(DatasetSpec(
+    name="cifar10",
+    description="CIFAR-10, binary version: 50,000 train and 10,000 test 32x32 colour images",
+    class_names=CLASS_NAMES,
+    layout=LAYOUT,
+    # Size and SHA-256 from the TensorFlow Datasets catalogue
+    # (tensorflow_datasets/url_checksums/cifar10.txt); see preprocess/download.py.
+    sources=(download.RemoteFile(
+        LAYOUT.archive,
+        ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+        sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+        # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
+        md5="c32a1d4ab5d03f1284b67883e8d87530",
+        size=170052171),),
+    # The tutorial trains on all 50,000 training images and evaluates on test.
+    validation_size=0,
+    # The TensorFlow CIFAR-10 tutorial (cifar10_input.distorted_inputs / inputs).
+    augmentation={
+        "train": [
+            {"op": "random_crop", "height": _CROP, "width": _CROP},
+            {"op": "random_flip_left_right"},
+            {"op": "random_brightness", "max_delta": 63.0},
+            {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
+            {"op": "per_image_standardization"},
+        ],
+        "eval": [
+            {"op": "central_crop", "height": _CROP, "width": _CROP},
+            {"op": "per_image_standardization"},
+        ],
+    },
+    sample=Sample(per_class={"small": (250, 50), "full": (5000, 1000)}, write=_write_sample,
+                  stream=0),
+))

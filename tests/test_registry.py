@@ -1,0 +1,120 @@
+"""The data-set registry (preprocess/datasets/): adding a spec is enough.
+
+A test-only spec for a second image-folder data set, defined in a temporary
+module on sys.path and registered there, is seen by the downloader, the
+sample-data writer and the Beam job without touching any of them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from preprocess import datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SPEC_MODULE = textwrap.dedent('''
+    """Test-only data set: squares vs discs, image folders."""
+    import numpy as np
+    from PIL import Image
+
+    from preprocess import atomic
+    from preprocess import download
+    from preprocess import imagefolder
+    from preprocess.datasets import DatasetSpec, Sample, register
+
+    def _write(root, train, test, rng_for_split):
+      files = []
+      for split, n in (("train", train), ("test", test)):
+        rng = rng_for_split(split)
+        for label, name in enumerate(("square", "disc")):
+          for i in range(n):
+            pixels = rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
+            path = root / split / name / f"{name}.{i}.png"
+            atomic.write_bytes(path, b"")
+            Image.fromarray(pixels).save(path)
+            files.append(path)
+      return {"root": root, "counts": {"train": 2 * train, "test": 2 * test}, "files": files}
+
+    SPEC = register(DatasetSpec(
+        name="shapes_test",
+        description="test-only squares and discs",
+        class_names=("square", "disc"),
+        layout=imagefolder.FolderLayout(),
+        sources=(download.RemoteFile("shapes.zip", ("https://example.invalid/shapes.zip",),
+                                     sha256="0" * 64),),
+        validation_size=4,
+        augmentation={"train": [{"op": "random_flip_left_right"}],
+                      "eval": [{"op": "per_image_standardization"}]},
+        sample=Sample(per_class={"small": (10, 3), "full": (20, 5)}, write=_write, stream=99),
+    ))
+''')
+
+# Imported by the driver and by every Beam worker process, as a plugin would be.
+LOADER = ("import runpy, sys; import shapes_test_spec; "
+          "sys.argv[0] = 'python -m pipeline.build_tfrecords'; "
+          "runpy.run_module('pipeline.build_tfrecords', run_name='__main__')")
+
+
+@pytest.fixture
+def spec_dir(tmp_path, monkeypatch):
+  folder = tmp_path / "specs"
+  folder.mkdir()
+  (folder / "shapes_test_spec.py").write_text(SPEC_MODULE)
+  monkeypatch.syspath_prepend(str(folder))
+  import shapes_test_spec  # pylint: disable=import-outside-toplevel,import-error
+  assert datasets.get("shapes_test") is shapes_test_spec.SPEC
+  yield folder
+  datasets.unregister("shapes_test")
+  sys.modules.pop("shapes_test_spec", None)
+
+
+def test_builtin_specs_are_registered_once_each():
+  assert datasets.names() == ("cifar10", "mnist", "catdog")
+  for name in datasets.names():
+    spec = datasets.get(name)
+    assert spec.name == name and spec.sources and spec.augmentation["train"]
+  assert datasets.get("mnist").validation_size == 5000
+  with pytest.raises(ValueError, match="unknown data set 'imagenet'"):
+    datasets.get("imagenet")
+
+
+def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, tmp_path):
+  from preprocess import download, sample_data  # pylint: disable=import-outside-toplevel
+  assert "shapes_test" in datasets.names()
+
+  # Download: the CLI offers it, and the spec's layout decides what "installed" is.
+  raw = tmp_path / "raw"
+  result = sample_data.generate(raw, names=("shapes_test",), seed=0)
+  assert result["shapes_test"]["counts"] == {"train": 20, "test": 6}
+  assert sorted(p.name for p in (raw / "shapes_test").iterdir()) == ["test", "train"]
+  lines = []
+  assert download.download("shapes_test", raw, log=lines.append) == [
+      raw / "shapes_test" / "train", raw / "shapes_test" / "test"]
+  assert "already in" in lines[0]
+  with pytest.raises(SystemExit):
+    download._parse_args(["--dataset", "nope", "--raw-dir", str(raw)])  # pylint: disable=protected-access
+  assert download._parse_args(  # pylint: disable=protected-access
+      ["--dataset", "shapes_test", "--raw-dir", str(raw)]).dataset == "shapes_test"
+
+  # Beam job: converts it with the spec's classes, validation size and policy.
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(spec_dir), ROOT]))
+  run = subprocess.run(
+      [sys.executable, "-c", LOADER, "--dataset", "shapes_test", "--raw-dir", str(raw),
+       "--out-dir", str(out), "--image-size", "16", "--image-format", "png",
+       "--progress-seconds", "0", "--direct_num_workers=1"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  meta = json.loads((out / "shapes_test" / "metadata.json").read_text())
+  assert meta["dataset"] == "shapes_test" and meta["class_names"] == ["square", "disc"]
+  assert meta["image_shape"] == [16, 16, 3]
+  assert meta["splits"]["validation"]["num_examples"] == 4
+  assert meta["splits"]["train"]["num_examples"] == 16
+  assert meta["splits"]["test"]["num_examples"] == 6
+  assert meta["augmentation"]["train"] == [{"op": "random_flip_left_right"}]
+  assert meta["records"] == {"read": 26, "written": 26, "rejected": 0}
