@@ -318,13 +318,21 @@ def test_bad_runner_flags_are_one_line_errors(flags, message):
 
 
 def _readme_commands():
-  """The `python -m pipeline.build_tfrecords ...` command lines of the README, continuations joined."""
-  text = (ROOT / "README.md").read_text()
-  blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+  """The `python -m pipeline.build_tfrecords ...` lines of the README's shell blocks, continuations joined."""
+  blocks, block, language = [], None, None
+  for line in (ROOT / "README.md").read_text().splitlines():
+    if line.startswith("```"):
+      if block is None:
+        block, language = [], line[3:].strip()
+      else:
+        if language in ("", "bash", "sh"):
+          blocks.append("\n".join(block))
+        block = None
+    elif block is not None:
+      block.append(line)
   commands = []
-  for block in blocks:
-    joined = re.sub(r"\\\n\s*", " ", block)
-    for line in joined.splitlines():
+  for text in blocks:
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
       line = line.split(" #", 1)[0].strip()
       if line.startswith("python -m pipeline.build_tfrecords ") and "--help" not in line:
         commands.append(line)
