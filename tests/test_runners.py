@@ -254,6 +254,23 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
   assert not [n for n in left if n.startswith(".")], left  # no .work-* directory, no .*.tmp-* file
 
 
+def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
+  """Sidecars of other shards and half-written temporaries are ignored; a missing one is left out."""
+  from pipeline import convert  # pylint: disable=g-import-not-at-top
+  from pipeline import plan  # pylint: disable=g-import-not-at-top
+  tasks = [plan.ShardTask("train", i, 3, ()) for i in range(3)]
+  for task in tasks[:2] + [plan.ShardTask("train", 0, 2, ())]:
+    stats = {"split": "train", "index": task.index, "file": task.filename, "read": 2, "written": 1,
+             "rejected": 1, "label_counts": [1, 0]}
+    rejects = [{"file": f"f{task.index}", "index": 7, "reason": "r", "split": "train"}]
+    pathlib.Path(convert.sidecar_path(str(tmp_path), task.filename)).write_text(
+        json.dumps({"stats": stats, "rejects": rejects}))
+  (tmp_path / (tasks[2].filename + convert.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
+  stats, rejects = build_tfrecords._read_sidecars(str(tmp_path), tasks)  # pylint: disable=protected-access
+  assert [s["file"] for s in stats] == [tasks[0].filename, tasks[1].filename]
+  assert [r["file"] for r in rejects] == ["f0", "f1"]
+
+
 # --- the parser -------------------------------------------------------------
 
 
