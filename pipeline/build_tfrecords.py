@@ -47,7 +47,8 @@ FORMAT_VERSION = 1
 # Defaults from each recipe: MNIST holds out the first 5,000 training images.
 DEFAULT_VALIDATION_SIZE = {"cifar10": 0, "mnist": 5000, "catdog": 0}
 # Runners Beam itself does not resolve by short name.
-EXTRA_RUNNERS = ("apache_beam.runners.dask.dask_runner.DaskRunner",)
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+EXTRA_RUNNERS = (DASK_RUNNER,)
 # What to install when a runner's module does not import.
 RUNNER_EXTRAS = {"dask": "apache-beam[dask]", "dataflow": "apache-beam[gcp]",
                  "interactive": "apache-beam[interactive]"}
@@ -120,6 +121,10 @@ def beam_options(beam_args):
   standard = options.view_as(StandardOptions)
   if runner in EXTRA_RUNNERS:
     standard.runner = runner
+  if runner == DASK_RUNNER and not {"npartitions", "partition_size"} & set(given):
+    # Dask's default puts up to 128 elements in one partition, that is on one
+    # worker; one shard task is work enough for a partition of its own.
+    options.view_as(sys.modules[DASK_RUNNER.rsplit(".", 1)[0]].DaskOptions).partition_size = 1
   if standard.runner is None:
     # The default runner first tries to download the Prism runner binary, which
     # needs the internet; FnApiRunner runs here offline, one worker per core.
@@ -259,6 +264,8 @@ def convert_dataset(name, args, options, log):
 
   listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
   try:
+    # One chain, nothing after the conversion: the Dask runner computes only the
+    # last transform of a pipeline, so a branch beside it would never run there.
     with _Progress(name, out_dir, tasks, args.progress_seconds, log), beam.Pipeline(options=options) as p:
       _ = (p
            | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
