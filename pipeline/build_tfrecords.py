@@ -11,13 +11,15 @@ rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`
 Trainers trust only `metadata.json`, so a failed run never looks complete.
 
 Flags this module does not know are handed to Beam as pipeline options, e.g.
-`--runner=DataflowRunner --project=... --temp_location=gs://...`. Without a
-runner flag it runs on this machine with one worker process per core.
+`--runner=DataflowRunner --project=... --temp_location=gs://...`, with every
+option of the runner named (`--runner=DaskRunner --dask_client_address=...`).
+Without a runner flag it runs on this machine with one worker process per core.
 """
 
 import argparse
 import atexit
 import collections
+import importlib
 import json
 import logging
 import os
@@ -45,6 +47,12 @@ from preprocess.errors import DataFormatError
 
 METADATA = metadata_lib.FILE
 REJECTS = "rejects.jsonl"
+# Runners Beam itself does not resolve by short name.
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+EXTRA_RUNNERS = (DASK_RUNNER,)
+# What to install when a runner's module does not import.
+RUNNER_EXTRAS = {"dask": "apache-beam[dask]", "dataflow": "apache-beam[gcp]",
+                 "interactive": "apache-beam[interactive]"}
 
 
 class UsageError(Exception):
@@ -93,9 +101,15 @@ def parse_args(argv):
 def beam_options(beam_args):
   """Pipeline options from the leftover flags, with a local default that uses every core.
 
+  The module of the runner named by `--runner` is imported first: some runners
+  (Dask) register their option classes only then, and an option class Beam has
+  not seen makes its flags unknown.
+
   Raises:
-    UsageError: A flag Beam does not know either, or an unsafe runner mode.
+    UsageError: A flag Beam does not know either, a runner that does not
+      import, or an unsafe runner mode.
   """
+  runner = _import_runner(beam_args)
   options = PipelineOptions(beam_args)
   known = set(PipelineOptions([]).get_all_options(drop_default=False))
   given = options.get_all_options(drop_default=True, retain_unknown_options=True)
@@ -111,6 +125,12 @@ def beam_options(beam_args):
     raise UsageError("--direct_running_mode=multi_threading loses records in Beam 2.77; "
                      "use multi_processing or in_memory")
   standard = options.view_as(StandardOptions)
+  if runner in EXTRA_RUNNERS:
+    standard.runner = runner
+  if runner == DASK_RUNNER and not {"npartitions", "partition_size"} & set(given):
+    # Dask's default puts up to 128 elements in one partition, that is on one
+    # worker; one shard task is work enough for a partition of its own.
+    options.view_as(sys.modules[DASK_RUNNER.rsplit(".", 1)[0]].DaskOptions).partition_size = 1
   if standard.runner is None:
     # The default runner first tries to download the Prism runner binary, which
     # needs the internet; FnApiRunner runs here offline, one worker per core.
@@ -121,6 +141,34 @@ def beam_options(beam_args):
       direct.direct_num_workers = os.cpu_count() or 1
     _quiet_local_workers(given.get("default_sdk_harness_log_level", "ERROR"))
   return options
+
+
+def _import_runner(beam_args):
+  """Imports the module of the `--runner` in `beam_args`; returns its dotted path, or None.
+
+  Short names resolve as Beam resolves them (case-insensitive, "Runner"
+  optional: `--runner=dask`, `--runner=DaskRunner`), plus `EXTRA_RUNNERS`;
+  anything else must be a `module.Class` path.
+  """
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  parser.add_argument("--runner")
+  name = parser.parse_known_args(beam_args)[0].runner
+  if name is None:
+    return None
+  paths = {p.rsplit(".", 1)[-1].lower(): p for p in StandardOptions.ALL_KNOWN_RUNNERS + EXTRA_RUNNERS}
+  path = paths.get(name.lower(), paths.get(name.lower() + "runner", name))
+  if "." not in path:
+    raise UsageError(f"--runner={name}: unknown runner; use one of "
+                     f"{', '.join(sorted(p.rsplit('.', 1)[-1] for p in paths.values()))} "
+                     "or a module.Class path")
+  module = path.rsplit(".", 1)[0]
+  try:
+    importlib.import_module(module)
+  except ImportError as e:
+    extra = next((v for k, v in RUNNER_EXTRAS.items() if k in path.lower()), None)
+    raise UsageError(f"--runner={name}: cannot import {module} ({e})" +
+                     (f"; pip install '{extra}'" if extra else "")) from None
+  return path
 
 
 def _quiet_local_workers(level):
@@ -159,12 +207,35 @@ def prepare_out_dir(out_dir, overwrite):
     os.makedirs(out_dir, exist_ok=True)
 
 
-def _read_json_lines(prefix):
-  rows = []
-  for meta in FileSystems.match([prefix + "*"])[0].metadata_list:
-    with FileSystems.open(meta.path) as f:
-      rows += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line]
-  return rows
+def _read_sidecars(work, tasks):
+  """Stats and rejects of the planned shards, from the sidecars their tasks wrote.
+
+  Reads exactly one sidecar per task in `tasks`, whatever else `work` holds;
+  a shard without one is left out, and the ledger check names it.
+
+  Returns:
+    (list of stats dicts, list of reject dicts), in task order.
+  """
+  found = {m.path for m in FileSystems.match([FileSystems.join(work, "*")])[0].metadata_list}
+  stats, rejects = [], []
+  for task in tasks:
+    path = convert.sidecar_path(work, task.filename)
+    if path in found:
+      with FileSystems.open(path) as f:
+        sidecar = json.loads(f.read().decode("utf-8"))
+      stats.append(sidecar["stats"])
+      rejects += sidecar["rejects"]
+  return stats, rejects
+
+
+def _remove_work_files(out_dir, work):
+  """Deletes the sidecars and the temporary files of failed or retried tasks."""
+  patterns = [FileSystems.join(work, "*"), FileSystems.join(out_dir, ".*.tmp-*")]
+  files = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+  if files:
+    FileSystems.delete(files)
+  if FileSystems.exists(work):  # The local directory itself.
+    FileSystems.delete([work])
 
 
 def _write_atomically(path, text):
@@ -195,25 +266,23 @@ def convert_dataset(name, args, options, log):
       f"while listing; converting with {options.view_as(StandardOptions).runner}")
 
   listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
-  with _Progress(name, out_dir, tasks, args.progress_seconds, log), beam.Pipeline(options=options) as p:
-    results = (p
-               | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
-               | "ConvertShards" >> convert.ConvertShards(out_dir, raw.class_names,
-                                                          raw.image_format, raw.image_shape[0]))
-    rejects = ((results[convert.REJECTS], p | "ListingRejects" >> beam.Create(listing_rejects))
-               | "AllRejects" >> beam.Flatten())
-    for label, pcoll in (("Rejects", rejects), ("Stats", results[convert.STATS])):
-      _ = (pcoll
-           | f"Encode{label}" >> beam.Map(json.dumps, sort_keys=True)
-           | f"Write{label}" >> beam.io.WriteToText(FileSystems.join(work, label.lower())))
-
-  stats = _read_json_lines(FileSystems.join(work, "stats"))
-  rejects = sorted(_read_json_lines(FileSystems.join(work, "rejects")),
+  try:
+    # One chain, nothing after the conversion: the Dask runner computes only the
+    # last transform of a pipeline, so a branch beside it would never run there.
+    with _Progress(name, out_dir, tasks, args.progress_seconds, log), beam.Pipeline(options=options) as p:
+      _ = (p
+           | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
+           | "ConvertShards" >> convert.ConvertShards(out_dir, raw.class_names, raw.image_format,
+                                                      raw.image_shape[0], stats_dir=work))
+    # Each task's sidecar, not a sink: a sink's output depends on the runner finalizing it.
+    stats, shard_rejects = _read_sidecars(work, tasks)
+  finally:
+    _remove_work_files(out_dir, work)
+  rejects = sorted(shard_rejects + listing_rejects,
                    key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]))
   metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
   lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
   _write_atomically(FileSystems.join(out_dir, REJECTS), lines)
-  FileSystems.delete([work])
   _write_atomically(FileSystems.join(out_dir, METADATA), metadata.to_json())
   counts = metadata.records
   log(f"{name}: read {counts.read} = written {counts.written} + rejected "

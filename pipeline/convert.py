@@ -2,9 +2,12 @@
 
 `ConvertShards` reads each task's record ranges with the plain readers in
 `preprocess/`, validates and encodes every record (`preprocess.schema`), and
-writes the shard in one pass. Records that fail validation go to the tagged
-`rejects` output with the reason; the main output is one small stats dict per
-shard, from which the driver checks that nothing was lost.
+writes the shard in one pass. Next to the shards, in the run's work directory,
+each task then writes a small JSON sidecar: the shard's stats and the records
+it rejected, with the reason. The driver reads the sidecars of the tasks it
+planned and checks that nothing was lost. Files written by the task itself
+come back the same way on every runner; results that travel through a sink
+depend on the runner finalizing that sink (the Dask runner loses them).
 
 Why whole shards per element instead of a PCollection of records followed by a
 sharded write: a sharded write groups records by shard, and a GroupByKey on the
@@ -14,6 +17,7 @@ stays flat, the work still spreads over every worker, and the output does not
 depend on how a runner bundles or orders elements.
 """
 
+import json
 import uuid
 
 import apache_beam as beam
@@ -22,25 +26,34 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline import datasets
+from preprocess import atomic
 from preprocess import schema
 from preprocess import tfrecord
 from preprocess.records import Reject
 
-REJECTS = "rejects"
-STATS = "stats"
+SIDECAR_SUFFIX = ".stats.json"
+
+
+def sidecar_path(stats_dir, shard_filename):
+  """Where the task of `shard_filename` leaves its stats and rejects."""
+  return FileSystems.join(stats_dir, shard_filename + SIDECAR_SUFFIX)
 
 
 class ConvertShardFn(beam.DoFn):
-  """Converts one `plan.ShardTask` into its TFRecord shard.
+  """Converts one `plan.ShardTask` into its TFRecord shard and its sidecar.
 
-  Emits a stats dict (main output) and one dict per rejected record (`rejects`).
   The shard is written under a temporary name and renamed when complete, so a
   retried or failed bundle never leaves a truncated file under a shard name.
+  Then the sidecar (`sidecar_path`) is written the same way: a sidecar exists
+  only for a complete shard, and a retried task writes the same bytes again.
+  The stats dict is also the main output, for pipelines that want it; the
+  job itself reads only the sidecars.
   """
 
-  def __init__(self, out_dir, class_names, image_format, image_size):
+  def __init__(self, out_dir, class_names, image_format, image_size, stats_dir):
     super().__init__()
     self._out_dir = out_dir
+    self._stats_dir = stats_dir
     self._class_names = list(class_names)
     self._image_format = image_format
     self._image_size = image_size
@@ -56,13 +69,13 @@ class ConvertShardFn(beam.DoFn):
     temp = FileSystems.join(self._out_dir, f".{task.filename}.tmp-{uuid.uuid4().hex}")
     read = written = 0
     label_counts = [0] * len(self._class_names)
+    rejects = []
     with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
       for source, start, stop in task.ranges:
         for item in datasets.read_source(source, start, stop, self._image_size):
           read += 1
           if isinstance(item, Reject):
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, dict(item.to_json_dict(), split=task.split))
+            rejects.append(dict(item.to_json_dict(), split=task.split))
             continue
           example = schema.make_example(item, self._class_names, self._image_format)
           out.write(tfrecord.frame(example))
@@ -71,19 +84,33 @@ class ConvertShardFn(beam.DoFn):
     if read != task.count:
       raise RuntimeError(f"{task.filename}: planned {task.count} records but read {read}")
     FileSystems.rename([temp], [final])
+    stats = {"split": task.split, "index": task.index, "file": task.filename, "read": read,
+             "written": written, "rejected": read - written, "label_counts": label_counts}
+    sidecar = {"stats": stats, "rejects": rejects}
+    atomic.write_text(sidecar_path(self._stats_dir, task.filename),
+                      json.dumps(sidecar, sort_keys=True) + "\n", filesystem=FileSystems)
     self._read.inc(read)
     self._written.inc(written)
+    self._rejected.inc(len(rejects))
     self._shards.inc()
-    yield {"split": task.split, "index": task.index, "file": task.filename, "read": read,
-           "written": written, "rejected": read - written, "label_counts": label_counts}
+    yield stats
 
 
 class ConvertShards(beam.PTransform):
-  """ShardTasks -> stats per shard (main output) and rejected records (`rejects`)."""
+  """ShardTasks -> a shard and a sidecar each; outputs the stats dict of each shard.
 
-  def __init__(self, out_dir, class_names, image_format, image_size):
+  Args:
+    out_dir: Directory of the shards.
+    class_names: Label index -> class name.
+    image_format: Encoding of the images in the shards.
+    image_size: Side of the square output of resized data sets.
+    stats_dir: Directory of the sidecars (see `sidecar_path`); the driver
+      makes it per run and deletes it after reading.
+  """
+
+  def __init__(self, out_dir, class_names, image_format, image_size, *, stats_dir):
     super().__init__()
-    self._fn = ConvertShardFn(out_dir, class_names, image_format, image_size)
+    self._fn = ConvertShardFn(out_dir, class_names, image_format, image_size, stats_dir)
 
   def expand(self, tasks):
-    return tasks | beam.ParDo(self._fn).with_outputs(REJECTS, main=STATS)
+    return tasks | beam.ParDo(self._fn)
