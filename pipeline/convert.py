@@ -21,10 +21,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import datasets
+from pipeline import plan
 from preprocess import schema
-from preprocess import tfrecord
-from preprocess.records import Reject
+from preprocess.schema import Reject
 
 REJECTS = "rejects"
 STATS = "stats"
@@ -58,14 +57,14 @@ class ConvertShardFn(beam.DoFn):
     label_counts = [0] * len(self._class_names)
     with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
       for source, start, stop in task.ranges:
-        for item in datasets.read_source(source, start, stop, self._image_size):
+        for item in plan.read_source(source, start, stop, self._image_size):
           read += 1
           if isinstance(item, Reject):
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, dict(item.to_json_dict(), split=task.split))
             continue
           example = schema.make_example(item, self._class_names, self._image_format)
-          out.write(tfrecord.frame(example))
+          out.write(schema.frame(example))
           written += 1
           label_counts[item.label] += 1
     if read != task.count:
