@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from preprocess import cifar10
 from preprocess import datasets
 from preprocess import schema
+from preprocess.datasets import cifar10
 
 LAYOUT = datasets.get("cifar10").layout
 

@@ -3,8 +3,8 @@
     python -m pipeline.build_tfrecords --dataset cifar10 --raw-dir data/raw --out-dir data/tfrecords
 
 Flow: list and check the raw files as the data set's spec says
-(preprocess/datasets/, pipeline/datasets.py) and plan the shards on the driver
-(pipeline/plan.py); convert the shards in parallel with Beam
+(preprocess/datasets/) and plan the shards on the driver (pipeline/plan.py);
+convert the shards in parallel with Beam
 (pipeline/convert.py); then check that every record read was written or
 rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`
 (the typed contract in preprocess/metadata.py).
@@ -36,7 +36,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import convert
-from pipeline import datasets
 from pipeline import plan
 from preprocess import atomic
 from preprocess import cli
@@ -251,7 +250,7 @@ def convert_dataset(name, args, options, log):
     RuntimeError: The counts do not add up after the run.
   """
   started = time.time()
-  raw = datasets.load(name, args.raw_dir, image_size=args.image_size, image_format=args.image_format)
+  raw = plan.load(name, args.raw_dir, image_size=args.image_size, image_format=args.image_format)
   validation_size = (specs.get(name).validation_size if args.validation_size is None
                      else args.validation_size)
   try:
@@ -354,7 +353,7 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
       augmentation=specs.get(name).policy(),
       records=metadata_lib.RecordCounts(read=read, written=written, rejected=len(rejects)),
       rejects={"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
-      sources={rel: {"sha256": datasets.sha256_file(path)} for rel, path in sorted(raw.files.items())},
+      sources={rel: {"sha256": plan.sha256_file(path)} for rel, path in sorted(raw.files.items())},
       options={"validation_size": validation_size, "num_shards": args.num_shards,
                "image_size": raw.image_size})
   metadata.validate(FileSystems.join(args.out_dir, name, METADATA))

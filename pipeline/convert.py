@@ -25,11 +25,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import datasets
+from pipeline import plan
 from preprocess import atomic
 from preprocess import schema
-from preprocess import tfrecord
-from preprocess.records import Reject
+from preprocess.schema import Reject
 
 SIDECAR_SUFFIX = ".stats.json"
 
@@ -72,13 +71,13 @@ class ConvertShardFn(beam.DoFn):
     rejects = []
     with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
       for source, start, stop in task.ranges:
-        for item in datasets.read_source(source, start, stop, self._image_size):
+        for item in plan.read_source(source, start, stop, self._image_size):
           read += 1
           if isinstance(item, Reject):
             rejects.append(dict(item.to_json_dict(), split=task.split))
             continue
           example = schema.make_example(item, self._class_names, self._image_format)
-          out.write(tfrecord.frame(example))
+          out.write(schema.frame(example))
           written += 1
           label_counts[item.label] += 1
     if read != task.count:

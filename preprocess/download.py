@@ -4,7 +4,7 @@ Step zero of the data flow, for machines with internet: official archives ->
 checksum-verified, safely extracted files under RAW in the layout the readers
 expect (each data set's spec in preprocess/datasets/ names its sources and
 layout, e.g. `RAW/cifar10/cifar-10-batches-bin/`, `RAW/mnist/*-ubyte.gz`,
-`RAW/catdog/{train,test}/{cat,dog}/`) -> pipeline/datasets.py lists them -> the
+`RAW/catdog/{train,test}/{cat,dog}/`) -> pipeline/plan.py lists them -> the
 Beam job writes shards. Without internet, preprocess/sample_data.py writes the
 same layout from generated images.
 
@@ -14,7 +14,7 @@ file under its final name is always a verified one. Archives are checked member
 by member before anything is extracted (no absolute paths, no `..`, no links or
 devices) and are extracted into a hidden temporary folder that is renamed into
 place, so an interrupted run never leaves a half-extracted data set that looks
-complete. Archives are kept after extraction: pipeline/datasets.py re-extracts
+complete. Archives are kept after extraction: pipeline/plan.py re-extracts
 the CIFAR-10 one if its batches folder is deleted, and `--force` reuses nothing.
 
 Usage:

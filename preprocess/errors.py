@@ -3,7 +3,7 @@
 A `DataFormatError` means a whole input file cannot be trusted (wrong size, bad
 magic number, truncated archive, counts that disagree). It stops a conversion
 run. Problems confined to one record are not errors: readers yield a
-`preprocess.records.Reject` for them and carry on.
+`preprocess.schema.Reject` for them and carry on.
 """
 
 

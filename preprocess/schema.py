@@ -1,21 +1,79 @@
-"""The one TFRecord schema: what the Beam job writes and the trainers read.
+"""The shard format: what the readers yield, the Beam job writes and the trainers read.
 
-Every shard record is a `tf.train.Example` with the standard image keys, so any
-TensorFlow image reader can consume the shards. `make_example` (writer side) and
-`parse_example` (reader side) sit side by side and share `FEATURE_SPEC`.
+Three parts, in data-flow order:
 
-The writer side serializes the protobuf by hand (about thirty lines, below) so
-that Beam workers never import TensorFlow: importing it costs seconds and
-hundreds of megabytes per worker process, more than encoding a CIFAR-10 split.
-The bytes equal TensorFlow's own deterministic serialization (map keys sorted);
-tests/test_schema.py checks that against `tf.train.Example`.
+Records. Readers (preprocess/datasets/, preprocess/imagefolder.py) turn raw
+files into a stream of `Record`s (one decoded image with its label) and
+`Reject`s (one input that could not be used, and why). The Beam job encodes
+records and writes rejects to the ledger, so `records read == records written +
+records rejected` can be checked.
+
+Examples. Every shard record is a `tf.train.Example` with the standard image
+keys, so any TensorFlow image reader can consume the shards. `make_example`
+(writer side) and `parse_example` (reader side) sit side by side and share
+`FEATURE_SPEC`. The writer side serializes the protobuf by hand (about thirty
+lines, below) so that Beam workers never import TensorFlow: importing it costs
+seconds and hundreds of megabytes per worker process, more than encoding a
+CIFAR-10 split. The bytes equal TensorFlow's own deterministic serialization
+(map keys sorted); tests/test_schema.py checks that against `tf.train.Example`.
+
+TFRecord framing and counting. The Beam job frames each serialized Example with
+`frame` when it writes a shard (pipeline/convert.py), without importing
+TensorFlow; the trainers count a shard's records with `count_records` before
+training (trainers/input_pipeline.py), reading 8 bytes a record and seeking past
+the rest, without decoding anything. A TFRecord is: uint64 length
+(little-endian), uint32 masked CRC32C of the length bytes, `length` bytes of
+data, uint32 masked CRC32C of the data.
 """
 
+import dataclasses
 import hashlib
 import io
+import struct
+from typing import Optional
 
 import numpy as np
 from PIL import Image
+
+# --- Records: what the readers yield ---
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One decoded, labelled image.
+
+  Attributes:
+    source_id: Stable id of the source, unique within a data set:
+      `<file relative to the data set root>:<record index>` for record files
+      (CIFAR-10 `.bin`, MNIST IDX), the relative path for image files.
+    label: 0-based class index.
+    image: uint8 array of shape (height, width, channels).
+    content_sha256: Hex sha256 of the source bytes of this record (the 3073-byte
+      CIFAR record, the 784 MNIST pixels, or the whole image file).
+  """
+  source_id: str
+  label: int
+  image: np.ndarray
+  content_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+  """One input that was not converted.
+
+  Attributes:
+    file: The input file, relative to the data set root.
+    index: Record index inside the file, or None for whole image files.
+    reason: One line saying what is wrong.
+  """
+  file: str
+  index: Optional[int]
+  reason: str
+
+  def to_json_dict(self):
+    return {"file": self.file, "index": self.index, "reason": self.reason}
+
+
+# --- Examples: the keys, encoding and parsing of a shard record ---
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"
@@ -74,7 +132,7 @@ def encode_image(image, image_format):
 
 
 def make_example(record, class_names, image_format):
-  """Serializes a `preprocess.records.Record` as a `tf.train.Example`.
+  """Serializes a `Record` as a `tf.train.Example`.
 
   Args:
     record: The record to encode.
@@ -146,3 +204,54 @@ def serialize_example(features):
       _field(0x0A, _field(0x0A, key.encode("utf-8")) + _field(0x12, _feature(features[key])))
       for key in sorted(features))
   return _field(0x0A, entries)
+
+
+# --- TFRecord framing and counting ---
+
+HEADER_BYTES = 8 + 4
+FOOTER_BYTES = 4
+
+
+class TFRecordError(ValueError):
+  """A shard whose framing is broken; the message is one line naming the file."""
+
+
+def _masked_crc(data):
+  import google_crc32c  # pylint: disable=g-import-not-at-top  # Writers only.
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(data):
+  """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
+  length = struct.pack("<Q", len(data))
+  return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def count_records(f, size, path):
+  """Counts the records of an open TFRecord file from its framing.
+
+  Args:
+    f: Seekable binary file object positioned anywhere.
+    size: The file's size in bytes.
+    path: The file's name, for error messages.
+
+  Returns:
+    The number of records.
+
+  Raises:
+    TFRecordError: The file ends inside a record (truncated write or copy).
+  """
+  count = offset = 0
+  while offset < size:
+    if size - offset < HEADER_BYTES + FOOTER_BYTES:
+      raise TFRecordError(f"{path}: ends inside the header of record {count} "
+                          f"(byte {offset} of {size}): the file is truncated")
+    f.seek(offset)
+    (length,) = struct.unpack("<Q", f.read(8))
+    offset += HEADER_BYTES + length + FOOTER_BYTES
+    if offset > size:
+      raise TFRecordError(f"{path}: record {count} needs {offset - size} more bytes than the "
+                          f"file has: the file is truncated")
+    count += 1
+  return count

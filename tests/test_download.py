@@ -28,10 +28,10 @@ import zipfile
 import pytest
 from PIL import Image
 
-from preprocess import cifar10
 from preprocess import datasets
 from preprocess import download
 from preprocess.datasets import catdog as catdog_spec
+from preprocess.datasets import cifar10
 from preprocess.download import DownloadError, RemoteFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

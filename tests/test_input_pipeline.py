@@ -20,9 +20,9 @@ import pytest
 import tensorflow as tf
 
 from preprocess import augment
-from preprocess import cifar10
 from preprocess import datasets
 from preprocess import metadata
+from preprocess.datasets import cifar10
 from trainers import input_pipeline as ip
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

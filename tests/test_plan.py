@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline import plan
-from pipeline.datasets import Source
+from pipeline.plan import Source
 
 
 def _sources(*counts, kind="cifar10"):

@@ -1,4 +1,4 @@
-"""Tests for the raw-format readers: preprocess/{cifar10,mnist,imagefolder}.py.
+"""Tests for the raw-format readers: preprocess/datasets/{cifar10,mnist}.py, preprocess/imagefolder.py.
 
 Every fixture is a tiny file written here byte by byte in the official format
 (numpy, struct, gzip, Pillow), so the tests check the readers against the
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from preprocess import cifar10, datasets, fileio, imagefolder, mnist
+from preprocess import datasets, fileio, imagefolder
+from preprocess.datasets import cifar10, mnist
 from preprocess.errors import DataFormatError
-from preprocess.records import Record, Reject
+from preprocess.schema import Record, Reject
 
 CIFAR_NAMES = list(datasets.get("cifar10").class_names)
 CIFAR_LAYOUT = datasets.get("cifar10").layout

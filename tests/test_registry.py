@@ -2,7 +2,9 @@
 
 A test-only spec for a second image-folder data set, defined in a temporary
 module on sys.path and registered there, is seen by the downloader, the
-sample-data writer and the Beam job without touching any of them.
+sample-data writer and the Beam job without touching any of them. A second
+IDX data set (a Fashion-MNIST stand-in) imports the format from the MNIST spec
+module, as a real one would, and converts the same way.
 """
 
 import json
@@ -55,22 +57,78 @@ SPEC_MODULE = textwrap.dedent('''
 ''')
 
 # Imported by the driver and by every Beam worker process, as a plugin would be.
-LOADER = ("import runpy, sys; import shapes_test_spec; "
+LOADER = ("import runpy, sys; import {module}; "
           "sys.argv[0] = 'python -m pipeline.build_tfrecords'; "
           "runpy.run_module('pipeline.build_tfrecords', run_name='__main__')")
 
 
-@pytest.fixture
-def spec_dir(tmp_path, monkeypatch):
+IDX_SPEC_MODULE = textwrap.dedent('''
+    """Test-only data set in MNIST's IDX format: the format comes from the MNIST spec."""
+    import struct
+
+    import numpy as np
+
+    from preprocess import atomic
+    from preprocess import download
+    from preprocess.datasets import DatasetSpec, Sample, mnist, register
+
+    LAYOUT = mnist.IdxLayout(splits={
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    })
+
+    def _write(root, train, test, rng_for_split):
+      files, counts = [], {}
+      for split, n in (("train", train), ("test", test)):
+        rng = rng_for_split(split)
+        labels = np.repeat(np.arange(3, dtype=np.uint8), n)
+        pixels = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+        images, labels_file = (root / base for base in LAYOUT.splits[split])
+        atomic.write_bytes(images, struct.pack(">iiii", mnist.IMAGES_MAGIC, len(labels), 28, 28)
+                           + pixels.tobytes())
+        atomic.write_bytes(labels_file, struct.pack(">ii", mnist.LABELS_MAGIC, len(labels))
+                           + labels.tobytes())
+        files += [images, labels_file]
+        counts[split] = len(labels)
+      return {"root": root, "counts": counts, "files": files}
+
+    SPEC = register(DatasetSpec(
+        name="idx_test",
+        description="test-only IDX data set",
+        class_names=("shirt", "shoe", "bag"),
+        layout=LAYOUT,
+        sources=tuple(download.RemoteFile(base, ("https://example.invalid/" + base,),
+                                          sha256="0" * 64)
+                      for pair in LAYOUT.splits.values() for base in pair),
+        validation_size=3,
+        augmentation={"train": [{"op": "per_image_standardization"}],
+                      "eval": [{"op": "per_image_standardization"}]},
+        sample=Sample(per_class={"small": (5, 2), "full": (10, 4)}, write=_write, stream=98),
+    ))
+''')
+
+
+def _spec_dir(tmp_path, monkeypatch, module, source, name):
+  """Writes spec `module` into a folder on sys.path and imports it; yields the folder."""
   folder = tmp_path / "specs"
   folder.mkdir()
-  (folder / "shapes_test_spec.py").write_text(SPEC_MODULE)
+  (folder / f"{module}.py").write_text(source)
   monkeypatch.syspath_prepend(str(folder))
-  import shapes_test_spec  # pylint: disable=import-outside-toplevel,import-error
-  assert datasets.get("shapes_test") is shapes_test_spec.SPEC
+  imported = __import__(module)
+  assert datasets.get(name) is imported.SPEC
   yield folder
-  datasets.unregister("shapes_test")
-  sys.modules.pop("shapes_test_spec", None)
+  datasets.unregister(name)
+  sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def spec_dir(tmp_path, monkeypatch):
+  yield from _spec_dir(tmp_path, monkeypatch, "shapes_test_spec", SPEC_MODULE, "shapes_test")
+
+
+@pytest.fixture
+def idx_spec_dir(tmp_path, monkeypatch):
+  yield from _spec_dir(tmp_path, monkeypatch, "idx_test_spec", IDX_SPEC_MODULE, "idx_test")
 
 
 def test_builtin_specs_are_registered_once_each():
@@ -105,7 +163,7 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
   out = tmp_path / "out"
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(spec_dir), ROOT]))
   run = subprocess.run(
-      [sys.executable, "-c", LOADER, "--dataset", "shapes_test", "--raw-dir", str(raw),
+      [sys.executable, "-c", LOADER.format(module="shapes_test_spec"), "--dataset", "shapes_test", "--raw-dir", str(raw),
        "--out-dir", str(out), "--image-size", "16", "--image-format", "png",
        "--progress-seconds", "0", "--direct_num_workers=1"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -118,3 +176,27 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
   assert meta["splits"]["test"]["num_examples"] == 6
   assert meta["augmentation"]["train"] == [{"op": "random_flip_left_right"}]
   assert meta["records"] == {"read": 26, "written": 26, "rejected": 0}
+
+
+def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp_path):
+  from preprocess import sample_data  # pylint: disable=import-outside-toplevel
+  from preprocess.datasets import mnist  # pylint: disable=import-outside-toplevel
+  assert "idx_test" in datasets.names() and "mnist" in datasets.names()
+  assert isinstance(datasets.get("idx_test").layout, mnist.IdxLayout)
+  raw = tmp_path / "raw"
+  assert sample_data.generate(raw, names=("idx_test",), seed=0)["idx_test"]["counts"] == {
+      "train": 15, "test": 6}
+
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(idx_spec_dir), ROOT]))
+  run = subprocess.run(
+      [sys.executable, "-c", LOADER.format(module="idx_test_spec"), "--dataset", "idx_test",
+       "--raw-dir", str(raw), "--out-dir", str(out), "--progress-seconds", "0",
+       "--direct_num_workers=1"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  meta = json.loads((out / "idx_test" / "metadata.json").read_text())
+  assert meta["class_names"] == ["shirt", "shoe", "bag"] and meta["image_shape"] == [28, 28, 1]
+  assert {s: meta["splits"][s]["num_examples"] for s in meta["splits"]} == {
+      "validation": 3, "train": 12, "test": 6}
+  assert meta["records"] == {"read": 21, "written": 21, "rejected": 0}

@@ -1,11 +1,17 @@
-"""The hand-written Example serializer matches TensorFlow's, and the reader side parses it."""
+"""Tests for preprocess/schema.py, the shard format.
+
+The hand-written Example serializer matches TensorFlow's and the reader side
+parses it; TFRecord framing equals TensorFlow's writer and counting reads it back.
+"""
+
+import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from preprocess import schema
-from preprocess.records import Record
+from preprocess.schema import Record
 
 
 def _record(shape=(5, 7, 3), seed=0):
@@ -62,3 +68,28 @@ def test_bad_inputs_are_refused():
     schema.encode_image(np.zeros((2, 2, 3), np.uint8), "gif")
   with pytest.raises(ValueError, match="uint8"):
     schema.encode_image(np.zeros((2, 2, 3), np.float32), "png")
+
+
+# --- TFRecord framing and counting ---
+
+PAYLOADS = [b"", b"x", b"hello" * 1000, bytes(range(256))]
+
+
+def test_frame_equals_tf_record_writer(tmp_path):
+  path = tmp_path / "tf.tfrecord"
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for p in PAYLOADS:
+      writer.write(p)
+  assert b"".join(schema.frame(p) for p in PAYLOADS) == path.read_bytes()
+  assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == PAYLOADS
+
+
+def test_count_records_and_truncation():
+  data = b"".join(schema.frame(p) for p in PAYLOADS)
+  assert schema.count_records(io.BytesIO(data), len(data), "s") == len(PAYLOADS)
+  assert schema.count_records(io.BytesIO(b""), 0, "s") == 0
+  cut = data[:-3]
+  with pytest.raises(schema.TFRecordError, match=r"^s: record 3 needs 3 more bytes"):
+    schema.count_records(io.BytesIO(cut), len(cut), "s")
+  with pytest.raises(schema.TFRecordError, match=r"^s: ends inside the header of record 4"):
+    schema.count_records(io.BytesIO(data + b"\0" * 5), len(data) + 5, "s")

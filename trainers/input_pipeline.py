@@ -11,7 +11,7 @@ from the example, the epoch and the run seed, so a run seed always reproduces
 the same stream. The exported SavedModel runs the eval policy through
 `serving_preprocess`, so serving sees exactly what evaluation saw. The
 metadata is the typed `preprocess.metadata.Metadata`; the ops come from the
-one table in preprocess/augment.py; shards are counted by preprocess/tfrecord.py.
+one table in preprocess/augment.py; shards are counted by preprocess/schema.py.
 
 Horovod is not imported here: the rank and the number of workers come in as
 plain ints (trainers/distributed.py owns Horovod).
@@ -24,7 +24,6 @@ import tensorflow as tf
 from preprocess import augment
 from preprocess import metadata as metadata_lib
 from preprocess import schema
-from preprocess import tfrecord
 
 METADATA = metadata_lib.FILE
 
@@ -54,7 +53,7 @@ def _join(*parts):
 
 
 def count_records(path):
-  """Counts the records of a TFRecord file from its framing (preprocess/tfrecord.py).
+  """Counts the records of a TFRecord file from its framing (preprocess/schema.py).
 
   Args:
     path: File path (local or any tf.io.gfile scheme, e.g. gs://).
@@ -68,8 +67,8 @@ def count_records(path):
   size = tf.io.gfile.stat(path).length
   with tf.io.gfile.GFile(path, "rb") as f:
     try:
-      return tfrecord.count_records(f, size, path)
-    except tfrecord.TFRecordError as e:
+      return schema.count_records(f, size, path)
+    except schema.TFRecordError as e:
       raise InputError(str(e)) from None
 
 

@@ -2,11 +2,12 @@
 
 Every module in this package (cifar10.py, mnist.py, catdog.py, ...) defines one
 data set with `register(DatasetSpec(...))`: its raw layout and file names (a
-layout of one of the shared formats: CIFAR binary batches in
-preprocess/cifar10.py, IDX in preprocess/mnist.py, image folders in
-preprocess/imagefolder.py), class names, download sources with checksums,
-default validation size, default augmentation policy and the sample-data
-generator. The Beam job (pipeline/datasets.py), the downloader
+layout of a format: CIFAR binary batches, defined in cifar10.py, IDX, defined
+in mnist.py, or image folders, shared in preprocess/imagefolder.py), class
+names, download sources with checksums, default validation size, default
+augmentation policy and the sample-data generator. A data set in the format of
+another one imports that spec module's layout and reader (a Fashion-MNIST spec
+would use `mnist.IdxLayout`). The Beam job (pipeline/plan.py), the downloader
 (preprocess/download.py) and the sample-data writer (preprocess/sample_data.py)
 iterate over `names()` and read what they need from `get(name)`; nothing else
 knows a data set by name. Adding a data set in an existing format is one new
@@ -14,7 +15,9 @@ module here. The trainers need nothing from the specs: what they use reaches
 them through metadata.json (preprocess/metadata.py).
 
 Spec modules are imported on first use, not when this package is imported, so
-the format modules and the downloader can import this package without a cycle.
+importing this package stays cheap, and the spec modules can import the
+downloader and the sample-data writer, which import this package, without a
+cycle.
 """
 
 import copy
@@ -54,7 +57,8 @@ class DatasetSpec:
     class_names: Class names, index = label (a layout may read them from the
       raw files instead, as CIFAR-10's batches.meta.txt; they must agree).
     layout: Where the raw files are and how to read them: a
-      `cifar10.BinaryLayout`, `mnist.IdxLayout` or `imagefolder.FolderLayout`.
+      `cifar10.BinaryLayout`, `mnist.IdxLayout` (both in this package) or
+      `imagefolder.FolderLayout`.
     sources: `download.RemoteFile`s of the official files.
     sample: The `Sample` generator.
     validation_size: Training records moved to a validation split by default.
