@@ -105,7 +105,7 @@ def make_eval_model(model, eval_output=None):
   (the MNIST bn_dropout recipe's pre-batch-norm logits).
   """
   scores = model.get_layer(eval_output).output if eval_output else model.outputs[0]
-  return keras.Model(model.inputs, [model.outputs[0], scores], name=f"{model.name}_eval")
+  return keras.Model(model.inputs[0], [model.outputs[0], scores], name=f"{model.name}_eval")
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
