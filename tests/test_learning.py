@@ -18,19 +18,19 @@ pytestmark = pytest.mark.slow
 
 # dataset, model, steps, batch per worker, minimum test precision@1
 CASES = [
-    ("cifar10", "tutorial", 250, 64, 0.6),
-    ("cifar10", "cookbook", 250, 64, 0.6),
-    ("mnist", "basic", 200, 100, 0.8),
-    ("mnist", "bn_dropout", 150, 100, 0.8),
-    ("mnist", "resnet", 120, 50, 0.8),
-    ("catdog", "lenet5", 150, 32, 0.65),
+    ("cifar10", "cifar10_tutorial", 250, 64, 0.6),
+    ("cifar10", "cifar10_cookbook", 250, 64, 0.6),
+    ("mnist", "mnist_basic", 200, 100, 0.8),
+    ("mnist", "mnist_bn_dropout", 150, 100, 0.8),
+    ("mnist", "mnist_resnet", 120, 50, 0.8),
+    ("catdog", "catdog_lenet5", 150, 32, 0.65),
 ]
 
 
 @pytest.mark.parametrize("dataset, model, steps, batch, minimum", CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_model_learns_far_above_chance(tfrecords, tmp_path, dataset, model, steps, batch, minimum):
-  run_trainer(dataset, ["--model", model, "--data-dir", tfrecords / dataset, "--model-dir", tmp_path,
+  run_trainer(dataset, ["--recipe", model, "--data-dir", tfrecords / dataset, "--model-dir", tmp_path,
                         "--max-steps", steps, "--batch-size", batch, "--eval-every", 50,
                         "--log-every", 50, "--no-export"])
   metrics = json.loads((tmp_path / "metrics.json").read_text())

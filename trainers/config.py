@@ -59,8 +59,10 @@ class Config:
 
 
 def _parser(dataset):
+  # No abbreviations: the retired `--model NAME` would otherwise be taken as
+  # `--model-dir NAME` and train into a directory named after the recipe.
   p = cli.ArgumentParser(
-      prog=f"trainers/{dataset}.py",
+      prog=f"trainers/{dataset}.py", allow_abbrev=False,
       description=(f"Train or evaluate a {dataset} model on the TFRecords of `make preprocess`. "
                    f"One process per GPU: `horovodrun -np 4 trainers/{dataset}.py`; "
                    f"`python trainers/{dataset}.py` runs one process. Flags marked (recipe) "
