@@ -92,7 +92,7 @@ def summary_overhead(work, steps, repeats):
   best = {name: float("inf") for name in settings}
   for _ in range(repeats):
     for name, flags in settings.items():
-      cmd = [sys.executable, str(ROOT / "trainers" / "cifar10.py"), "--model", "tutorial",
+      cmd = [sys.executable, str(ROOT / "trainers" / "cifar10.py"), "--recipe", "cifar10_tutorial",
              "--data-dir", str(out / "cifar10"), "--model-dir", str(work / "overhead-run"),
              "--overwrite", "--max-steps", str(steps), "--batch-size", "64", "--mode", "train",
              "--no-export", "--eval-every", "0", "--checkpoint-every", str(steps)] + flags

@@ -21,11 +21,11 @@ $py -m pipeline.build_tfrecords --raw-dir "$sample/raw" --out-dir "$sample/tfrec
 
 echo "== 3/3 horovodrun -np $np trainers/cifar10.py"
 # A short run: the recipe's 1,000,000 steps are for real data on GPUs.
-.venv/bin/horovodrun -np "$np" -H "localhost:$np" "$py" trainers/cifar10.py --model tutorial \
+.venv/bin/horovodrun -np "$np" -H "localhost:$np" "$py" trainers/cifar10.py --recipe cifar10_tutorial \
   --data-dir "$sample/tfrecords/cifar10" --model-dir runs/demo/cifar10-tutorial --overwrite \
-  --max-steps 300 --batch-size 64 --warmup-steps 100 --log-every 50 --mode train
+  --max-steps 300 --batch-size 64 --warmup-steps 100 --log-every 50 --eval-every 100 --mode train
 echo "== evaluation of the saved checkpoint (EMA weights) on the test split"
-$py trainers/cifar10.py --model tutorial --mode eval --data-dir "$sample/tfrecords/cifar10" \
+$py trainers/cifar10.py --recipe cifar10_tutorial --mode eval --data-dir "$sample/tfrecords/cifar10" \
   --model-dir runs/demo/cifar10-tutorial
 echo "checkpoints, metrics.json, export/ and TensorBoard logs: runs/demo/cifar10-tutorial"
 echo "  .venv/bin/tensorboard --logdir runs/demo"

@@ -25,10 +25,10 @@ def _load(path):
   return data, initial, final
 
 
-@pytest.mark.parametrize("dataset, model", [("cifar10", "tutorial"), ("mnist", "bn_dropout")])
+@pytest.mark.parametrize("dataset, model", [("cifar10", "cifar10_tutorial"), ("mnist", "mnist_bn_dropout")])
 def test_ranks_hold_bitwise_identical_state_after_training(horovod, tfrecords, tmp_path, dataset, model):
   horovod(2, [ROOT / "tests/workers/train_sync.py", "--out", tmp_path, "--dataset", dataset,
-              "--model", model, "--data-dir", tfrecords / dataset, "--model-dir", tmp_path / "run",
+              "--recipe", model, "--data-dir", tfrecords / dataset, "--model-dir", tmp_path / "run",
               "--max-steps", 6, "--batch-size", 8, "--eval-every", 0, "--early-stopping-patience", 0])
   d0, init0, final0 = _load(tmp_path / "rank0.npz")
   d1, init1, final1 = _load(tmp_path / "rank1.npz")
@@ -45,7 +45,7 @@ def test_ranks_hold_bitwise_identical_state_after_training(horovod, tfrecords, t
 
 def test_ranks_read_disjoint_shards_that_cover_the_split(horovod, tfrecords, tmp_path):
   horovod(2, [ROOT / "tests/workers/train_sync.py", "--out", tmp_path, "--dataset", "cifar10",
-              "--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path / "run",
+              "--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path / "run",
               "--max-steps", 1])
   ids0 = set(np.load(tmp_path / "rank0.npz")["ids"].tolist())
   ids1 = set(np.load(tmp_path / "rank1.npz")["ids"].tolist())
@@ -62,13 +62,13 @@ def test_two_workers_of_batch_b_equal_one_worker_of_batch_2b(horovod, tmp_path):
     np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6)
 
 
-MODELS = [("cifar10", "tutorial"), ("cifar10", "cookbook"), ("mnist", "basic"),
-          ("mnist", "bn_dropout"), ("mnist", "resnet"), ("catdog", "lenet5")]
+MODELS = [("cifar10", "cifar10_tutorial"), ("cifar10", "cifar10_cookbook"), ("mnist", "mnist_basic"),
+          ("mnist", "mnist_bn_dropout"), ("mnist", "mnist_resnet"), ("catdog", "catdog_lenet5")]
 
 
 @pytest.mark.parametrize("dataset, model", MODELS, ids=[f"{d}-{m}" for d, m in MODELS])
 def test_every_trainer_runs_under_horovodrun(tfrecords, tmp_path, dataset, model):
-  result = run_trainer(dataset, ["--model", model, "--data-dir", tfrecords / dataset,
+  result = run_trainer(dataset, ["--recipe", model, "--data-dir", tfrecords / dataset,
                                  "--model-dir", tmp_path, "--max-steps", 3, "--batch-size", 8,
                                  "--log-every", 1, "--eval-every", 2], np_=2)
   metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -96,7 +96,7 @@ def _rank_processes(launcher):
 
 
 def test_a_dead_worker_ends_the_job_and_a_restart_resumes(tfrecords, tmp_path):
-  flags = ["--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
+  flags = ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
            "--checkpoint-every", 5, "--log-every", 1000, "--no-export"]
   cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", str(ROOT / "trainers/cifar10.py")]
   env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="2")

@@ -1,4 +1,4 @@
-"""Tests for trainers/models.py: the architectures the trainers build.
+"""Tests of the recipes' model builders (trainers/recipes/*.py, trainers/layers.py).
 
 Expected parameter counts are written out from the recipes' layer specs by
 hand arithmetic (below), never read back from the code under test, so a wrong
@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from trainers import models
+from trainers import layers
+from trainers import recipes
 
 
 def conv(k, cin, cout, bias=True):
@@ -32,6 +33,12 @@ def cifar10_count(classes):
           + dense(384, 192) + dense(192, classes))
 
 
+RESNET = (conv(2, 1, 64)
+          + conv(1, 64, 64) + conv(3, 64, 64) + conv(1, 64, 256)
+          + conv(1, 64, 256, bias=False)
+          + 2 * (conv(1, 256, 64) + conv(3, 64, 64) + conv(1, 64, 256))
+          + dense(7 * 7 * 256, 1024) + dense(1024, 10))
+
 # Name -> (build kwargs, expected parameter count).
 SPECS = {
     "cifar10_tutorial": (dict(num_classes=10, input_shape=(24, 24, 3)),
@@ -48,15 +55,11 @@ SPECS = {
                          + dense(14 * 14 * 32, 32) + bn(32)
                          + dense(32, 10) + bn(10)),
     # conv1 stride 2: 28 -> 14; pool1 3x3/1 SAME keeps 14; pool2 -> 7.
-    # Conv block: three main convs + projection; identity blocks: three convs.
-    # No bias after any residual sum.
-    "mnist_resnet": (dict(num_classes=10, input_shape=(28, 28, 1)),
-                     conv(2, 1, 64)
-                     + conv(1, 64, 64) + conv(3, 64, 64) + conv(1, 64, 256)
-                     + conv(1, 64, 256)
-                     + 2 * (conv(1, 256, 64) + conv(3, 64, 64)
-                            + conv(1, 64, 256))
-                     + dense(7 * 7 * 256, 1024) + dense(1024, 10)),
+    # Conv block: three main convs + projection (no bias); identity blocks:
+    # three convs. No bias after any residual sum.
+    "mnist_resnet": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET),
+    # The recipe's failed first version: a 256-wide bias after each of 3 sums.
+    "mnist_resnet_sum_bias": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET + 3 * 256),
     # 150 -> pool1 (2x2/2 SAME) 75 -> pool2 38; conv3 SAME keeps 38.
     "catdog_lenet5": (dict(num_classes=2, input_shape=(150, 150, 3)),
                       conv(5, 3, 6) + conv(5, 6, 16) + conv(5, 16, 120)
@@ -71,7 +74,7 @@ SPECS = {
 def get(name):
   """Builds each model once per test session (the large ones take ~1 s)."""
   keras.utils.set_random_seed(0)
-  return models.build(name, **SPECS[name][0])
+  return recipes.get(name).build_model(**SPECS[name][0])
 
 
 def images(name, batch=2):
@@ -80,12 +83,17 @@ def images(name, batch=2):
       0, 1, (batch,) + shape).astype(np.float32)
 
 
-def test_specs_cover_every_registered_model():
-  assert set(SPECS) == set(models.MODELS)
+def test_specs_cover_every_registered_recipe():
+  assert set(SPECS) == set(recipes.RECIPES)
 
 
 def test_tutorial_has_documented_parameter_count():
   assert get("cifar10_tutorial").count_params() == 1_068_298
+
+
+def test_resnet_has_the_recipes_parameter_count():
+  assert get("mnist_resnet").count_params() == 13_070_794
+  assert get("mnist_resnet_sum_bias").count_params() == 13_070_794 + 768
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -108,7 +116,7 @@ def test_forward_pass_gives_float_logits(name):
 
 
 def test_tiny_accepts_any_shape_and_is_tiny():
-  model = models.build("tiny", 3, (32, 20, 3))
+  model = recipes.get("tiny").build_model(3, (32, 20, 3))
   assert model.count_params() == conv(3, 3, 8) + dense(8, 3)
   assert model.count_params() < 1000
   assert model(np.zeros((4, 32, 20, 3), np.float32)).shape == (4, 3)
@@ -117,14 +125,14 @@ def test_tiny_accepts_any_shape_and_is_tiny():
 
 
 def test_unknown_name_lists_valid_names():
-  with pytest.raises(ValueError, match="unknown model 'vgg16'") as err:
-    models.build("vgg16", 10, (24, 24, 3))
-  for name in models.MODELS:
+  with pytest.raises(ValueError, match="unknown recipe 'vgg16'") as err:
+    recipes.get("vgg16")
+  for name in recipes.RECIPES:
     assert name in str(err.value)
 
 
 def test_build_passes_num_classes_and_shape():
-  model = models.build("cifar10_cookbook", 100, [32, 32, 3])
+  model = recipes.get("cifar10_cookbook").build_model(100, [32, 32, 3])
   assert model.input_shape == (None, 32, 32, 3)
   assert model.output_shape == (None, 100)
 
@@ -219,7 +227,7 @@ def test_cifar10_cookbook_layers():
 def test_lrn_matches_formula():
   # b = a / (bias + alpha * sum of a**2 over channels c-r..c+r) ** beta,
   # alpha not divided by the window size (TensorFlow's convention).
-  layer = models.LocalResponseNormalization(depth_radius=2, bias=2.0,
+  layer = layers.LocalResponseNormalization(depth_radius=2, bias=2.0,
                                             alpha=1e-1, beta=0.75)
   x = np.random.default_rng(1).normal(size=(2, 3, 3, 7)).astype(np.float32)
   sq = x.astype(np.float64) ** 2
@@ -277,14 +285,42 @@ def test_mnist_resnet_layers():
   c = cfg(model, "pool2")
   assert (c["pool_size"], c["strides"]) == ((2, 2), (2, 2))
   c = cfg(model, "conv_block_shortcut")
-  assert (c["filters"], c["kernel_size"], c["strides"]) == (256, (1, 1), (1, 1))
+  assert (c["filters"], c["kernel_size"], c["strides"], c["use_bias"]) == (
+      256, (1, 1), (1, 1), False)
   for block in ("conv_block", "identity_block1", "identity_block2"):
     shapes = [(cfg(model, f"{block}_conv{i}")["filters"],
                cfg(model, f"{block}_conv{i}")["kernel_size"],
                cfg(model, f"{block}_conv{i}")["activation"]) for i in (1, 2, 3)]
+    # The recipe's code keeps a ReLU after the third convolution.
     assert shapes == [(64, (1, 1), "relu"), (64, (3, 3), "relu"),
-                      (256, (1, 1), "linear")]
+                      (256, (1, 1), "relu")]
   assert cfg(model, "dropout")["rate"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["mnist_resnet", "mnist_resnet_sum_bias"])
+def test_mnist_resnet_initializers_are_the_recipes(name):
+  model = get(name)
+  with_weights = [l for l in model.layers if l.weights]
+  assert len(with_weights) == 1 + 4 + 3 + 3 + 2 + (3 if name.endswith("sum_bias") else 0)
+  for layer in with_weights:
+    if isinstance(layer, layers.BiasAdd):
+      np.testing.assert_array_equal(layer.bias.numpy(), np.float32(0.1))
+      continue
+    # Every weight truncated normal stddev 0.1, every bias 0.1.
+    assert_truncated_normal(layer, 0.1)
+    if layer.name.endswith("_shortcut"):
+      assert layer.bias is None
+    else:
+      assert_bias(layer, 0.1)
+
+
+def test_mnist_resnet_sum_bias_adds_a_bias_after_each_sum():
+  model = get("mnist_resnet_sum_bias")
+  for block in ("conv_block", "identity_block1", "identity_block2"):
+    add = model.get_layer(f"{block}_add")
+    bias = model.get_layer(f"{block}_sum_bias")
+    assert bias.input is add.output
+    assert model.get_layer(f"{block}_relu").input is bias.output
 
 
 def test_mnist_resnet_has_no_bias_after_residual_sum():
@@ -324,7 +360,7 @@ def test_catdog_lenet5_layers():
 # Keras 3.15's own saving code calls np.array on TF variables, which NumPy 2
 # flags; nothing in the models to fix.
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-@pytest.mark.parametrize("name", ["cifar10_tutorial", "cifar10_cookbook", "tiny"])
+@pytest.mark.parametrize("name", ["cifar10_tutorial", "cifar10_cookbook", "mnist_resnet_sum_bias", "tiny"])
 def test_save_and_reload_in_safe_mode(name, tmp_path):
   model = get(name)
   path = str(tmp_path / f"{name}.keras")
@@ -336,5 +372,5 @@ def test_save_and_reload_in_safe_mode(name, tmp_path):
                                 model(x, training=False))
   if "cifar10" in name:
     norm = restored.get_layer("norm1")
-    assert isinstance(norm, models.LocalResponseNormalization)
+    assert isinstance(norm, layers.LocalResponseNormalization)
     assert norm.get_config() == model.get_layer("norm1").get_config()

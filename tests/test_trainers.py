@@ -15,8 +15,13 @@ import tensorflow as tf
 
 from tests.conftest import BIN, ROOT, run_trainer, wait_for_checkpoint
 
-MODELS = [("cifar10", "tutorial"), ("cifar10", "cookbook"), ("mnist", "basic"),
-          ("mnist", "bn_dropout"), ("mnist", "resnet"), ("catdog", "lenet5")]
+MODELS = [("cifar10", "cifar10_tutorial"), ("cifar10", "cifar10_cookbook"), ("mnist", "mnist_basic"),
+          ("mnist", "mnist_bn_dropout"), ("mnist", "mnist_resnet"), ("mnist", "mnist_resnet_sum_bias"),
+          ("catdog", "catdog_lenet5")]
+
+
+def meta_policy(data_dir):
+  return json.loads((data_dir / "metadata.json").read_text())["augmentation"]
 
 
 def _metrics(model_dir):
@@ -25,7 +30,7 @@ def _metrics(model_dir):
 
 def test_help_lists_the_shared_flags():
   out = run_trainer("cifar10", ["--help"]).stdout
-  for flag in ("--data-dir", "--model-dir", "--model", "--batch-size", "--max-steps", "--epochs",
+  for flag in ("--data-dir", "--model-dir", "--recipe", "--batch-size", "--max-steps", "--epochs",
                "--learning-rate", "--eval-every", "--checkpoint-every", "--seed", "--mode",
                "--no-scale-lr", "--warmup-steps", "--fp16-allreduce"):
     assert flag in out
@@ -36,7 +41,8 @@ def test_help_lists_the_shared_flags():
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--max-steps", "5", "--epochs", "1"], "not allowed with argument"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--recipe", "mnist_resnet"], "invalid choice: 'mnist_resnet'"),
+    (["--model", "tutorial"], "unrecognized arguments: --model"),
     (["--mode", "serve"], "invalid choice: 'serve'"),
 ])
 def test_bad_flags_are_usage_errors(flags, message):
@@ -54,7 +60,7 @@ def test_missing_data_is_one_clear_line(tmp_path):
 @pytest.mark.parametrize("dataset, model", MODELS, ids=[f"{d}-{m}" for d, m in MODELS])
 def test_every_model_trains_evaluates_and_exports(tfrecords, tmp_path, dataset, model):
   model_dir = tmp_path / "run"
-  result = run_trainer(dataset, ["--model", model, "--data-dir", tfrecords / dataset,
+  result = run_trainer(dataset, ["--recipe", model, "--data-dir", tfrecords / dataset,
                                  "--model-dir", model_dir, "--max-steps", 3, "--batch-size", 8,
                                  "--log-every", 1, "--eval-every", 2, "--checkpoint-every", 2])
   assert "step 3/3" in result.stdout
@@ -66,7 +72,17 @@ def test_every_model_trains_evaluates_and_exports(tfrecords, tmp_path, dataset, 
       "splits"]["test"]["num_examples"]
   assert 0.0 <= metrics["precision_at_1"] <= 1.0
   config = json.loads((model_dir / "config.json").read_text())
-  assert config["model"] == model and config["batch_size"] == 8 and config["workers"] == 1
+  assert config["recipe"]["name"] == model and config["recipe"]["batch_size"] == 8
+  assert config["workers"] == 1 and "batch_size" not in config  # each value once
+  # The policy the run applied, in config.json and in the export.
+  applied = json.loads((model_dir / "export" / "augmentation.json").read_text())
+  assert {"train": applied["train"], "eval": applied["eval"]} == config["recipe"]["augmentation"]
+  if model == "cifar10_cookbook":
+    assert config["augmentation_source"] == "recipe cifar10_cookbook"
+    assert [s["op"] for s in applied["serving"]] == ["central_crop", "per_image_standardization"]
+  else:
+    assert config["recipe"]["augmentation"] == meta_policy(tfrecords / dataset)
+    assert applied["serving"] == applied["eval"]
   assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("-3")
   # The export serves raw uint8 images as stored in the shards.
   meta = json.loads((tfrecords / dataset / "metadata.json").read_text())
@@ -79,7 +95,7 @@ def test_every_model_trains_evaluates_and_exports(tfrecords, tmp_path, dataset, 
 
 
 def test_resume_continues_from_the_saved_step(tfrecords, tmp_path):
-  flags = ["--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
+  flags = ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
            "--checkpoint-every", 10, "--log-every", 5, "--no-export"]
   run_trainer("cifar10", flags + ["--max-steps", 20])
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-20")
@@ -93,7 +109,7 @@ def test_resume_continues_from_the_saved_step(tfrecords, tmp_path):
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tfrecords, tmp_path):
-  flags = ["--model", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
+  flags = ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
            "--checkpoint-every", 5, "--log-every", 1000, "--no-export"]
   proc = subprocess.Popen([str(ROOT / "trainers" / "cifar10.py")] + [str(f) for f in flags] +
                           ["--max-steps", "1000000"], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -111,9 +127,9 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tfrecords, tmp_path
 
 def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutorial"):
   """Test precision of `model` with the given trainable weights, computed here by hand."""
-  from trainers import input_pipeline, models  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline, recipes  # pylint: disable=g-import-not-at-top
   meta = input_pipeline.load_metadata(str(tfrecords / dataset))
-  net = models.build(model, meta.num_classes, (24, 24, 3))
+  net = recipes.get(model).build_model(meta.num_classes, (24, 24, 3))
   for v, w in zip(net.trainable_variables, weights):
     v.assign(w)
   correct = total = 0
@@ -126,10 +142,10 @@ def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutoria
 
 
 def test_tutorial_eval_uses_the_moving_average_weights(tfrecords, tmp_path):
-  run_trainer("cifar10", ["--model", "tutorial", "--data-dir", tfrecords / "cifar10",
+  run_trainer("cifar10", ["--recipe", "cifar10_tutorial", "--data-dir", tfrecords / "cifar10",
                           "--model-dir", tmp_path, "--max-steps", 30, "--batch-size", 16,
                           "--mode", "train", "--no-export", "--eval-every", 0])
-  result = run_trainer("cifar10", ["--model", "tutorial", "--data-dir", tfrecords / "cifar10",
+  result = run_trainer("cifar10", ["--recipe", "cifar10_tutorial", "--data-dir", tfrecords / "cifar10",
                                    "--model-dir", tmp_path, "--mode", "eval"])
   assert "EMA weights" in result.stdout
   metrics = _metrics(tmp_path)
@@ -142,18 +158,21 @@ def test_tutorial_eval_uses_the_moving_average_weights(tfrecords, tmp_path):
 
 
 def test_early_stopping_keeps_and_restores_the_best_checkpoint(tfrecords, tmp_path):
-  result = run_trainer("mnist", ["--model", "bn_dropout", "--data-dir", tfrecords / "mnist",
+  result = run_trainer("mnist", ["--recipe", "mnist_bn_dropout", "--data-dir", tfrecords / "mnist",
                                  "--model-dir", tmp_path, "--max-steps", 400, "--batch-size", 32,
                                  "--eval-every", 2, "--early-stopping-patience", 6,
                                  "--learning-rate", 0.5, "--log-every", 50])
   assert "early stopping at step" in result.stdout and "restored the best checkpoint" in result.stdout
+  # The recipe's console line at each evaluation; "improved" when a new best is kept.
+  assert "train accuracy" in result.stdout and "validation precision@1" in result.stdout
+  assert "improved" in result.stdout and "elapsed" in result.stdout
   metrics = _metrics(tmp_path)
   best = metrics["best_validation"]
   stopped = int(result.stdout.split("early stopping at step ")[1].split(":")[0])
   assert stopped - best["step"] >= 6 and stopped < 400
   assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith(f"-{best['step']}")
   # --mode eval picks the best checkpoint and reproduces its validation score.
-  run_trainer("mnist", ["--model", "bn_dropout", "--data-dir", tfrecords / "mnist",
+  run_trainer("mnist", ["--recipe", "mnist_bn_dropout", "--data-dir", tfrecords / "mnist",
                         "--model-dir", tmp_path, "--mode", "eval", "--eval-split", "validation"])
   again = _metrics(tmp_path)
   assert again["step"] == best["step"]
@@ -161,7 +180,7 @@ def test_early_stopping_keeps_and_restores_the_best_checkpoint(tfrecords, tmp_pa
 
 
 def test_non_finite_loss_stops_the_run_with_a_message(tfrecords, tmp_path):
-  result = run_trainer("mnist", ["--model", "basic", "--data-dir", tfrecords / "mnist",
+  result = run_trainer("mnist", ["--recipe", "mnist_basic", "--data-dir", tfrecords / "mnist",
                                  "--model-dir", tmp_path, "--max-steps", 50,
                                  "--learning-rate", 1e12, "--no-export"], check=False)
   assert result.returncode != 0
@@ -169,9 +188,9 @@ def test_non_finite_loss_stops_the_run_with_a_message(tfrecords, tmp_path):
 
 
 def test_a_model_dir_of_another_model_is_refused(tfrecords, tmp_path):
-  run_trainer("cifar10", ["--model", "tiny", "--data-dir", tfrecords / "cifar10",
+  run_trainer("cifar10", ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10",
                           "--model-dir", tmp_path, "--max-steps", 2, "--no-export"])
-  result = run_trainer("cifar10", ["--model", "cookbook", "--data-dir", tfrecords / "cifar10",
+  result = run_trainer("cifar10", ["--recipe", "cifar10_cookbook", "--data-dir", tfrecords / "cifar10",
                                    "--model-dir", tmp_path, "--max-steps", 2], check=False)
   assert result.returncode != 0 and "--overwrite" in result.stderr
 
@@ -179,8 +198,23 @@ def test_a_model_dir_of_another_model_is_refused(tfrecords, tmp_path):
 def test_epochs_are_converted_to_steps_of_the_global_batch(tfrecords, tmp_path):
   meta = json.loads((tfrecords / "cifar10" / "metadata.json").read_text())
   n = meta["splits"]["train"]["num_examples"]
-  result = run_trainer("cifar10", ["--model", "tiny", "--data-dir", tfrecords / "cifar10",
+  result = run_trainer("cifar10", ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10",
                                    "--model-dir", tmp_path, "--epochs", 0.5, "--batch-size", 50,
                                    "--no-export", "--mode", "train"])
   steps = -(-(n // 50) // 2)  # ceil(0.5 * steps per epoch)
   assert f"->{steps}," in result.stdout
+
+
+def test_cookbook_evaluates_one_test_batch_per_evaluation_and_logs_the_recipes_line(tfrecords, tmp_path):
+  result = run_trainer("cifar10", ["--recipe", "cifar10_cookbook", "--data-dir", tfrecords / "cifar10",
+                                   "--model-dir", tmp_path, "--max-steps", 4, "--batch-size", 8,
+                                   "--eval-every", 2, "--no-export"])
+  lines = [l for l in result.stdout.splitlines() if "train accuracy" in l]
+  assert [l.split(":")[0] for l in lines] == ["step 2", "step 4"]
+  # One batch of the test split (the recipe's one test batch of batch_size).
+  assert all("test precision@1" in l and "(8 examples)" in l for l in lines)
+  assert "improved" not in result.stdout  # no early stopping in this recipe
+  # The model summary, printed at start-up.
+  assert "Total params: 1,068,298" in result.stdout
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["recipe"]["lr_decay_rate"] == 1.0 and config["recipe"]["learning_rate"] == 0.1

@@ -4,7 +4,8 @@
     horovodrun -np 4 trainers/catdog.py [flags]     # one process per GPU
     python trainers/catdog.py --help                 # one process
 
-Flag parsing and the recipes live in trainers/config.py, the loop in trainers/train.py.
+--recipe picks a file of trainers/recipes/ (those for catdog, plus `tiny`); flag parsing is in
+trainers/config.py, the loop in trainers/train.py.
 """
 
 import os

@@ -4,7 +4,8 @@
     horovodrun -np 4 trainers/cifar10.py [flags]     # one process per GPU
     python trainers/cifar10.py --help                 # one process
 
-Flag parsing and the recipes live in trainers/config.py, the loop in trainers/train.py.
+--recipe picks a file of trainers/recipes/ (those for cifar10, plus `tiny`); flag parsing is in
+trainers/config.py, the loop in trainers/train.py.
 """
 
 import os

@@ -86,8 +86,10 @@ def average_gradients(grads, compression=False):
 def broadcast_variables(variables, root_rank=0):
   """Overwrites `variables` on every rank with the root rank's values.
 
-  Call it after the first training step: optimizer slots only exist once the
-  optimizer has applied gradients, and they must be broadcast too.
+  The trainer calls it at start-up, after `optimizer.build(...)` has created
+  the optimizer's slots (so they are broadcast too), and again after restoring
+  the best checkpoint. Horovod's examples call it after the first step instead,
+  because there the slots only exist once gradients have been applied.
   """
   hvd.broadcast_variables(_tf_variables(variables), root_rank=root_rank)
 
@@ -95,11 +97,6 @@ def broadcast_variables(variables, root_rank=0):
 def allreduce_mean(value, name=None):
   """Mean of a scalar or tensor over all ranks (for metrics shown to users)."""
   return hvd.allreduce(tf.convert_to_tensor(value), op=hvd.Average, name=name)
-
-
-def allgather(value, name=None):
-  """Concatenates a tensor from every rank along axis 0 (rank order)."""
-  return hvd.allgather(tf.convert_to_tensor(value), name=name)
 
 
 def allreduce_sum(value, name=None):

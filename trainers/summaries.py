@@ -108,10 +108,6 @@ class Writer:
       with self._writer(kind).as_default(step=step):
         tf.summary.trace_export(name=name, step=step)
 
-  def flush(self):
-    for w in self._writers.values():
-      w.flush()
-
   def close(self):
     for w in self._writers.values():
       w.close()

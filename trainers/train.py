@@ -1,9 +1,15 @@
 """The Horovod training loop: train, evaluate, checkpoint, resume, export.
 
 Sits between the TFRecords of the Beam job (read by trainers/input_pipeline.py)
-and what users keep: checkpoints, metrics.json and an exported SavedModel in
-the model dir. The entry scripts (trainers/cifar10.py, mnist.py, catdog.py)
-parse a `config.Config` and call `run`.
+and what users keep: checkpoints, metrics.json, TensorBoard summaries and an
+exported SavedModel in the model dir. The entry scripts (trainers/cifar10.py,
+mnist.py, catdog.py) call `main`, which parses a `config.Config` (a recipe of
+trainers/recipes/ plus flags) and calls `run`.
+
+Read top to bottom: the periodic-work helper, the model and its optimizer, the
+train and eval steps, the per-process `Run`, the loop (`train`), the final
+evaluation, the entry. Run state that outlives a step (EMA, checkpoints, early
+stopping) is in trainers/state.py, the serving export in trainers/export.py.
 
 Every rank builds the same model, restores the same checkpoint and then takes
 rank 0's variables, so all ranks start bitwise identical; each step averages
@@ -28,8 +34,9 @@ import tensorflow as tf
 
 from preprocess import augment
 from trainers import distributed
+from trainers import export
 from trainers import input_pipeline
-from trainers import models
+from trainers import state
 from trainers import summaries
 
 
@@ -37,13 +44,55 @@ class TrainingError(Exception):
   """A run that cannot go on (non-finite loss, an incompatible model dir); one line."""
 
 
+def due(step, every, first=None, last=None):
+  """Whether periodic work with period `every` falls on `step`.
+
+  Args:
+    step: The step just completed (1-based: after the first update it is 1).
+    every: Period in steps; 0 or None means never.
+    first: Also due on this step (e.g. the first step of a run, for summaries).
+    last: Also due on this step (e.g. the final step, for the progress line).
+
+  Returns:
+    True if `every` is set and `step` is a multiple of it, `first` or `last`.
+  """
+  return bool(every) and (step % every == 0 or step in (first, last))
+
+
+# --- what the run applies ----------------------------------------------------
+
+
+def resolve_augmentation(recipe, metadata):
+  """The policy a run applies: the recipe's own, or the data set's default.
+
+  Returns:
+    ({"train": [...], "eval": [...]}, serving policy, where it came from).
+  """
+  if recipe.augmentation is not None:
+    policy, source = recipe.augmentation, f"recipe {recipe.name}"
+  else:
+    policy, source = metadata.augmentation, "metadata.json (the data set's default)"
+  serving = recipe.serving_augmentation if recipe.serving_augmentation is not None else policy["eval"]
+  return policy, serving, source
+
+
 # --- model, optimizer, schedule ----------------------------------------------
 
 
-def create_model(config, metadata):
-  """The recipe's architecture, sized by what the data's augmentation policy outputs."""
-  input_shape = augment.output_shape(metadata.augmentation["train"], metadata.image_shape)
-  return models.build(config.recipe.model, metadata.num_classes, input_shape)
+def create_model(recipe, metadata, policy):
+  """The recipe's architecture, sized by what the training policy outputs."""
+  input_shape = augment.output_shape(policy["train"], metadata.image_shape)
+  return recipe.build_model(metadata.num_classes, input_shape)
+
+
+def make_eval_model(model, eval_output=None):
+  """images -> (logits the loss uses, scores precision@1 is taken on); shares the weights.
+
+  The scores are the model's logits, or the output of layer `eval_output`
+  (the MNIST bn_dropout recipe's pre-batch-norm logits).
+  """
+  scores = model.get_layer(eval_output).output if eval_output else model.outputs[0]
+  return keras.Model(model.inputs[0], [model.outputs[0], scores], name=f"{model.name}_eval")
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -74,11 +123,11 @@ def create_learning_rate_fn(config, num_workers, steps_per_epoch):
   learning rate is N times larger too.
   """
   recipe = config.recipe
-  base = config.learning_rate * (num_workers if config.scale_lr else 1)
+  base = recipe.learning_rate * (num_workers if config.scale_lr else 1)
   decay_steps = recipe.lr_decay_steps
   if recipe.lr_decay_epochs:
     decay_steps = max(1, int(recipe.lr_decay_epochs * steps_per_epoch))
-  if decay_steps:
+  if decay_steps and recipe.lr_decay_rate != 1.0:
     schedule = keras.optimizers.schedules.ExponentialDecay(
         base, decay_steps, recipe.lr_decay_rate, staircase=True)
   else:
@@ -88,47 +137,12 @@ def create_learning_rate_fn(config, num_workers, steps_per_epoch):
   return schedule
 
 
-def create_optimizer(config, schedule):
-  if config.recipe.optimizer == "sgd":
+def create_optimizer(recipe, schedule):
+  if recipe.optimizer == "sgd":
     return keras.optimizers.SGD(schedule)
-  if config.recipe.optimizer == "adam":
+  if recipe.optimizer == "adam":
     return keras.optimizers.Adam(schedule)
-  raise ValueError(f"unknown optimizer {config.recipe.optimizer!r}")
-
-
-class ExponentialMovingAverage:
-  """Shadow copies of the trainable weights, as tf.train.ExponentialMovingAverage.
-
-  The decay is min(decay, (1 + step) / (10 + step)) as in the CIFAR-10 tutorial
-  (which passes the global step as num_updates), so early shadows follow the
-  weights quickly. Evaluation and export swap the shadows in.
-  """
-
-  def __init__(self, variables, decay):
-    self._decay = decay
-    self._targets = list(variables)
-    self.shadows = [tf.Variable(v.value, trainable=False, name=v.name + "_ema") for v in variables]
-    # What checkpoints track: the shadows only (the weights are the model's).
-    self.checkpointable = tf.Module(name="ema")
-    self.checkpointable.shadows = self.shadows
-
-  def update(self, step):
-    step = tf.cast(step, tf.float32)
-    decay = tf.minimum(self._decay, (1.0 + step) / (10.0 + step))
-    for shadow, v in zip(self.shadows, self._targets):
-      shadow.assign_sub((1.0 - decay) * (shadow - v.value))
-
-  @contextlib.contextmanager
-  def swapped_in(self):
-    """Within the block the model holds the averaged weights."""
-    backup = [v.numpy() for v in self._targets]
-    for v, shadow in zip(self._targets, self.shadows):
-      v.assign(shadow)
-    try:
-      yield
-    finally:
-      for v, value in zip(self._targets, backup):
-        v.assign(value)
+  raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
 # --- steps -------------------------------------------------------------------
@@ -151,8 +165,9 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
 
   Returns:
     A tf.function (images, labels) -> (metrics, gradients): cross_entropy,
-    total_loss and accuracy, each averaged over ranks (so every rank sees the
-    same values), and the averaged gradients (for histograms).
+    total_loss and accuracy (training mode, on the model's output), each
+    averaged over ranks (so every rank sees the same values), and the
+    averaged gradients (for histograms).
   """
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   statistics = _synced_statistics(model)
@@ -180,6 +195,43 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
   return train_step
 
 
+def make_eval_step(eval_model):
+  """A tf.function (images, labels) -> [correct, summed loss, count] (float64), dropout off."""
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+  @tf.function(reduce_retracing=True)
+  def eval_step(images, labels):
+    logits, scores = eval_model(images, training=False)
+    correct = tf.reduce_sum(tf.cast(_correct(scores, labels), tf.float64))
+    return tf.stack([correct, tf.cast(loss_fn(labels, logits), tf.float64),
+                     tf.cast(tf.shape(labels)[0], tf.float64)])
+
+  return eval_step
+
+
+def evaluate(eval_step, batches, max_batches=None):
+  """Precision@1 and mean loss over `batches` (this rank's), summed over ranks.
+
+  Each rank walks its own part batch by batch (never the whole split in one
+  tensor); the single allreduce comes after the loop, so ranks with one batch
+  more or less than others do not deadlock.
+
+  Args:
+    eval_step: From `make_eval_step`.
+    batches: Iterable of (images, labels).
+    max_batches: Stop after this many batches on each rank (None: all).
+  """
+  totals = np.zeros(3, np.float64)
+  for i, (images, labels) in enumerate(batches):
+    if max_batches is not None and i >= max_batches:
+      break
+    totals += eval_step(images, labels).numpy()
+  correct, loss, count = distributed.allreduce_sum(totals).numpy()
+  if count == 0:
+    raise TrainingError("evaluation split is empty")
+  return {"precision_at_1": correct / count, "loss": loss / count, "examples": int(count)}
+
+
 def _is_relu(layer):
   activation = getattr(layer, "activation", None)
   return isinstance(layer, keras.layers.ReLU) or activation is keras.activations.relu
@@ -203,115 +255,7 @@ def make_activation_probe(model):
   return activations, relu
 
 
-def make_eval_step(model):
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-
-  @tf.function(reduce_retracing=True)
-  def eval_step(images, labels):
-    logits = model(images, training=False)
-    correct = tf.reduce_sum(tf.cast(_correct(logits, labels), tf.float64))
-    return tf.stack([correct, tf.cast(loss_fn(labels, logits), tf.float64),
-                     tf.cast(tf.shape(labels)[0], tf.float64)])
-
-  return eval_step
-
-
-def evaluate(eval_step, dataset):
-  """Precision@1 and mean loss over a whole split, summed over ranks.
-
-  Each rank walks its own part of the split batch by batch (never the whole
-  split in one tensor); the single allreduce comes after the loop, so ranks with
-  one batch more or less than others do not deadlock.
-  """
-  totals = np.zeros(3, np.float64)
-  for images, labels in dataset:
-    totals += eval_step(images, labels).numpy()
-  correct, loss, count = distributed.allreduce_sum(totals).numpy()
-  if count == 0:
-    raise TrainingError("evaluation split is empty")
-  return {"precision_at_1": correct / count, "loss": loss / count, "examples": int(count)}
-
-
-# --- chief-only side effects ---------------------------------------------------
-
-
-class Checkpoints:
-  """Latest and best checkpoints in the model dir; only the chief writes.
-
-  `latest/` keeps the last few checkpoints for resuming; `best/` keeps the one
-  with the best validation precision when the recipe stops early.
-  """
-
-  def __init__(self, model_dir, ctx, keep, **objects):
-    self._ckpt = tf.train.Checkpoint(**objects)
-    self._dirs = {"latest": os.path.join(model_dir, "checkpoints"),
-                  "best": os.path.join(model_dir, "best")}
-    self._ctx = ctx
-    self._managers = {}
-    if ctx.is_chief:
-      self._managers = {name: tf.train.CheckpointManager(self._ckpt, d, max_to_keep=keep if name == "latest" else 1)
-                        for name, d in self._dirs.items()}
-
-  def path(self, which):
-    return tf.train.latest_checkpoint(self._dirs[which])
-
-  def restore(self, which="latest"):
-    """Restores `which` if it exists on this rank; returns its path or None."""
-    path = self.path(which)
-    if path:
-      self._ckpt.restore(path).assert_existing_objects_matched()
-    return path
-
-  def save(self, step, which="latest"):
-    if self._ctx.is_chief:
-      self._managers[which].save(checkpoint_number=step)
-
-
-def _write_json(path, data):
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def export_serving_model(model, metadata, export_dir):
-  """Saves a SavedModel that takes raw uint8 images as stored in the shards.
-
-  The eval augmentation policy (crop, standardization, scaling) is part of the
-  serving function, so clients send pixels, not preprocessed tensors.
-  """
-  height, width, channels = metadata.image_shape
-  eval_steps = metadata.augmentation["eval"]
-  module = tf.Module()
-  module.model = model
-
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
-  def serve(images):
-    logits = model(input_pipeline.serving_preprocess(images, eval_steps), training=False)
-    return {"logits": logits, "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
-
-  module.serve = serve
-  if tf.io.gfile.exists(export_dir):
-    tf.io.gfile.rmtree(export_dir)
-  tf.saved_model.save(module, export_dir, signatures={"serving_default": serve})
-  with tf.io.gfile.GFile(os.path.join(export_dir, "labels.txt"), "w") as f:
-    f.write("\n".join(metadata.class_names) + "\n")
-
-
 # --- the run -----------------------------------------------------------------
-
-
-class _Rate:
-  """Steps per second since the last call."""
-
-  def __init__(self, step, now):
-    self._step, self._time = step, now
-
-  def steps_per_second(self, step, now):
-    rate = (step - self._step) / max(now - self._time, 1e-9)
-    self._step, self._time = step, now
-    return rate
 
 
 def _log(ctx, message):
@@ -322,6 +266,13 @@ def _log(ctx, message):
 def _format_seconds(seconds):
   seconds = int(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _write_json(path, data):
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _prepare_model_dir(config, ctx):
@@ -341,53 +292,61 @@ def _prepare_model_dir(config, ctx):
   if tf.io.gfile.exists(saved):
     with tf.io.gfile.GFile(saved) as f:
       previous = json.load(f)
-    for key in ("dataset", "model"):
-      if previous.get(key) != getattr(config, key):
-        raise TrainingError(
-            f"{config.model_dir} holds a {previous.get('dataset')}/{previous.get('model')} run, "
-            f"not {config.dataset}/{config.model}: use another --model-dir or --overwrite")
+    before = (previous.get("dataset"), previous.get("recipe", {}).get("name"))
+    if before != (config.dataset, config.recipe.name):
+      raise TrainingError(
+          f"{config.model_dir} holds a {before[0]}/{before[1]} run, not "
+          f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite")
 
 
 class Run:
-  """Everything one process of a run holds: model, optimizer, input, checkpoints."""
+  """Everything one process of a run holds: model, optimizer, input, run state."""
 
   def __init__(self, config, ctx):
     self.config = config
     self.ctx = ctx
+    recipe = config.recipe
     self.metadata = input_pipeline.load_metadata(config.data_dir)
+    self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
+        recipe, self.metadata)
     keras.utils.set_random_seed(config.seed + ctx.rank)  # per-rank dropout; weights come from rank 0
-    self.model = create_model(config, self.metadata)
-    global_batch = config.batch_size * ctx.size
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", global_batch)
+    self.model = create_model(recipe, self.metadata, self.augmentation)
+    self.eval_model = make_eval_model(self.model, recipe.eval_output)
+    self.global_batch = recipe.batch_size * ctx.size
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
     self.max_steps = (math.ceil(config.epochs * self.steps_per_epoch) if config.epochs
-                      else config.max_steps)
+                      else recipe.max_steps)
     self.schedule = create_learning_rate_fn(config, ctx.size, self.steps_per_epoch)
-    self.optimizer = create_optimizer(config, self.schedule)
+    self.optimizer = create_optimizer(recipe, self.schedule)
     # Building the optimizer creates its slots now, so the start-up broadcast
     # covers them (Horovod's examples broadcast after the first step instead).
     self.optimizer.build(self.model.trainable_variables)
-    self.ema = (ExponentialMovingAverage(self.model.trainable_variables, config.recipe.ema_decay)
-                if config.recipe.ema_decay else None)
-    # Early-stopping state lives in the checkpoint, so a resumed run remembers
-    # its best validation score.
-    self.best_precision = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
-    self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    objects = {"model": self.model, "optimizer": self.optimizer,
-               "best_precision": self.best_precision, "best_step": self.best_step}
+    self.ema = (state.ExponentialMovingAverage(self.model.trainable_variables, recipe.ema_decay)
+                if recipe.ema_decay else None)
+    # Kept even without patience, so checkpoints have one layout.
+    self.early_stopping = state.EarlyStopping(recipe.early_stopping_patience)
+    objects = {"model": self.model, "optimizer": self.optimizer, **self.early_stopping.variables}
     if self.ema:
       objects["ema"] = self.ema.checkpointable
-    self.checkpoints = Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
-    self.eval_step = make_eval_step(self.model)
+    self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
+    self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
 
   @property
   def step(self):
     return int(self.optimizer.iterations.numpy())
 
+  def config_json(self):
+    """config.json: the run config, with the augmentation actually applied."""
+    recipe = dict(self.config.recipe.to_json(), augmentation=self.augmentation,
+                  serving_augmentation=self.serving_policy)
+    return dict(self.config.to_json(), recipe=recipe, augmentation_source=self.augmentation_source,
+                workers=self.ctx.size)
+
   def broadcast(self):
-    """Horovod: every rank takes rank 0's model, optimizer and EMA state."""
+    """Horovod: every rank takes rank 0's model, optimizer, EMA and early-stopping state."""
     variables = [v for v in self.model.variables if "seed_generator" not in v.path]
-    variables += list(self.optimizer.variables) + [self.best_precision, self.best_step]
+    variables += list(self.optimizer.variables) + list(self.early_stopping.variables.values())
     if self.ema:
       variables += self.ema.shadows
     distributed.broadcast_variables(variables, root_rank=0)
@@ -395,111 +354,154 @@ class Run:
   def dataset(self, split, training):
     # A resumed run starts at its epoch, not at epoch 0's order and augmentation.
     return input_pipeline.make_dataset(
-        self.config.data_dir, self.metadata, split, rank=self.ctx.rank, size=self.ctx.size,
-        batch_size=self.config.batch_size, training=training, seed=self.config.seed,
-        image_shape=self.model.input_shape[1:], first_epoch=self.step // self.steps_per_epoch)
+        self.config.data_dir, dataclasses.replace(self.metadata, augmentation=self.augmentation), split,
+        rank=self.ctx.rank, size=self.ctx.size, batch_size=self.config.recipe.batch_size,
+        training=training, seed=self.config.seed, image_shape=self.model.input_shape[1:],
+        first_epoch=self.step // self.steps_per_epoch)
 
   def evaluation_weights(self):
     """Context in which the model holds the weights the recipe evaluates and exports."""
     return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
 
-  def evaluate(self, split):
+  def evaluate(self, split, max_batches=None):
     with self.evaluation_weights():
-      return evaluate(self.eval_step, self.dataset(split, training=False))
+      return evaluate(self.eval_step, self.dataset(split, training=False), max_batches)
+
+  def check_splits(self):
+    """Fails early if the recipe evaluates on a split the data lacks."""
+    recipe = self.config.recipe
+    if recipe.eval_every and recipe.eval_on not in self.metadata.splits:
+      hint = ("rerun the Beam job with --validation-size "
+              f"{recipe.validation_size or 'N'}" if recipe.eval_on == "validation"
+              else f"use data with a {recipe.eval_on} split")
+      raise TrainingError(
+          f"recipe {recipe.name} evaluates on the {recipe.eval_on} split during training, but "
+          f"{self.config.data_dir} has none: {hint}, or pass --eval-every 0"
+          + (" --early-stopping-patience 0" if recipe.early_stopping_patience else ""))
+
+
+def _train_summaries(run, step, metrics, averages, steps_per_second):
+  recipe = run.config.recipe
+  run.writer.scalars("train", step, dict(
+      metrics, cross_entropy_avg=averages["cross_entropy"], total_loss_avg=averages["total_loss"],
+      learning_rate=float(run.schedule(step - 1)), step_time=1.0 / steps_per_second,
+      images_per_sec=steps_per_second * run.global_batch,
+      images_per_sec_per_worker=steps_per_second * recipe.batch_size, workers=run.ctx.size))
+
+
+def _histograms(run, step, images, grads, probe):
+  activations, relu_layers = probe
+  outputs = activations(images)
+  variables = run.model.trainable_variables
+  run.writer.histograms("train", step, {
+      **{f"weights/{v.path}": v.value for v in variables},
+      **{f"gradients/{v.path}": g for v, g in zip(variables, grads) if g is not None},
+      **{f"activations/{name}": out for name, out in outputs.items()}})
+  run.writer.scalars("train", step, {f"sparsity/{name}": tf.math.zero_fraction(outputs[name])
+                                     for name in sorted(relu_layers)})
+  run.writer.images("train", step, "augmented_inputs", images)
+
+
+def _evaluate_during_training(run, step, images, labels, elapsed):
+  """Evaluates the recipe's split, logs the recipe's line; returns whether to stop."""
+  recipe, ctx = run.config.recipe, run.ctx
+  # Training accuracy as the recipes print it: this batch, dropout off, current weights.
+  batch = evaluate(run.eval_step, [(images, labels)])
+  result = run.evaluate(recipe.eval_on, recipe.eval_batches)
+  split = recipe.eval_on
+  run.writer.scalars("eval", step, {f"{split}_precision_at_1": result["precision_at_1"],
+                                    f"{split}_loss": result["loss"],
+                                    "train_batch_precision_at_1": batch["precision_at_1"]})
+  improved = stop = False
+  if recipe.early_stopping_patience:
+    improved, stop = run.early_stopping.update(step, result["precision_at_1"])
+    if improved:
+      run.checkpoints.save(step, "best")
+  _log(ctx, f"step {step}: train accuracy {batch['precision_at_1']:.4f} (batch, dropout off), "
+            f"{split} precision@1 {result['precision_at_1']:.4f} ({result['examples']} examples), "
+            f"elapsed {_format_seconds(elapsed)}{' improved' if improved else ''}")
+  if stop:
+    best = run.early_stopping.best()
+    _log(ctx, f"early stopping at step {step}: {split} precision@1 {best['precision_at_1']:.4f} "
+              f"at step {best['step']}, no better since")
+  return stop
 
 
 def train(run):
-  """Trains to run.max_steps, resuming from the latest checkpoint; returns the final step."""
-  config, ctx = run.config, run.ctx
+  """Trains to run.max_steps, resuming from the latest checkpoint.
+
+  Returns:
+    (the final step, the best evaluation {"precision_at_1", "step"} when the
+    recipe stops early, else None).
+  """
+  config, ctx, recipe = run.config, run.ctx, run.config.recipe
   restored = None if config.overwrite else run.checkpoints.restore("latest")
   run.broadcast()
   start = run.step
   if restored or start:
     _log(ctx, f"resumed from {restored} at step {start}")
+  run.check_splits()
   train_step = make_train_step(run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce)
-  has_validation = "validation" in run.metadata.splits
-  patience = config.early_stopping_patience
-  if patience and not has_validation:
-    raise TrainingError(f"--model {config.model} stops early on the validation split, but "
-                        f"{config.data_dir} has none: rerun the Beam job with --validation-size")
-  global_batch = config.batch_size * ctx.size
-  _log(ctx, f"training {config.dataset}/{config.model} on {ctx.size} worker(s): steps {start}->"
-            f"{run.max_steps}, batch {config.batch_size}/worker ({global_batch} global), "
-            f"{run.steps_per_epoch} steps/epoch")
-  activations, relu_layers = make_activation_probe(run.model)
+  _log(ctx, f"training {config.dataset}/{recipe.name} on {ctx.size} worker(s): steps {start}->"
+            f"{run.max_steps}, batch {recipe.batch_size}/worker ({run.global_batch} global), "
+            f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}")
+  probe = make_activation_probe(run.model)
   averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
   started = time.time()
-  log_timer, summary_timer = _Rate(start, started), _Rate(start, started)
+  last_log, last_summary = (start, started), (start, started)
   step = start
   batches = iter(run.dataset("train", training=True))
   while step < run.max_steps:
+    # Batch and step (the first step's graph goes to TensorBoard's Graphs tab).
     images, labels = next(batches)
     if step == start:
-      run.writer.trace_on()  # the graph of the first step, for TensorBoard's Graphs tab
+      run.writer.trace_on()
     metrics, grads = train_step(images, labels)
     metrics = {k: float(v) for k, v in metrics.items()}
     if step == start:
       run.writer.trace_export("train", step + 1, "train_step")
     step += 1
+    # Finite check: every rank sees the same averaged loss, so all stop here.
     if not math.isfinite(metrics["total_loss"]):
-      # Every rank sees the same averaged loss, so all stop at this step.
       raise TrainingError(f"non-finite loss {metrics['total_loss']} at step {step}: "
                           "lower --learning-rate or add --warmup-steps")
     for name in ("cross_entropy", "total_loss"):
       averages[name] = 0.9 * averages.get(name, metrics[name]) + 0.1 * metrics[name]
-    if step % config.log_every == 0 or step == run.max_steps:
-      now = time.time()
-      rate = log_timer.steps_per_second(step, now) * global_batch
+    now = time.time()
+    # Log.
+    if due(step, recipe.log_every, last=run.max_steps):
+      rate = (step - last_log[0]) / max(now - last_log[1], 1e-9) * run.global_batch
+      last_log = (step, now)
       eta = (now - started) / (step - start) * (run.max_steps - step)
       _log(ctx, f"step {step}/{run.max_steps} loss {metrics['cross_entropy']:.4f} "
                 f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} "
                 f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
                 f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
                 f"eta {_format_seconds(eta)}")
-    if config.summary_every and (step % config.summary_every == 0 or step == start + 1):
-      steps_per_second = summary_timer.steps_per_second(step, time.time())
-      run.writer.scalars("train", step, dict(
-          metrics, cross_entropy_avg=averages["cross_entropy"], total_loss_avg=averages["total_loss"],
-          learning_rate=float(run.schedule(step - 1)), step_time=1.0 / steps_per_second,
-          images_per_sec=steps_per_second * global_batch,
-          images_per_sec_per_worker=steps_per_second * config.batch_size, workers=ctx.size))
-    if run.writer.active and config.histogram_every and (
-        step % config.histogram_every == 0 or step == start + 1):
-      outputs = activations(images)
-      run.writer.histograms("train", step, {
-          **{f"weights/{v.path}": v.value for v in run.model.trainable_variables},
-          **{f"gradients/{v.path}": g for v, g in zip(run.model.trainable_variables, grads)
-             if g is not None},
-          **{f"activations/{name}": out for name, out in outputs.items()}})
-      run.writer.scalars("train", step, {f"sparsity/{name}": tf.math.zero_fraction(outputs[name])
-                                         for name in sorted(relu_layers)})
-      run.writer.images("train", step, "augmented_inputs", images)
-    if step % config.checkpoint_every == 0:
+    # Summaries (rank 0 writes; the writer does nothing elsewhere).
+    if due(step, config.summary_every, first=start + 1):
+      steps_per_second = (step - last_summary[0]) / max(now - last_summary[1], 1e-9)
+      last_summary = (step, now)
+      _train_summaries(run, step, metrics, averages, steps_per_second)
+    if run.writer.active and due(step, config.histogram_every, first=start + 1):
+      _histograms(run, step, images, grads, probe)
+    # Checkpoint.
+    if due(step, config.checkpoint_every):
       run.checkpoints.save(step)
-    if config.eval_every and has_validation and step % config.eval_every == 0:
-      result = run.evaluate("validation")
-      run.writer.scalars("eval", step, {"validation_precision_at_1": result["precision_at_1"],
-                                        "validation_loss": result["loss"]})
-      if patience:
-        if result["precision_at_1"] > run.best_precision.numpy():
-          run.best_precision.assign(result["precision_at_1"])
-          run.best_step.assign(step)
-          run.checkpoints.save(step, "best")
-        elif step - int(run.best_step.numpy()) >= patience:
-          _log(ctx, f"early stopping at step {step}: validation precision@1 "
-                    f"{run.best_precision.numpy():.4f} at step {run.best_step.numpy()}, no better since")
-          break
+    # Evaluate (and stop early).
+    if due(step, recipe.eval_every):
+      if _evaluate_during_training(run, step, images, labels, time.time() - started):
+        break
   seconds = time.time() - started
   _log(ctx, f"trained {step - start} steps in {seconds:.2f}s "
-            f"({(step - start) * global_batch / max(seconds, 1e-9):.0f} img/s)")
-  if step % config.checkpoint_every:
+            f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)")
+  if not due(step, config.checkpoint_every):
     run.checkpoints.save(step)
-  best = None
-  if patience and run.best_step.numpy() >= 0:
-    best = {"precision_at_1": float(run.best_precision.numpy()), "step": int(run.best_step.numpy())}
+  best = run.early_stopping.best() if recipe.early_stopping_patience else None
+  if best:
     run.checkpoints.restore("best")
     run.broadcast()
-    _log(ctx, f"restored the best checkpoint (step {best['step']}, validation precision@1 "
+    _log(ctx, f"restored the best checkpoint (step {best['step']}, {recipe.eval_on} precision@1 "
               f"{best['precision_at_1']:.4f})")
   return step, best
 
@@ -516,8 +518,8 @@ def run_eval(run, split, trained_step=None, best=None):
     _log(ctx, f"evaluating {path}")
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
-  metrics = dict(result, split=split, step=run.step, dataset=config.dataset, model=config.model,
-                 ema_weights=run.ema is not None, workers=ctx.size)
+  metrics = dict(result, split=split, step=run.step, dataset=config.dataset,
+                 recipe=config.recipe.name, ema_weights=run.ema is not None, workers=ctx.size)
   if trained_step is not None:
     metrics["trained_steps"] = trained_step
   if best:
@@ -536,11 +538,12 @@ def run(config, ctx):
   """Runs `config.mode` in this process; returns the final metrics (or None)."""
   _prepare_model_dir(config, ctx)
   r = Run(config, ctx)
-  config_dict = dataclasses.asdict(config)
-  _log(ctx, "config: " + json.dumps(config_dict, sort_keys=True))
+  saved = r.config_json()
+  _log(ctx, "config: " + json.dumps(saved, sort_keys=True))
+  if ctx.is_chief:
+    r.model.summary(print_fn=lambda line, *args, **kwargs: print(line, flush=True))
   if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
     tf.io.gfile.makedirs(config.model_dir)
-    saved = config_dict | {"workers": ctx.size}
     _write_json(os.path.join(config.model_dir, "config.json"), saved)
     r.writer.config(saved)
   metrics = None
@@ -551,8 +554,11 @@ def run(config, ctx):
     if config.export and ctx.is_chief:
       export_dir = os.path.join(config.model_dir, "export")
       with r.evaluation_weights():
-        export_serving_model(r.model, r.metadata, export_dir)
-      _log(ctx, f"exported the serving model to {export_dir}")
+        export.export_serving_model(r.eval_model, r.metadata.image_shape,
+                                    r.metadata.class_names, r.augmentation,
+                                    r.serving_policy, export_dir)
+      _log(ctx, f"exported the serving model to {export_dir} (serving policy: "
+                f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)")
   else:
     metrics = run_eval(r, config.eval_split)
   r.writer.close()

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from trainers import distributed
-from trainers import models
+from trainers import recipes
 from trainers import train
 
 
@@ -25,7 +25,7 @@ def main():
   args = parser.parse_args()
   ctx = distributed.init()
   keras.utils.set_random_seed(7)
-  model = models.build("mnist_basic", 10, (28, 28, 1))  # no dropout, no batch norm
+  model = recipes.get("mnist_basic").build_model(10, (28, 28, 1))  # no dropout, no batch norm
   optimizer = keras.optimizers.SGD(0.1)
   optimizer.build(model.trainable_variables)
   step = train.make_train_step(model, optimizer, None, ctx)

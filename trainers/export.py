@@ -1,0 +1,53 @@
+"""The serving export: the last stop of the data flow, after training.
+
+Saves a SavedModel that takes raw uint8 images as stored in the shards and
+applies the recipe's deterministic serving policy itself, so clients send
+pixels, not preprocessed tensors. Next to it: `labels.txt` (class names, one a
+line) and `augmentation.json` (the train and eval policies the model was
+trained and evaluated with, and the serving policy the export applies), also
+readable from the loaded model as `serving_policy` / `augmentation` strings.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from trainers import input_pipeline
+
+LABELS = "labels.txt"
+AUGMENTATION = "augmentation.json"
+
+
+def export_serving_model(eval_model, image_shape, class_names, augmentation, serving_policy,
+                         export_dir):
+  """Writes the SavedModel, labels.txt and augmentation.json to `export_dir` (replaced).
+
+  Args:
+    eval_model: Keras model images -> (logits, scores); the served logits are
+      the scores, the tensor precision@1 is computed on.
+    image_shape: (height, width, channels) of the stored images.
+    class_names: Names of the classes, by label.
+    augmentation: {"train": [...], "eval": [...]} policy applied in the run.
+    serving_policy: Deterministic policy applied to served images.
+  """
+  height, width, channels = image_shape
+  module = tf.Module()
+  module.model = eval_model
+  policies = dict(augmentation, serving=serving_policy)
+  module.augmentation = tf.constant(json.dumps(policies, sort_keys=True))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
+  def serve(images):
+    _, logits = eval_model(input_pipeline.serving_preprocess(images, serving_policy), training=False)
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+  module.serve = serve
+  if tf.io.gfile.exists(export_dir):
+    tf.io.gfile.rmtree(export_dir)
+  tf.saved_model.save(module, export_dir, signatures={"serving_default": serve})
+  with tf.io.gfile.GFile(os.path.join(export_dir, LABELS), "w") as f:
+    f.write("\n".join(class_names) + "\n")
+  with tf.io.gfile.GFile(os.path.join(export_dir, AUGMENTATION), "w") as f:
+    f.write(json.dumps(policies, indent=2, sort_keys=True) + "\n")

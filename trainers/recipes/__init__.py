@@ -1,0 +1,131 @@
+"""The documented recipes, one file each, and their one registry.
+
+A recipe (trainers/recipes/<name>.py) fixes everything a documented training
+run depends on besides the data: the model builder, optimizer, learning-rate
+schedule, batch size, steps, EMA, weight decay, what is evaluated during
+training and how often, early stopping, the augmentation (None: the data set's
+default from metadata.json) and the validation size it expects. Each file's
+header says where each number comes from and where the recipe's text and code
+disagree. trainers/config.py applies command-line overrides to a recipe; the
+result is the run config, in which each value exists once.
+
+Adding a recipe: write trainers/recipes/<name>.py with a `build` function and a
+`RECIPE = Recipe(...)`, and add it to `RECIPES` below (no import-time
+registration: this dict is the whole list).
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+  """What a documented recipe fixes. Keyword fields only, so a recipe reads as a table.
+
+  Attributes:
+    name: The file name under trainers/recipes/ and the value of --recipe.
+    dataset: The data set it trains on (the entry script that offers it), or
+      None for any (the test model).
+    build: fn(num_classes, input_shape, weight_decay) -> keras.Model mapping
+      images to logits.
+    optimizer: "sgd" or "adam".
+    learning_rate: Base learning rate for one worker.
+    lr_decay_rate: Staircase exponential decay factor (1.0: constant rate).
+    lr_decay_epochs: Decay period in epochs, or None.
+    lr_decay_steps: Decay period in steps, or None.
+    batch_size: Examples per worker per step.
+    max_steps: Training length in steps.
+    ema_decay: Moving-average decay of the weights that evaluation and export
+      use, or None (the raw weights).
+    weight_decay: L2 factor of `wd * tf.nn.l2_loss(W)` on the layers the
+      recipe decays, or None.
+    eval_on: Split evaluated during training ("validation" or "test").
+    eval_every: Steps between evaluations during training (0: never).
+    eval_batches: Batches of `batch_size` evaluated each time, or None for
+      the whole split.
+    eval_output: Name of the layer whose output precision@1 is computed on,
+      or None for the model's output (the logits the loss uses).
+    early_stopping_patience: Steps without a better `eval_on` precision
+      before stopping (then the best checkpoint is restored), or None.
+    log_every: Steps between progress lines on the console.
+    augmentation: {"train": [...], "eval": [...]} policy (preprocess/augment.py
+      ops) the recipe trains and evaluates with, or None for the data set's
+      default recorded in metadata.json.
+    serving_augmentation: The deterministic policy of the exported model, or
+      None for the eval policy (which must then be deterministic).
+    validation_size: Training examples the recipe holds out for validation
+      (the Beam job's --validation-size), 0 if it holds out none.
+  """
+  name: str
+  dataset: Optional[str]
+  build: Callable
+  optimizer: str
+  learning_rate: float
+  batch_size: int
+  max_steps: int
+  lr_decay_rate: float = 1.0
+  lr_decay_epochs: Optional[float] = None
+  lr_decay_steps: Optional[int] = None
+  ema_decay: Optional[float] = None
+  weight_decay: Optional[float] = None
+  eval_on: str = "validation"
+  eval_every: int = 1000
+  eval_batches: Optional[int] = None
+  eval_output: Optional[str] = None
+  early_stopping_patience: Optional[int] = None
+  log_every: int = 100
+  augmentation: Optional[dict] = None
+  serving_augmentation: Optional[list] = None
+  validation_size: int = 0
+
+  def build_model(self, num_classes, input_shape):
+    """The recipe's model for `num_classes` logits and (h, w, c) inputs."""
+    return self.build(num_classes=num_classes, input_shape=tuple(input_shape),
+                      weight_decay=self.weight_decay)
+
+  def to_json(self):
+    """The recipe as JSON values (the builder by its import path)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d["build"] = f"{self.build.__module__}.{self.build.__name__}"
+    return d
+
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from trainers.recipes import catdog_lenet5
+from trainers.recipes import cifar10_cookbook
+from trainers.recipes import cifar10_tutorial
+from trainers.recipes import mnist_basic
+from trainers.recipes import mnist_bn_dropout
+from trainers.recipes import mnist_resnet
+from trainers.recipes import mnist_resnet_sum_bias
+from trainers.recipes import tiny
+
+RECIPES = {r.name: r for r in (
+    cifar10_tutorial.RECIPE,
+    cifar10_cookbook.RECIPE,
+    mnist_basic.RECIPE,
+    mnist_bn_dropout.RECIPE,
+    mnist_resnet.RECIPE,
+    mnist_resnet_sum_bias.RECIPE,
+    catdog_lenet5.RECIPE,
+    tiny.RECIPE,
+)}
+
+# What each entry script trains without --recipe.
+DEFAULT = {"cifar10": "cifar10_tutorial", "mnist": "mnist_basic", "catdog": "catdog_lenet5"}
+
+
+def for_dataset(dataset):
+  """Names of the recipes trainers/<dataset>.py accepts: its own, plus `tiny`."""
+  return sorted(n for n, r in RECIPES.items() if r.dataset in (dataset, None))
+
+
+def get(name):
+  """The recipe called `name`.
+
+  Raises:
+    ValueError: If no recipe has that name (the message lists the valid ones).
+  """
+  if name not in RECIPES:
+    raise ValueError(f"unknown recipe {name!r}; valid names: {', '.join(sorted(RECIPES))}")
+  return RECIPES[name]

@@ -1,0 +1,114 @@
+"""Run state that outlives a step: weight averages, checkpoints, early stopping.
+
+Used by the training loop (trainers/train.py) between the model and the model
+dir. Each class owns its variables; the checkpoint tracks them, so a resumed
+run remembers its averages and its best validation score. Only the chief
+writes checkpoints: the same calls do nothing on other ranks.
+"""
+
+import contextlib
+import os
+
+import tensorflow as tf
+
+
+class ExponentialMovingAverage:
+  """Shadow copies of the trainable weights, as tf.train.ExponentialMovingAverage.
+
+  The decay is min(decay, (1 + step) / (10 + step)) as in the CIFAR-10 tutorial
+  (which passes the global step as num_updates), so early shadows follow the
+  weights quickly. Evaluation and export swap the shadows in.
+  """
+
+  def __init__(self, variables, decay):
+    self._decay = decay
+    self._targets = list(variables)
+    self.shadows = [tf.Variable(v.value, trainable=False, name=v.name + "_ema") for v in variables]
+    # What checkpoints track: the shadows only (the weights are the model's).
+    self.checkpointable = tf.Module(name="ema")
+    self.checkpointable.shadows = self.shadows
+
+  def update(self, step):
+    step = tf.cast(step, tf.float32)
+    decay = tf.minimum(self._decay, (1.0 + step) / (10.0 + step))
+    for shadow, v in zip(self.shadows, self._targets):
+      shadow.assign_sub((1.0 - decay) * (shadow - v.value))
+
+  @contextlib.contextmanager
+  def swapped_in(self):
+    """Within the block the model holds the averaged weights."""
+    backup = [v.numpy() for v in self._targets]
+    for v, shadow in zip(self._targets, self.shadows):
+      v.assign(shadow)
+    try:
+      yield
+    finally:
+      for v, value in zip(self._targets, backup):
+        v.assign(value)
+
+
+class EarlyStopping:
+  """Keeps the best evaluation precision and says when to stop.
+
+  Args:
+    patience: Steps without a better precision before stopping.
+  """
+
+  def __init__(self, patience):
+    self.patience = patience
+    # Variables, not Python numbers: they go into the checkpoint and the
+    # start-up broadcast.
+    self.best_precision = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+    self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+  @property
+  def variables(self):
+    """{checkpoint key: variable}; the keys predate this class, so old checkpoints load."""
+    return {"best_precision": self.best_precision, "best_step": self.best_step}
+
+  def update(self, step, precision):
+    """Records an evaluation; returns (improved, stop)."""
+    if precision > self.best_precision.numpy():
+      self.best_precision.assign(precision)
+      self.best_step.assign(step)
+      return True, False
+    return False, step - int(self.best_step.numpy()) >= self.patience
+
+  def best(self):
+    """{"precision_at_1", "step"} of the best evaluation, or None before the first."""
+    if self.best_step.numpy() < 0:
+      return None
+    return {"precision_at_1": float(self.best_precision.numpy()), "step": int(self.best_step.numpy())}
+
+
+class Checkpoints:
+  """Latest and best checkpoints in the model dir; only the chief writes.
+
+  `checkpoints/` keeps the last few checkpoints for resuming; `best/` keeps the
+  one with the best evaluation precision when the recipe stops early.
+  """
+
+  def __init__(self, model_dir, ctx, keep, **objects):
+    self._ckpt = tf.train.Checkpoint(**objects)
+    self._dirs = {"latest": os.path.join(model_dir, "checkpoints"),
+                  "best": os.path.join(model_dir, "best")}
+    self._ctx = ctx
+    self._managers = {}
+    if ctx.is_chief:
+      self._managers = {
+          name: tf.train.CheckpointManager(self._ckpt, d, max_to_keep=keep if name == "latest" else 1)
+          for name, d in self._dirs.items()}
+
+  def path(self, which):
+    return tf.train.latest_checkpoint(self._dirs[which])
+
+  def restore(self, which="latest"):
+    """Restores `which` if it exists on this rank; returns its path or None."""
+    path = self.path(which)
+    if path:
+      self._ckpt.restore(path).assert_existing_objects_matched()
+    return path
+
+  def save(self, step, which="latest"):
+    if self._ctx.is_chief:
+      self._managers[which].save(checkpoint_number=step)
