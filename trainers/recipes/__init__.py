@@ -9,12 +9,14 @@ header says where each number comes from and where the recipe's text and code
 disagree. trainers/config.py applies command-line overrides to a recipe; the
 result is the run config, in which each value exists once.
 
-Adding a recipe: write trainers/recipes/<name>.py with a `build` function and a
-`RECIPE = Recipe(...)`, and add it to `RECIPES` below (no import-time
-registration: this dict is the whole list).
+Adding a recipe is one file: write trainers/recipes/<name>.py with a `build`
+function and a `RECIPE = Recipe(name="<name>", ...)`. `RECIPES` lists the
+package's files, as the data-set registry (preprocess/datasets/) does.
 """
 
 import dataclasses
+import importlib
+import pkgutil
 from typing import Callable, Optional
 
 
@@ -90,26 +92,23 @@ class Recipe:
     return d
 
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from trainers.recipes import catdog_lenet5
-from trainers.recipes import cifar10_cookbook
-from trainers.recipes import cifar10_tutorial
-from trainers.recipes import mnist_basic
-from trainers.recipes import mnist_bn_dropout
-from trainers.recipes import mnist_resnet
-from trainers.recipes import mnist_resnet_sum_bias
-from trainers.recipes import tiny
+def _discover():
+  """{name: Recipe} of every module in this package; a module's file name is its recipe's name.
 
-RECIPES = {r.name: r for r in (
-    cifar10_tutorial.RECIPE,
-    cifar10_cookbook.RECIPE,
-    mnist_basic.RECIPE,
-    mnist_bn_dropout.RECIPE,
-    mnist_resnet.RECIPE,
-    mnist_resnet_sum_bias.RECIPE,
-    catdog_lenet5.RECIPE,
-    tiny.RECIPE,
-)}
+  Listing the package's files (not a hand-kept list) is what makes a new recipe
+  one new file. Each module is imported for its `RECIPE`, never for side effects.
+  """
+  found = {}
+  for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    recipe = importlib.import_module(f"{__name__}.{module}").RECIPE
+    if recipe.name != module:
+      raise ValueError(f"trainers/recipes/{module}.py defines recipe {recipe.name!r}; "
+                       "a recipe's name must be its file name")
+    found[module] = recipe
+  return found
+
+
+RECIPES = _discover()
 
 # What each entry script trains without --recipe.
 DEFAULT = {"cifar10": "cifar10_tutorial", "mnist": "mnist_basic", "catdog": "catdog_lenet5"}
