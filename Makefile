@@ -24,7 +24,7 @@ ARGS    ?=
 LOGDIR  ?= runs
 PORT    ?= 6006
 
-.PHONY: help install test test-fast demo sample-data download preprocess bench tensorboard plots clean
+.PHONY: help install lint format test test-fast demo sample-data download preprocess bench tensorboard plots clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,14 @@ install: $(STAMP) ## Create .venv/ with pinned packages and Horovod built for Te
 $(STAMP): requirements.txt constraints.txt setup.py scripts/install.sh
 	bash scripts/install.sh
 	@touch $@
+
+lint: $(STAMP) ## Check formatting and lint with ruff (settings in pyproject.toml); CI runs it.
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP) ## Format the code and apply ruff's safe fixes.
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: $(STAMP) ## Run the whole test suite, slow tests included (CI runs this).
 	$(PY) -m pytest
