@@ -171,8 +171,19 @@ class Pod:
       args += ["-v", f"{host}:{path}:{'ro' if read_only else 'rw'}"]
     return args
 
+  def resource_args(self, container):
+    """The container's limits, as the kubelet sets them on its cgroup."""
+    limits = container.get("resources", {}).get("limits", {})
+    args = []
+    if "memory" in limits:
+      args += ["--memory", str(quantity_bytes(limits["memory"]))]
+    if "cpu" in limits:
+      cpu = str(limits["cpu"])
+      args += ["--cpus", str(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu))]
+    return args
+
   def run_args(self, container, image, env=()):
-    args = ULIMITS + self.security_args(container) + self.mount_args(container)
+    args = ULIMITS + self.security_args(container) + self.resource_args(container) + self.mount_args(container)
     for e in list(container.get("env", [])) + [{"name": k, "value": v} for k, v in env]:
       args += ["--env", f"{e['name']}={e['value']}"]
     if container.get("workingDir"):
