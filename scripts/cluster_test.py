@@ -65,6 +65,7 @@ HOST_CA_BUNDLE = pathlib.Path("/etc/ssl/certs/ca-certificates.crt")
 # crun fails on these machines (setrlimit, hybrid cgroups); runc works.
 PODMAN = ["podman", "--runtime", "runc"]
 ULIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"]
+RUN = PODMAN + ["run"] + ULIMITS
 PREFIX = "cnn-rehearsal"
 NETWORK = f"{PREFIX}-net"
 SUBNET = "10.89.231.0/24"
@@ -183,7 +184,7 @@ class Pod:
     return args
 
   def run_args(self, container, image, env=()):
-    args = ULIMITS + self.security_args(container) + self.resource_args(container) + self.mount_args(container)
+    args = self.security_args(container) + self.resource_args(container) + self.mount_args(container)
     for e in list(container.get("env", [])) + [{"name": k, "value": v} for k, v in env]:
       args += ["--env", f"{e['name']}={e['value']}"]
     if container.get("workingDir"):
@@ -233,7 +234,7 @@ def run_pod_to_completion(name, pod, image, work, network="none", env=(), timeou
   outputs = []
   for c in containers:
     cname = f"{PREFIX}-{name}-{c['name']}"
-    cmd = PODMAN + ["run", "--rm", "--name", cname, "--network", network]
+    cmd = RUN + ["--rm", "--name", cname, "--network", network]
     cmd += [a for h in hosts for a in ("--add-host", h)]
     cmd += pod.run_args(c, image, env)
     result = run(cmd, check=False, timeout=timeout)
@@ -286,7 +287,7 @@ class MPIJobRehearsal:
     # The operator makes an ECDSA P-521 key in PEM and names the files id_rsa,
     # id_rsa.pub and authorized_keys; Secret files are owned by root, mode 0644
     # when sshAuthMountPath is not /root/.ssh.
-    run(PODMAN + ["run", "--rm", "--network", "none", "--user", "0", "-v", f"{keys}:/keys",
+    run(RUN + ["--rm", "--network", "none", "--user", "0", "-v", f"{keys}:/keys",
                   "--entrypoint", "ssh-keygen", self.image, "-q", "-t", "ecdsa", "-b", "521", "-m", "PEM",
                   "-N", "", "-C", "", "-f", "/keys/id_rsa"])
     shutil.copy(keys / "id_rsa.pub", keys / "authorized_keys")
@@ -306,7 +307,7 @@ class MPIJobRehearsal:
     pod = Pod(self.worker, self.claims, self.extra)
     name = f"{PREFIX}-worker-{i}"
     run(PODMAN + ["rm", "-f", name], check=False)
-    run(PODMAN + ["run", "-d", "--name", name, "--network", NETWORK, "--ip", self.ips[i],
+    run(RUN + ["-d", "--name", name, "--network", NETWORK, "--ip", self.ips[i],
                   "--hostname", f"{self.name}-worker-{i}"] +
         [a for h in self.add_hosts for a in ("--add-host", h)] + pod.run_args(c, self.image))
 
@@ -329,7 +330,7 @@ class MPIJobRehearsal:
     name = f"launcher-{attempt}"
     common = ["--network", NETWORK, "--ip", self.launcher_ip, "--hostname", f"{self.name}-launcher"]
     for c in self.launcher["spec"].get("initContainers", []):
-      result = run(PODMAN + ["run", "--rm", "--name", f"{PREFIX}-{name}-{c['name']}"] + common +
+      result = run(RUN + ["--rm", "--name", f"{PREFIX}-{name}-{c['name']}"] + common +
                    pod.run_args(c, self.image), check=False, timeout=120)
       if result.returncode != 0:
         raise RehearsalError(f"launcher init container {c['name']} exited {result.returncode}: "
@@ -337,7 +338,7 @@ class MPIJobRehearsal:
     (c,) = self.launcher["spec"]["containers"]
     cname = f"{PREFIX}-{name}"
     run(PODMAN + ["rm", "-f", cname], check=False)
-    cmd = PODMAN + ["run", "--name", cname] + common + [
+    cmd = RUN + ["--name", cname] + common + [
         a for h in self.add_hosts for a in ("--add-host", h)] + pod.run_args(c, self.image, self.operator_env)
     out = open(log_path, "w")  # pylint: disable=consider-using-with  # closed in finish_launcher
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), out
@@ -438,10 +439,10 @@ def main(argv_=None):
       base = ensure_base(work)
       size = build_image(image, base, work)
       log(f"   {image}: {size / 1e9:.2f} GB, base {base}")
-      user = run(PODMAN + ["run", "--rm", "--network", "none", image, "id", "-u"]).stdout.strip()
+      user = run(RUN + ["--rm", "--network", "none", image, "id", "-u"]).stdout.strip()
       if user != "1000":
         raise RehearsalError(f"the image runs as uid {user}, not 1000")
-      if run(PODMAN + ["run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+      if run(RUN + ["--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
                        "command -v g++ || command -v make || command -v cc"], check=False).returncode == 0:
         raise RehearsalError("the runtime image carries a compiler")
 
@@ -460,7 +461,7 @@ def main(argv_=None):
 
     with phase(f"preprocess Job on sample data ({dataset})"):
       # Raw files onto the data volume, as k8s/README.md's "Without internet" does.
-      run(PODMAN + ["run", "--rm", "--network", "none", "--user", "1000:1000", "-v", f"{data}:/data",
+      run(RUN + ["--rm", "--network", "none", "--user", "1000:1000", "-v", f"{data}:/data",
                     image, "python", "-m", "preprocess.sample_data", "--out-dir", prep_flags["--raw-dir"],
                     "--dataset", dataset])
       text = run_pod_to_completion("build-tfrecords", pod, image, work)
@@ -489,10 +490,18 @@ def main(argv_=None):
       if code != 0:
         raise RehearsalError(f"launcher exited {code}:\n{text[-4000:]}")
       values = assert_trained(model_dir, max_steps, text, "MPIJob")
+      for i in range(mpi.replicas):  # what the workers' sshd really runs with
+        status = run(PODMAN + ["exec", f"{PREFIX}-worker-{i}", "cat", "/proc/1/status"]).stdout
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uids, caps = fields["Uid"].split(), fields["CapEff"].strip()
+        if set(uids) != {"1000"} or int(caps, 16) != 0 or fields["NoNewPrivs"].strip() != "1":
+          raise RehearsalError(f"worker {i}: sshd runs with uids {uids}, capabilities {caps}, "
+                               f"NoNewPrivs {fields['NoNewPrivs'].strip()}")
       logins = [ssh_logins(i) for i in range(mpi.replicas)]
       if not all(logins):
         raise RehearsalError(f"not every worker ran ranks (ssh logins per worker: {logins})")
-      log(f"   exit 0; ssh logins per worker {logins}; metrics {json.dumps(values)[:200]}")
+      log(f"   exit 0; sshd as uid 1000, no capabilities, no new privileges; ssh logins per worker "
+          f"{logins}; metrics {json.dumps(values)[:200]}")
 
     with phase("MPIJob on an empty runs volume: kill worker 1 mid-training, then resume"):
       runs2 = work / "cnn-runs-2"
@@ -557,7 +566,7 @@ def main(argv_=None):
       tb_template = tensorboard["spec"]["template"]
       (c,) = tb_template["spec"]["containers"]
       tb_ip = SUBNET.rsplit(".", 1)[0] + ".20"
-      run(PODMAN + ["run", "-d", "--name", f"{PREFIX}-tensorboard", "--network", NETWORK, "--ip", tb_ip] +
+      run(RUN + ["-d", "--name", f"{PREFIX}-tensorboard", "--network", NETWORK, "--ip", tb_ip] +
           Pod(tb_template, claims).run_args(c, image))
       probe = c["readinessProbe"]["httpGet"]
       url = f"http://{tb_ip}:{resolve_port(c, probe['port'])}{probe['path']}"
