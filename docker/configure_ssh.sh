@@ -11,6 +11,13 @@
 # Needs openssh-server and openssh-client installed; run as root at image build time.
 set -eu
 
+# Some bases already have a uid 1000 (ubuntu:24.04 and the nvidia/cuda images on
+# it ship "ubuntu"); the manifests' runAsUser is 1000, so it becomes mpiuser.
+existing=$(getent passwd 1000 | cut -d: -f1 || true)
+if [ -n "$existing" ]; then
+  userdel --remove "$existing" 2>/dev/null || userdel "$existing"
+  getent group 1000 >/dev/null && groupdel "$(getent group 1000 | cut -d: -f1)" || true
+fi
 useradd --uid 1000 --user-group --create-home --home-dir /home/mpiuser --shell /bin/bash mpiuser
 
 # A complete config of its own (sshd -f), not a drop-in: Debian's sshd_config
