@@ -1,6 +1,7 @@
 # Entry points of the pipeline. `make help` lists them.
 #   make demo        the whole job on generated sample data, offline
 #   make test        the whole test suite (what CI runs)
+#   make cluster-test  the image built and k8s/ rehearsed in podman containers (CI runs it too)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -24,7 +25,7 @@ ARGS    ?=
 LOGDIR  ?= runs
 PORT    ?= 6006
 
-.PHONY: help install lint format test test-fast demo sample-data download preprocess bench tensorboard plots clean
+.PHONY: help install lint format test test-fast cluster-test demo sample-data download preprocess bench tensorboard plots clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +49,9 @@ test: $(STAMP) ## Run the whole test suite, slow tests included (CI runs this).
 
 test-fast: $(STAMP) ## Run the tests not marked slow.
 	$(PY) -m pytest -m "not slow"
+
+cluster-test: $(STAMP) ## Build the CPU image and run k8s/overlays/rehearsal's commands in podman containers (root; installs podman).
+	PY=$(PY) bash scripts/cluster_test.sh $(ARGS)
 
 sample-data: $(STAMP) ## Generate small raw data sets in the official formats under $(SAMPLE)/raw.
 	$(PY) -m preprocess.sample_data --out-dir $(SAMPLE)/raw --seed $(SEED)

@@ -21,9 +21,21 @@ WHEELS=.cache/wheels
 log() { printf '[install] %s\n' "$*" >&2; }
 
 command -v "$PYTHON" >/dev/null || { log "error: $PYTHON not found; install Python 3.11 first"; exit 1; }
-if ! command -v g++ >/dev/null; then
-  log "g++ not found; installing it with apt-get (needed to build Horovod)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+# Horovod's build needs a C++ compiler and make (cmake comes from pip, below).
+# Missing ones are installed with apt-get where that is possible (as root on
+# Debian/Ubuntu); otherwise the script names them and stops.
+missing=()
+for tool in g++ make; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "${missing[*]} not found; installing with apt-get (needed to build Horovod)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "error: ${missing[*]} not found; install ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]}), then re-run"
+    exit 1
+  fi
 fi
 
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
@@ -52,7 +64,6 @@ else
   wheel=$(ls "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$wheel" ]; then
     build=$(mktemp -d)
-    trap 'rm -rf "$build"' EXIT
     log "fetching the horovod $HOROVOD_VERSION source distribution"
     "${PIP[@]}" download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$build"
     tar -xzf "$build/horovod-$HOROVOD_VERSION.tar.gz" -C "$build"
@@ -74,12 +85,21 @@ namespace stream_executor { namespace gpu {\
 inline GpuStreamHandle AsGpuStreamValue(Stream* stream) {\
   return static_cast<GpuStreamHandle>(stream->platform_specific_handle().stream);\
 } } }' "$mpi_ops"
-    log "building horovod against tensorflow $tf_version with Gloo (about 3 minutes on 2 cores)"
+    # cmake is checked only now: it comes from pip (requirements.txt), into the venv.
+    command -v cmake >/dev/null || { log "error: cmake not found in $VENV/bin or on PATH; is cmake in requirements.txt?"; exit 1; }
+    log "building horovod against tensorflow $tf_version with Gloo (3 to 8 minutes on 2 cores)"
     mkdir -p "$wheel_dir"
-    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-      "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$wheel_dir" "$src" > "$build/build.log" 2>&1 \
-      || { tail -n 40 "$build/build.log" >&2; log "error: horovod build failed (log above)"; exit 1; }
+    # The log stays on failure: the first error of a CMake or compiler run is far
+    # above the Python traceback at its end.
+    if ! HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+         HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+         "${PIP[@]}" wheel -v --no-deps --no-build-isolation -w "$wheel_dir" "$src" > "$build/build.log" 2>&1; then
+      grep -n -m 20 -E 'error|Error|CMake Error|not found' "$build/build.log" >&2 || true
+      tail -n 40 "$build/build.log" >&2
+      log "error: horovod build failed; first errors and last lines above, whole log kept in $build/build.log"
+      exit 1
+    fi
+    rm -rf "$build"
     wheel=$(ls "$wheel_dir"/horovod-"$HOROVOD_VERSION"-*.whl | head -n 1)
   fi
   log "installing $wheel"

@@ -4,12 +4,17 @@ Where this sits: the manifests run the repository's own programs (the Beam job,
 the trainers under horovodrun, TensorBoard) in images built by docker/, so a
 renamed flag or module breaks them only once they reach a cluster. Nothing here
 needs a cluster, a registry or Docker: the tests read the YAML and Dockerfiles and
-hold them to what the code really accepts. Every command they run must exist;
-every flag must be in the program's --help (for the Beam job: or be a Beam
-pipeline option), and the Beam job's own parser must accept its command lines;
-the MPIJob's -np must equal workers x slots; volumes, claims, labels, ports and
-images must agree. The overlays are rendered with their own JSON patches here,
-and, when kubectl is on the PATH, also built with `kubectl kustomize`.
+hold them to what the code really accepts and to what a cluster admits. Every
+command they run must exist; every flag must be in the program's --help (for the
+Beam job: or be a Beam pipeline option), and the Beam job's own parser must
+accept its command lines; the MPIJob's -np must equal workers x slots; volumes,
+claims, labels, ports and images must agree. Every rendered object must pass the
+Kubernetes API schemas in strict mode (kubernetes-validate; the MPIJob: the
+mpi-operator's own CRD schema, vendored in tests/schemas/), and every pod the
+Pod Security "restricted" profile. The overlays are rendered with their own JSON
+patches here, and, when kubectl is on the PATH, also built with `kubectl
+kustomize` under its default load restrictions. Running the commands for real,
+in containers, is `make cluster-test` (scripts/cluster_test.py).
 """
 
 import copy
@@ -29,9 +34,17 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
+BASE = K8S / "base"
+SCHEMAS = ROOT / "tests" / "schemas"
+# The Kubernetes releases k8s/README.md promises (podFailurePolicy needs 1.29).
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+# The overlay `make cluster-test` runs; it swaps in the CPU image and drops the GPUs.
+REHEARSAL = "rehearsal"
+GPU_NODE_LABEL = "nvidia.com/gpu.present"
 DOCKER = ROOT / "docker"
 BIN = pathlib.Path(sys.executable).parent
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
+SSH_SETUP = DOCKER / "configure_ssh.sh"
 IMAGE = "cnn-pipeline"  # the name every container uses; kustomization.yaml maps it
 DATA_CLAIM, RUNS_CLAIM = "cnn-data", "cnn-runs"
 BUILD_TFRECORDS = "pipeline.build_tfrecords"
@@ -50,7 +63,7 @@ def _load(path):
 
 
 def _manifest_files():
-  return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+  return sorted(p for p in BASE.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def _kustomizations():
@@ -110,11 +123,11 @@ def _render(kustomization):
 
 @functools.lru_cache(maxsize=None)
 def _all_rendered():
-  """Every object any kustomization creates, once per (kind, name)."""
+  """Every distinct object any kustomization creates (an overlay's copy of a base object once)."""
   seen = {}
   for k in _kustomizations():
     for doc in _render(k):
-      seen.setdefault((doc["kind"], doc["metadata"]["name"]), doc)
+      seen.setdefault(json.dumps(doc, sort_keys=True), doc)
   return list(seen.values())
 
 
@@ -250,7 +263,7 @@ def probe():
   """
   commands = _all_commands()
   programs = sorted({(kind, name) for _, (kind, name, _) in commands
-                     if kind != "bin" or (BIN / name).exists()})
+                     if kind != "bin" or (not name.startswith("/") and (BIN / name).exists())})
   paths = {"module": lambda n: None, "script": lambda n: str(ROOT / n), "bin": lambda n: str(BIN / n)}
   beam_argvs = [flags for _, (kind, name, flags) in commands if (kind, name) == ("module", BUILD_TFRECORDS)]
   request = {"programs": [(kind, name, paths[kind](name)) for kind, name in programs],
@@ -319,35 +332,59 @@ def test_every_document_parses_and_names_itself():
 
 
 def test_kustomization_lists_exactly_the_manifests():
-  base = _load(K8S / "kustomization.yaml")[0]
+  base = _load(BASE / "kustomization.yaml")[0]
   assert sorted(base["resources"]) == sorted(p.name for p in _manifest_files())
+  assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == [
+      "base/kustomization.yaml"] + sorted(f"overlays/{d}/kustomization.yaml" for d in _overlay_names())
   for path in _kustomizations():
     for resource in _load(path)[0]["resources"]:
       assert (path.parent / resource).exists(), f"{path}: missing resource {resource}"
+  # `kubectl apply -k` (and Argo CD, Flux) load nothing outside an overlay's
+  # directory except through a base: an overlay's only resource is k8s/base.
+  for name in _overlay_names():
+    assert _load(K8S / "overlays" / name / "kustomization.yaml")[0]["resources"] == ["../../base"]
   # Overlays hold only their kustomization; any other YAML there would be applied by nobody.
   strays = [p for p in (K8S / "overlays").rglob("*.yaml") if p.name != "kustomization.yaml"]
   assert not strays
 
 
-def test_overlays_agree_with_the_base_on_image_and_labels():
-  base = _load(K8S / "kustomization.yaml")[0]
+def _overlay_names():
+  return sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+
+def test_only_the_base_names_the_image_and_labels():
+  base = _load(BASE / "kustomization.yaml")[0]
   assert [i["name"] for i in base["images"]] == [IMAGE]
-  for path in _kustomizations():
-    spec = _load(path)[0]
-    assert spec["images"] == base["images"], f"{path}: image differs from k8s/kustomization.yaml"
-    assert spec["labels"] == base["labels"], f"{path}: labels differ from k8s/kustomization.yaml"
+  assert base["labels"]
+  for name in _overlay_names():
+    spec = _load(K8S / "overlays" / name / "kustomization.yaml")[0]
+    assert "labels" not in spec and "commonLabels" not in spec, f"{name}: labels belong to the base"
+    if name == REHEARSAL:  # the CPU image the rehearsal builds, in place of the registry's
+      (image,) = spec["images"]
+      assert image["name"] == base["images"][0]["newName"] and image["newTag"].endswith("-cpu")
+    else:
+      assert "images" not in spec, f"{name}: the image is set in k8s/base only"
 
 
-def test_overlays_change_only_names_and_data_set():
-  base = {(d["kind"], d["metadata"]["name"]) for d in _base_docs()}
-  for path in sorted((K8S / "overlays").glob("*/kustomization.yaml")):
-    dataset = path.parent.name
-    docs = _render(path)
-    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert names == {("MPIJob", f"train-{dataset}"), ("Job", f"eval-{dataset}")}
-    assert not names & base, f"{path}: would replace a base object"
-    text = json.dumps(docs)
-    assert "cifar10" not in text, f"{path}: leaves a cifar10 path or script in place"
+def test_data_set_overlays_change_only_names_and_data_set():
+  base = {(d["kind"], d["metadata"]["name"]): d for d in _render(BASE / "kustomization.yaml")}
+  assert {kind for kind, _ in base} == {"PersistentVolumeClaim", "Job", "MPIJob", "Deployment", "Service"}
+  datasets = [n for n in _overlay_names() if n != REHEARSAL]
+  assert datasets == ["catdog", "cifar10", "mnist"]
+  for dataset in datasets:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in
+            _render(K8S / "overlays" / dataset / "kustomization.yaml")}
+    own = {("MPIJob", f"train-{dataset}"), ("Job", f"eval-{dataset}")}
+    assert own <= set(docs), f"{dataset}: no train-{dataset}/eval-{dataset}"
+    # Everything else is the base's own object, unchanged, so overlays applied
+    # side by side share the volumes, the Beam job and TensorBoard.
+    shared = set(base) - {("MPIJob", "train-cifar10"), ("Job", "eval-cifar10")}
+    assert set(docs) - own == shared
+    for key in shared:
+      assert docs[key] == base[key], f"{dataset}: changes the shared {key}"
+    if dataset != "cifar10":
+      text = json.dumps([docs[key] for key in own])
+      assert "cifar10" not in text, f"{dataset}: leaves a cifar10 path or script in place"
 
 
 def test_containers_have_requests_limits_and_the_same_image():
@@ -420,7 +457,7 @@ def test_beam_workers_match_the_cpu_request():
 
 def test_mpijob_world_size_matches_workers_and_gpus(probe):
   mpijobs = _by_kind(_all_rendered(), "MPIJob")
-  assert len(mpijobs) == 3  # cifar10, and the mnist and catdog overlays
+  assert len(mpijobs) == 4  # cifar10, the mnist and catdog overlays, and the rehearsal
   for job in mpijobs:
     name, spec = job["metadata"]["name"], job["spec"]
     assert job["apiVersion"] == "kubeflow.org/v2beta1"
@@ -440,17 +477,32 @@ def test_mpijob_world_size_matches_workers_and_gpus(probe):
     assert own[own.index("--hostfile") + 1] == "/etc/mpi/hostfile"
     horovodrun_flags = _long_flags(probe["helps"][("bin", "horovodrun")]) | {"-np"}
     assert {t for t in own if t.startswith("-")} <= horovodrun_flags
-    gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    assert spec["slotsPerWorker"] == gpus, f"{name}: one slot per GPU"
+    gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+    assert spec["slotsPerWorker"] == gpus or not gpus, f"{name}: one slot per GPU"
     assert int(own[own.index("-np") + 1]) == worker["replicas"] * spec["slotsPerWorker"], (
         f"{name}: -np must be Worker.replicas x slotsPerWorker")
 
-    # Workers run sshd for horovodrun, and are ready only once it listens.
+    # Workers run sshd for horovodrun as the image's user, on the unprivileged
+    # port its config names, and are ready only once it listens; horovodrun
+    # connects there; the operator mounts the keys in that user's home and
+    # writes the hostfile in the format horovodrun parses ("host slots=N").
     (work,) = worker["template"]["spec"]["containers"]
-    assert "/usr/sbin/sshd -D" in " ".join(_argv(work))
+    argv = _argv(work)
+    assert " ".join(argv).startswith("/usr/sbin/sshd -D")
+    sshd_config = argv[argv.index("-f") + 1]
+    assert sshd_config == "/etc/ssh/sshd_config_mpi"
+    image_sshd = re.search(r"cat > /etc/ssh/sshd_config_mpi <<'CONF'\n(.*?)\nCONF", SSH_SETUP.read_text(), re.S)
+    config = dict(line.split(None, 1) for line in image_sshd.group(1).splitlines())
     ssh_port = {p["name"]: p["containerPort"] for p in work["ports"]}["ssh"]
-    assert ssh_port == 22 and work["readinessProbe"]["tcpSocket"]["port"] in ("ssh", 22)
+    assert ssh_port == int(config["Port"]) == int(own[own.index("--ssh-port") + 1]) == 2222
+    assert work["readinessProbe"]["tcpSocket"]["port"] in ("ssh", ssh_port)
+    assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    assert config["HostKey"] == spec["sshAuthMountPath"] + "/id_rsa"  # the operator's file name
+    assert config["AuthorizedKeysFile"] == spec["sshAuthMountPath"] + "/authorized_keys"
+    assert spec["mpiImplementation"] == "OpenMPI"
     assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    # A job that cannot be scheduled, or whose data never comes, ends.
+    assert spec["runPolicy"]["activeDeadlineSeconds"] > 0
 
 
 def _mounts(pod, container):
@@ -515,7 +567,7 @@ def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
     expected = f"{model_dir}/export/saved_model.pb" if mode == "eval" else f"{data_dir}/metadata.json"
     assert wait_for == expected, f"{doc['metadata']['name']}: waits for {wait_for}"
     assert _claim_at(_mounts(*waiter), wait_for)[0] == _claim_at(mounts, wait_for)[0]
-  assert checked == 6  # train and eval, for cifar10, mnist and catdog
+  assert checked == 7  # train and eval, for cifar10, mnist and catdog; the rehearsal's training
 
 
 def test_tensorboard_service_targets_the_deployment():
@@ -540,20 +592,26 @@ def test_tensorboard_service_targets_the_deployment():
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not on PATH")
 def test_kustomize_builds_what_the_tests_check():
-  base = _load(K8S / "kustomization.yaml")[0]
+  base = _load(BASE / "kustomization.yaml")[0]
   (image,) = base["images"]
   for path in _kustomizations():
-    result = subprocess.run(["kubectl", "kustomize", "--load-restrictor=LoadRestrictionsNone",
-                             str(path.parent)], capture_output=True, text=True, timeout=120, check=False)
+    # Default load restrictions: what `kubectl apply -k`, Argo CD and Flux use.
+    result = subprocess.run(["kubectl", "kustomize", str(path.parent)],
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"{path}: {result.stderr}"
     built = [d for d in yaml.safe_load_all(result.stdout) if d]
     names = sorted((d["kind"], d["metadata"]["name"]) for d in built)
     assert names == sorted((d["kind"], d["metadata"]["name"]) for d in _render(path))
+    spec = _load(path)[0]
+    want = f"{image['newName']}:{image['newTag']}"
+    if spec.get("images"):
+      (override,) = spec["images"]
+      want = f"{override['newName']}:{override['newTag']}"
     for doc in built:
       assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cnn-pipeline"
       for _, pod in _pods(doc):
         for c in _containers(pod):
-          assert c["image"] == f"{image['newName']}:{image['newTag']}", f"{path}: {c['name']}"
+          assert c["image"] == want, f"{path}: {c['name']}"
 
 
 def test_paths_named_in_docs_and_comments_exist():
@@ -568,6 +626,178 @@ def test_paths_named_in_docs_and_comments_exist():
       checked += 1
       assert (ROOT / ref.rstrip(".")).exists(), f"{path.relative_to(ROOT)} names missing {ref}"
   assert checked >= 20
+
+
+# ---- what a cluster admits ----------------------------------------------------
+
+def _strict(schema):
+  """The schema with unknown fields refused, as kubectl's strict field validation does."""
+  if isinstance(schema, list):
+    return [_strict(s) for s in schema]
+  if not isinstance(schema, dict):
+    return schema
+  out = {k: _strict(v) for k, v in schema.items()}
+  if ("properties" in schema and "additionalProperties" not in schema
+      and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    out["additionalProperties"] = False
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _mpijob_validator():
+  jsonschema = pytest.importorskip("jsonschema")
+  schema = _strict(json.loads((SCHEMAS / "mpi-operator-v2beta1-mpijob.json").read_text()))
+  return jsonschema.Draft7Validator(schema)
+
+
+def _kubernetes_validate():
+  """The pinned kubernetes-validate; a missing package fails (it is in requirements.txt)."""
+  try:
+    import kubernetes_validate  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    pytest.fail("kubernetes-validate is not installed: `make install` (requirements.txt) installs it")
+  return kubernetes_validate
+
+
+def test_every_object_passes_the_kubernetes_schemas_in_strict_mode():
+  kv = _kubernetes_validate()
+  checked = 0
+  for doc in _all_rendered():
+    where = f"{doc['kind']}/{doc['metadata']['name']}"
+    if doc["kind"] == "MPIJob":
+      errors = sorted(_mpijob_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+      assert not errors, f"{where} vs the mpi-operator v2beta1 CRD: " + "; ".join(
+          f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+      # The CRD leaves metadata open; hold it to what the API server accepts.
+      kv.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
+                  KUBERNETES_VERSIONS[-1], strict=True)
+    else:
+      for version in KUBERNETES_VERSIONS:
+        try:
+          kv.validate(doc, version, strict=True)
+        except kv.ValidationError as e:
+          pytest.fail(f"{where} vs Kubernetes {version}: {e}")
+    checked += 1
+  assert checked >= 10
+
+
+def test_the_mpijob_schema_check_refuses_what_the_operator_refuses():
+  (job,) = [d for d in _render(BASE / "kustomization.yaml") if d["kind"] == "MPIJob"]
+  assert not list(_mpijob_validator().iter_errors(job))
+  for path, value in [("/spec/mpiImplementation", "OpenMPI4"), ("/spec/slotsPerWorkers", 2),
+                      ("/spec/mpiReplicaSpecs/Worker/template/spec/containers/0/portz", [])]:
+    broken = _json_patch(job, [{"op": "add", "path": path, "value": value}])
+    assert list(_mpijob_validator().iter_errors(broken)), f"schema accepts {path}={value!r}"
+
+
+# Pod Security Standards, "restricted" profile (Kubernetes 1.29+), field by field.
+_PSS_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                     "persistentVolumeClaim", "projected", "secret"}
+
+
+def _restricted_violations(pod):
+  spec, out = pod["spec"], []
+  pod_sc = spec.get("securityContext", {})
+  for field in ("hostNetwork", "hostPID", "hostIPC"):
+    if spec.get(field):
+      out.append(field)
+  for v in spec.get("volumes", []):
+    kinds = set(v) - {"name"}
+    if not kinds <= _PSS_VOLUME_TYPES:
+      out.append(f"volume {v['name']}: {sorted(kinds - _PSS_VOLUME_TYPES)}")
+  if pod_sc.get("runAsUser") == 0:
+    out.append("pod runAsUser 0")
+  pod_seccomp = pod_sc.get("seccompProfile", {}).get("type")
+  for c in _containers(pod) + spec.get("ephemeralContainers", []):
+    sc, name = c.get("securityContext", {}), c["name"]
+    if sc.get("privileged"):
+      out.append(f"{name}: privileged")
+    if sc.get("allowPrivilegeEscalation") is not False:
+      out.append(f"{name}: allowPrivilegeEscalation not false")
+    caps = sc.get("capabilities", {})
+    if "ALL" not in caps.get("drop", []):
+      out.append(f"{name}: capabilities not dropping ALL")
+    if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+      out.append(f"{name}: adds capabilities {caps['add']}")
+    if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+      out.append(f"{name}: runAsNonRoot not true")
+    if sc.get("runAsUser") == 0:
+      out.append(f"{name}: runAsUser 0")
+    if sc.get("seccompProfile", {}).get("type", pod_seccomp) not in ("RuntimeDefault", "Localhost"):
+      out.append(f"{name}: seccompProfile not RuntimeDefault/Localhost")
+    if sc.get("procMount", "Default") != "Default":
+      out.append(f"{name}: procMount")
+    for port in c.get("ports", []):
+      if port.get("hostPort"):
+        out.append(f"{name}: hostPort {port['hostPort']}")
+  return out
+
+
+def test_every_pod_meets_pod_security_restricted():
+  pods = [(f"{doc['kind']}/{label}", pod) for doc in _all_rendered() for label, pod in _pods(doc)]
+  assert len(pods) >= 10
+  for where, pod in pods:
+    assert not _restricted_violations(pod), f"{where}: {_restricted_violations(pod)}"
+    spec = pod["spec"]
+    # Beyond the profile: no API token in pods that never call the API, and
+    # the volumes writable by the image's user (uid 1000, docker/configure_ssh.sh).
+    assert spec.get("automountServiceAccountToken") is False, f"{where}: mounts a service-account token"
+    assert spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["fsGroup"] == 1000, where
+  # The check itself: a root pod with the defaults fails it on every count.
+  assert len(_restricted_violations({"spec": {"containers": [{"name": "c"}], "hostNetwork": True,
+                                              "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}})) == 6
+
+
+def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them():
+  checked = 0
+  for doc in _all_rendered():
+    for label, pod in _pods(doc):
+      spec = pod["spec"]
+      gpus = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in _containers(pod))
+      terms = (spec.get("affinity", {}).get("nodeAffinity", {})
+               .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+      off_gpu = bool(terms) and all(
+          {"key": GPU_NODE_LABEL, "operator": "NotIn", "values": ["true"]} in t["matchExpressions"] for t in terms)
+      if gpus:
+        assert spec["nodeSelector"] == {GPU_NODE_LABEL: "true"}, f"{label}: GPU pod without node selector"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert not off_gpu
+      else:
+        assert off_gpu, f"{label}: CPU-only pod may land on a GPU node"
+        assert "tolerations" not in spec and "nodeSelector" not in spec, label
+      checked += 1
+  assert checked >= 10
+
+
+def test_pods_that_can_wait_forever_have_a_deadline():
+  for doc in _all_rendered():
+    name = f"{doc['kind']}/{doc['metadata']['name']}"
+    if doc["kind"] == "Job":
+      # Init containers that wait for another job's file, or a stuck download.
+      assert doc["spec"]["activeDeadlineSeconds"] > 0, name
+    elif doc["kind"] == "MPIJob":
+      assert doc["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0, name
+  # Evaluation waits for training: its deadline outlasts training's.
+  base = {(d["kind"], d["metadata"]["name"]): d for d in _render(BASE / "kustomization.yaml")}
+  assert (base[("Job", "eval-cifar10")]["spec"]["activeDeadlineSeconds"] >
+          base[("MPIJob", "train-cifar10")]["spec"]["runPolicy"]["activeDeadlineSeconds"])
+
+
+def test_the_rehearsal_runs_the_rendered_commands_not_copies():
+  """`make cluster-test` reads every command from the rendered overlay; none is spelled in the script."""
+  script = (ROOT / "scripts" / "cluster_test.py").read_text()
+  assert 'OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal"' in script
+  tokens = {t for _, _, c in _all_containers() for t in _argv(c) if "=" in t or "/" in t}
+  rehearsal = _render(K8S / "overlays" / REHEARSAL / "kustomization.yaml")
+  tokens |= {t for doc in rehearsal for _, pod in _pods(doc) for c in _containers(pod)
+             for t in _argv(c) if "=" in t or "/" in t}
+  assert len(tokens) >= 20
+  # The hostfile's path is the operator's (it mounts its ConfigMap there), and so the script's too.
+  copied = sorted(t for t in tokens - {"/etc/mpi/hostfile"} if t in script)
+  assert not copied, f"scripts/cluster_test.py spells out manifest arguments: {copied}"
+  ci = (ROOT / ".ci" / "run").read_text().split()
+  assert ci.index("cluster-test") > ci.index("test"), ".ci/run: make cluster-test after make test"
+  assert re.search(r"^cluster-test:", (ROOT / "Makefile").read_text(), re.M)
 
 
 # ---- the images ----------------------------------------------------------------
@@ -613,21 +843,63 @@ def test_horovod_patch_lives_only_in_install_script():
       assert patched not in path.read_text(), f"{path.name} patches Horovod outside scripts/install.sh"
 
 
+def _args(dockerfile):
+  return dict(rest.split("=", 1) for word, rest in _instructions(dockerfile) if word == "ARG" and "=" in rest)
+
+
+def _stages(dockerfile):
+  """The instructions of each FROM stage, as lists of (INSTRUCTION, arguments)."""
+  stages = []
+  for word, rest in _instructions(dockerfile):
+    if word == "FROM":
+      stages.append([])
+    if stages:
+      stages[-1].append((word, rest))
+  return stages
+
+
 def test_images_use_the_python_of_setup_py():
   (version,) = re.findall(r'python_requires=">=(3\.\d+),<', (ROOT / "setup.py").read_text())
-  cpu = dict(_instructions(DOCKER / "Dockerfile.cpu"))
-  assert cpu["FROM"].startswith(f"python:{version}-slim")
+  # The base is a build argument whose default is the public image.
+  assert _args(DOCKER / "Dockerfile.cpu")["BASE"] == f"python:{version}-slim-bookworm"
+  assert [rest for word, rest in _instructions(DOCKER / "Dockerfile.cpu") if word == "FROM"] == [
+      "${BASE} AS build", "${BASE}"]
   gpu = _instructions(DOCKER / "Dockerfile")
   assert ("ARG", f"PYTHON=python{version}") in gpu
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_build_in_one_stage_and_run_non_root_without_a_compiler(dockerfile):
+  build, runtime = _stages(dockerfile)
+  apt = lambda stage: " ".join(rest for word, rest in stage if word == "RUN" and "apt-get install" in rest)
+  # Everything Horovod's build needs (cmake comes from pip, requirements.txt).
+  assert {"g++", "make"} <= set(apt(build).split()), f"{dockerfile.name}: build stage lacks g++/make"
+  assert re.search(r"^cmake\b", (ROOT / "requirements.txt").read_text(), re.M)
+  # The runtime stage installs no compiler and takes the build's venv.
+  tools = {"g++", "gcc", "make", "cmake", "build-essential", "clang"}
+  assert not tools & set(apt(runtime).split()), f"{dockerfile.name}: compiler in the runtime image"
+  assert ("COPY", "--from=build /workspace /workspace") in runtime
+  # Non-root, numeric (runAsNonRoot cannot check a name), and the same uid the
+  # manifests run as; sshd for the MPI Operator comes with the user.
+  users = [rest for word, rest in runtime if word == "USER"]
+  assert users == ["1000:1000"], f"{dockerfile.name}: USER {users}"
+  assert "openssh-server" in apt(runtime) and ("RUN", "sh /tmp/configure_ssh.sh && rm /tmp/configure_ssh.sh") in runtime
+  # The CA bundle for pip is a build secret, never a file in a layer.
+  assert "ca-certificates.crt" not in " ".join(rest for word, rest in _instructions(dockerfile) if word != "RUN")
+  for word, rest in _instructions(dockerfile):
+    if word == "RUN" and "install.sh" in rest:
+      assert "--mount=type=secret,id=pip_ca" in rest and "PIP_CERT=/run/secrets/pip_ca" in rest
+  assert "useradd --uid 1000" in SSH_SETUP.read_text()
+
+
 def test_gpu_image_cuda_matches_the_pinned_cuda_libraries():
   steps = _instructions(DOCKER / "Dockerfile")
-  args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+  args = _args(DOCKER / "Dockerfile")
   cuda_minor = ".".join(args["CUDA_VERSION"].split(".")[:2])
   froms = [rest for word, rest in steps if word == "FROM"]
-  assert froms == ["nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${BASE_OS} AS build",
-                   "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${BASE_OS}"]
+  assert froms == ["${BUILD_BASE} AS build", "${RUNTIME_BASE}"]
+  assert args["BUILD_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${BASE_OS}"
+  assert args["RUNTIME_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${BASE_OS}"
   pins = dict(line.split("==") for line in (DOCKER / "constraints-gpu.txt").read_text().splitlines()
               if line and not line.startswith("#"))
   for package in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cublas-cu12"):
