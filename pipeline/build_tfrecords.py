@@ -7,7 +7,7 @@ Flow: list and check the raw files as the data set's spec says
 convert the shards in parallel with Beam
 (pipeline/convert.py); then check that every record read was written or
 rejected, and write `rejects.jsonl` and, last and atomically, `metadata.json`
-(the typed contract in preprocess/metadata.py).
+(the typed contract in preprocess/schema.py).
 Trainers trust only `metadata.json`, so a failed run never looks complete.
 
 Flags this module does not know are handed to Beam as pipeline options, e.g.
@@ -40,11 +40,10 @@ from pipeline import plan
 from preprocess import atomic
 from preprocess import cli
 from preprocess import datasets as specs
-from preprocess import metadata as metadata_lib
 from preprocess import schema
 from preprocess.errors import DataFormatError
 
-METADATA = metadata_lib.FILE
+METADATA = schema.METADATA_FILE
 REJECTS = "rejects.jsonl"
 # Runners Beam itself does not resolve by short name.
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
@@ -242,7 +241,7 @@ def _write_atomically(path, text):
 
 
 def convert_dataset(name, args, options, log):
-  """Runs the conversion of one data set and returns its `metadata.Metadata`.
+  """Runs the conversion of one data set and returns its `schema.Metadata`.
 
   Raises:
     DataFormatError: A raw file is structurally broken.
@@ -321,7 +320,7 @@ class _Progress:
 
 
 def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args):
-  """Checks that nothing was lost and builds the `metadata.Metadata`."""
+  """Checks that nothing was lost and builds the `schema.Metadata`."""
   by_shard = {}
   for s in stats:  # A retried bundle may report a shard twice; its content is the same.
     by_shard[(s["split"], s["index"])] = s
@@ -336,13 +335,13 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
   splits = {}
   for task in tasks:
     s = by_shard[(task.split, task.index)]
-    split = splits.setdefault(task.split, metadata_lib.SplitInfo(
+    split = splits.setdefault(task.split, schema.SplitInfo(
         num_examples=0, shards=[], label_counts=[0] * len(raw.class_names)))
     split.num_examples += s["written"]
-    split.shards.append(metadata_lib.ShardInfo(file=s["file"], num_examples=s["written"]))
+    split.shards.append(schema.ShardInfo(file=s["file"], num_examples=s["written"]))
     split.label_counts = [a + b for a, b in zip(split.label_counts, s["label_counts"])]
   reject_counts = collections.Counter(r["split"] for r in rejects)
-  metadata = metadata_lib.Metadata(
+  metadata = schema.Metadata(
       dataset=name,
       class_names=raw.class_names,
       num_classes=len(raw.class_names),
@@ -351,7 +350,7 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
       feature_spec=schema.FEATURE_SPEC,
       splits=splits,
       augmentation=specs.get(name).policy(),
-      records=metadata_lib.RecordCounts(read=read, written=written, rejected=len(rejects)),
+      records=schema.RecordCounts(read=read, written=written, rejected=len(rejects)),
       rejects={"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
       sources={rel: {"sha256": plan.sha256_file(path)} for rel, path in sorted(raw.files.items())},
       options={"validation_size": validation_size, "num_shards": args.num_shards,
