@@ -18,6 +18,7 @@ import errno
 import hashlib
 import math
 import os
+import pathlib
 import stat
 from typing import Optional
 
@@ -179,7 +180,11 @@ def _list_cifar_binary(spec, root, options):
   archive = FileSystems.join(root, layout.archive)
   if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
     from preprocess import download  # pylint: disable=g-import-not-at-top
-    download.extract_archive(archive, root)
+    # The layout's own install: verified archive (the official checksum when
+    # it is the official file, the gzip CRC always), extracted into a hidden
+    # folder, and renamed into place only when every batch file is there.
+    download.verify_archive(archive, spec.sources)
+    spec.layout.install([pathlib.Path(archive)], pathlib.Path(root), log=lambda line: None)
   files, others = _list_required(batches, f"{spec.name} binary batches ({layout.batches_dir}/)")
   meta_name = layout.meta_file
   meta_path, _ = _required_file(files, others, batches, meta_name, "class names file")
