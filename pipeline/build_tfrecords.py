@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -315,11 +316,15 @@ def convert_dataset(name, args, options, log):
 
   def on_death(line):
     _remove_work_files(out_dir, work)
-    log(f"error: {name}: {line} while converting; temporary files removed, no metadata.json "
-        f"written (log: {args.log_file})")
+    if line is None:
+      log(f"error: interrupted; temporary files removed, no metadata.json written for {name} "
+          f"(log: {args.log_file})")
+    else:
+      log(f"error: {name}: {line} while converting; temporary files removed, no metadata.json "
+          f"written (log: {args.log_file})")
     # Beam's threads that served the dead worker never finish: a normal exit
     # would wait for them forever.
-    os._exit(1)
+    os._exit(130 if line is None else 1)
 
   listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
   try:
@@ -415,8 +420,11 @@ class _CapturedStderr:
   def _pump(self, read_end):
     with os.fdopen(read_end, "rb") as pipe, open(self._log_path, "ab") as log:
       for line in pipe:
-        log.write(line)
-        log.flush()
+        # Keep draining the pipe even if the log cannot be written (disk full):
+        # a full pipe would block every worker.
+        with contextlib.suppress(OSError):
+          log.write(line)
+          log.flush()
         text = line.decode("utf-8", "replace")
         if self._verbose or (text.startswith("WARNING") and not _NOISE.search(text)):
           os.write(self._saved, line)
@@ -442,6 +450,7 @@ class _WorkerWatch:
   """
 
   _PREFIX = "Worker subprocess exited with return code "
+  ending = False  # Set when the main thread is already reporting an interruption.
 
   def __init__(self, on_death):
     self._on_death = on_death  # Called with `describe()`'s line; must not return.
@@ -455,8 +464,12 @@ class _WorkerWatch:
   def _hook(self, hook_args):
     text = str(hook_args.exc_value)
     if isinstance(hook_args.exc_value, RuntimeError) and text.startswith(self._PREFIX):
-      if self.died is None:
+      if self.died is None and not _WorkerWatch.ending:
         self.died = int(text[len(self._PREFIX):].split()[0])
+        if self.died in (-signal.SIGINT, 128 + signal.SIGINT):
+          # Ctrl-C reached the worker first: an interruption, not a crash.
+          self.stop_workers()
+          self._on_death(None)
         # The main thread waits on the lost bundle in a way no signal wakes
         # (tried: SIGINT to it); end the run from here.
         self.stop_workers()
@@ -661,13 +674,17 @@ def main(argv=None):
     keep_log = True
     return 1
   except KeyboardInterrupt:
+    _WorkerWatch.ending = True  # A worker's SIGINT exit now is part of this, not a crash.
     log("error: interrupted; temporary files removed, no metadata.json written for the data set "
         f"being converted (log: {args.log_file})")
     keep_log = True
     return 130
   except Exception as e:  # pylint: disable=broad-except
-    with open(args.log_file, "a", encoding="utf-8") as f:
-      f.write("".join(traceback.format_exception(e)))
+    try:
+      with open(args.log_file, "a", encoding="utf-8") as f:
+        f.write("".join(traceback.format_exception(e)))
+    except OSError:
+      pass  # /tmp full too: the one line below is still the answer.
     if args.verbose:
       traceback.print_exception(e, file=_CapturedStderr.terminal or sys.stderr)
     log(f"error: {root_cause(e)} (full trace: {args.log_file})")

@@ -174,8 +174,9 @@ def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr,
 # --- fetching and verifying --------------------------------------------------
 
 
-def _ensure_file(remote, root, force, log, deadline):
+def _ensure_file(remote, root, force, log, deadline=None):
   """Returns the local path of `remote`, verified, fetching it if needed."""
+  deadline = deadline or _Deadline(DEFAULT_DEADLINE_SECONDS)
   path = root / remote.filename
   if path.exists() and not force:
     problem = _mismatch(remote, path.stat().st_size, hashing.file_digests(path, remote.digests()))

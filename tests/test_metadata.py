@@ -12,10 +12,11 @@ def _metadata():
   return schema.Metadata(
       dataset="toy", class_names=["a", "b"], num_classes=2, image_shape=[8, 8, 3],
       image_format="png", feature_spec={"image/encoded": "bytes"},
-      splits={"train": schema.SplitInfo(3, [schema.ShardInfo("train-00000-of-00002.tfrecord", 2),
-                                        schema.ShardInfo("train-00001-of-00002.tfrecord", 1)],
+      splits={"train": schema.SplitInfo(3, [schema.ShardInfo("train-00000-of-00002.tfrecord", 2, "a" * 64, 100),
+                                        schema.ShardInfo("train-00001-of-00002.tfrecord", 1, "b" * 64, 50)],
                                     [2, 1]),
-              "test": schema.SplitInfo(1, [schema.ShardInfo("test-00000-of-00001.tfrecord", 1)], [0, 1])},
+              "test": schema.SplitInfo(
+                  1, [schema.ShardInfo("test-00000-of-00001.tfrecord", 1, "c" * 64, 50)], [0, 1])},
       augmentation={"train": [{"op": "random_crop", "height": 6, "width": 6}],
                     "eval": [{"op": "central_crop", "height": 6, "width": 6}]},
       records=schema.RecordCounts(read=5, written=4, rejected=1),
@@ -62,8 +63,8 @@ def _error(edit):
     (lambda d: d["splits"]["test"]["shards"][0].pop("num_examples"),
      "missing key splits.test.shards[0].num_examples"),
     (lambda d: d.update(records={"read": 1}), "records must hold read, written and rejected"),
-    (lambda d: d.update(format_version=2),
-     "format_version 2, but this reader knows 1: rerun make preprocess with this checkout"),
+    (lambda d: d.update(format_version=1),
+     "format_version 1, but this reader knows 2: rerun make preprocess with this checkout"),
     (lambda d: d.update(num_classes=3), "num_classes is 3 but class_names has 2 names"),
     (lambda d: d["augmentation"]["eval"].append({"op": "blur"}),
      "bad eval augmentation policy (unknown augmentation op 'blur'; known: "
