@@ -387,5 +387,5 @@ def test_tampered_counts_in_metadata_json(cifar_copy):
 
 
 def test_unknown_format_version(cifar_copy):
-  _edit_metadata(cifar_copy, lambda meta: meta.update(format_version=2))
-  assert "format_version 2, but this reader knows 1" in _error(cifar_copy)
+  _edit_metadata(cifar_copy, lambda meta: meta.update(format_version=3))
+  assert "format_version 3, but this reader knows 2" in _error(cifar_copy)
