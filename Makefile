@@ -59,8 +59,9 @@ sample-data: $(STAMP) ## Generate small raw data sets in the official formats un
 download: $(STAMP) ## Download the official CIFAR-10, MNIST and cat/dog archives into $(RAW).
 	$(PY) -m preprocess.download --dataset $(DATASET) --raw-dir $(RAW) $(ARGS)
 
-preprocess: $(STAMP) ## Convert $(RAW) into sharded TFRecords under $(OUT) with the Beam job.
+preprocess: $(STAMP) ## Convert $(RAW) into sharded TFRecords under $(OUT) with the Beam job, then verify them.
 	$(PY) -m pipeline.build_tfrecords --dataset $(DATASET) --raw-dir $(RAW) --out-dir $(OUT) $(ARGS)
+	$(PY) -m pipeline.build_tfrecords --verify-data --dataset $(DATASET) --out-dir $(OUT)
 
 demo: $(STAMP) ## Run the whole job on sample data: generate, convert, train with horovodrun -np $(NP), evaluate.
 	bash scripts/demo.sh "$(SAMPLE)" "$(NP)"

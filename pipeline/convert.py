@@ -17,6 +17,8 @@ stays flat, the work still spreads over every worker, and the output does not
 depend on how a runner bundles or orders elements.
 """
 
+import contextlib
+import hashlib
 import json
 import uuid
 
@@ -66,33 +68,95 @@ class ConvertShardFn(beam.DoFn):
   def process(self, task):
     final = FileSystems.join(self._out_dir, task.filename)
     temp = FileSystems.join(self._out_dir, f".{task.filename}.tmp-{uuid.uuid4().hex}")
-    read = written = 0
+    try:
+      stats, rejects = self._convert(task, temp, final)
+    except BaseException:
+      # A failed or killed task leaves no temporary shard behind (the driver
+      # also sweeps `.*.tmp-*` when the run fails, for workers that died).
+      try:
+        if FileSystems.exists(temp):
+          FileSystems.delete([temp])
+      except Exception:  # pylint: disable=broad-except
+        pass  # The original error is the one to report.
+      raise
+    self._read.inc(stats["read"])
+    self._written.inc(stats["written"])
+    self._rejected.inc(len(rejects))
+    self._shards.inc()
+    yield stats
+
+  def _convert(self, task, temp, final):
+    read = written = num_bytes = 0
+    digest = hashlib.sha256()
     label_counts = [0] * len(self._class_names)
     rejects = []
-    with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+    with _writing(final, f"cannot write shard {task.filename}"):
+      out = FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED)
+    with out:
       for source, start, stop in task.ranges:
-        for item in plan.read_source(source, start, stop, self._image_size):
+        with _reading(source.paths[0]):
+          items = list(plan.read_source(source, start, stop, self._image_size))
+        for item in items:
           read += 1
           if isinstance(item, Reject):
             rejects.append(dict(item.to_json_dict(), split=task.split))
             continue
-          example = schema.make_example(item, self._class_names, self._image_format)
-          out.write(schema.frame(example))
+          framed = schema.frame(schema.make_example(item, self._class_names, self._image_format))
+          with _writing(final, f"cannot write shard {task.filename}"):
+            out.write(framed)
+          digest.update(framed)
+          num_bytes += len(framed)
           written += 1
           label_counts[item.label] += 1
+      with _writing(final, f"cannot write shard {task.filename}"):
+        out.close()
     if read != task.count:
-      raise RuntimeError(f"{task.filename}: planned {task.count} records but read {read}")
-    FileSystems.rename([temp], [final])
+      raise ShardFailure(final, f"planned {task.count} records but read {read}")
+    with _writing(final, f"cannot rename the finished shard {task.filename} into place"):
+      FileSystems.rename([temp], [final])
     stats = {"split": task.split, "index": task.index, "file": task.filename, "read": read,
-             "written": written, "rejected": read - written, "label_counts": label_counts}
+             "written": written, "rejected": read - written, "label_counts": label_counts,
+             "sha256": digest.hexdigest(), "num_bytes": num_bytes}
     sidecar = {"stats": stats, "rejects": rejects}
-    atomic.write_text(sidecar_path(self._stats_dir, task.filename),
-                      json.dumps(sidecar, sort_keys=True) + "\n", filesystem=FileSystems)
-    self._read.inc(read)
-    self._written.inc(written)
-    self._rejected.inc(len(rejects))
-    self._shards.inc()
-    yield stats
+    path = sidecar_path(self._stats_dir, task.filename)
+    with _writing(path, "cannot write the shard's stats"):
+      atomic.write_text(path, json.dumps(sidecar, sort_keys=True) + "\n", filesystem=FileSystems)
+    return stats, rejects
+
+
+class ShardFailure(RuntimeError):
+  """A task that could not read its input or write its output.
+
+  The message is one line, `<file>: <problem>`; the driver finds it by the class
+  name in the worker traceback Beam hands back (build_tfrecords.root_cause).
+  """
+
+  def __init__(self, path, problem):
+    super().__init__(f"{path}: {' '.join(str(problem).split())}")
+
+
+def _reason(error):
+  """One line for an OSError: the errno text when there is one, else the message."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _reading(path):
+  try:
+    yield
+  except OSError as e:
+    raise ShardFailure(path, f"cannot read: {_reason(e)}") from e
+
+
+@contextlib.contextmanager
+def _writing(path, what):
+  try:
+    yield
+  except OSError as e:
+    raise ShardFailure(path, f"{what}: {_reason(e)}") from e
 
 
 class ConvertShards(beam.PTransform):

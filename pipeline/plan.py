@@ -14,9 +14,12 @@ can be a local folder or a bucket.
 """
 
 import dataclasses
+import errno
 import hashlib
 import math
 import os
+import pathlib
+import stat
 from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -28,6 +31,7 @@ from preprocess import imagefolder
 from preprocess.datasets import cifar10
 from preprocess.datasets import mnist
 from preprocess.errors import DataFormatError
+from preprocess.schema import Reject
 
 # --- List and check: the sources of each split ---
 
@@ -79,21 +83,95 @@ class RawDataset:
 
 
 def _list(root):
-  """Name relative to `root` -> (path, size) of every file below it."""
-  pattern = FileSystems.join(root, "**")
+  """Lists every file below `root`.
+
+  Returns:
+    (files, others): files maps each regular file's name relative to `root`
+    ('/'-separated) to (path, size); others maps every other entry that is not
+    a folder (dangling or looping symlinks, fifos, devices, sockets, names that
+    are not UTF-8) to why it cannot be read. Local folders follow directory
+    symlinks, each real folder once.
+  """
+  if "://" not in root:
+    return _walk_local(root)
   found = {}
-  for meta in FileSystems.match([pattern])[0].metadata_list:
-    rel = os.path.relpath(meta.path, root) if "://" not in root else meta.path[len(root):].lstrip("/")
-    found[rel.replace(os.sep, "/")] = (meta.path, meta.size_in_bytes)
-  return found
+  for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
+    rel = meta.path[len(root):].lstrip("/")
+    found[rel] = (meta.path, meta.size_in_bytes)
+  return found, {}
+
+
+_KINDS = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _walk_local(root):
+  """`_list` for a local folder: stat before open, so a fifo is never opened (it would block)."""
+  files, others = {}, {}
+
+  def visit(directory, rel_dir, ancestors):
+    try:
+      entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as e:
+      others[rel_dir or "."] = f"cannot list folder: {e.strerror or e}"
+      return
+    for entry in entries:
+      rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+      try:
+        rel.encode("utf-8")
+      except UnicodeEncodeError:
+        # os.scandir hands undecodable bytes back as surrogates, which no
+        # UTF-8 writer (Example, JSON) accepts: reject this name, not the run.
+        others[rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")] = (
+            "file name is not valid UTF-8; rename it")
+        continue
+      try:
+        info = os.stat(entry.path)  # Follows symlinks.
+      except OSError as e:
+        if e.errno == errno.ELOOP:
+          others[rel] = "symlink loop"
+        elif entry.is_symlink():
+          others[rel] = f"dangling symlink to {os.readlink(entry.path)!r}"
+        else:
+          others[rel] = f"cannot stat: {e.strerror or e}"
+        continue
+      if stat.S_ISDIR(info.st_mode):
+        key = (info.st_dev, info.st_ino)
+        if key in ancestors:
+          others[rel] = "symlinked folder loops back to a folder above it; not followed"
+        elif key in seen:
+          others[rel] = f"folder already listed as {seen[key]!r}; not listed twice"
+        else:
+          seen[key] = rel
+          visit(entry.path, rel, ancestors | {key})
+      elif stat.S_ISREG(info.st_mode):
+        files[rel] = (entry.path, info.st_size)
+      else:
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        others[rel] = f"not a regular file ({kind}); not opened"
+
+  top = os.stat(root)
+  seen = {(top.st_dev, top.st_ino): "."}
+  visit(root, "", frozenset(seen))
+  return files, others
 
 
 def _list_required(root, what):
-  """`_list(root)`, or a DataFormatError if `root` is missing or holds no files."""
-  files = _list(root) if FileSystems.exists(root) else {}
-  if not files:
+  """`_list(root)`, or a DataFormatError if `root` is missing or holds nothing."""
+  files, others = _list(root) if FileSystems.exists(root) else ({}, {})
+  if not files and not others:
     raise DataFormatError(root, f"no {what} found here (run with --download, or see README)")
-  return files
+  return files, others
+
+
+def _required_file(files, others, directory, name, what):
+  """The (path, size) of a required source file, or a DataFormatError saying why not."""
+  if name in files:
+    return files[name]
+  path = FileSystems.join(directory, name)
+  if name in others:
+    raise DataFormatError(path, others[name])
+  raise DataFormatError(path, f"missing {what}")
 
 
 def _list_cifar_binary(spec, root, options):
@@ -102,19 +180,20 @@ def _list_cifar_binary(spec, root, options):
   archive = FileSystems.join(root, layout.archive)
   if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
     from preprocess import download  # pylint: disable=g-import-not-at-top
-    download.extract_archive(archive, root)
-  files = _list_required(batches, f"{spec.name} binary batches ({layout.batches_dir}/)")
+    # The layout's own install: verified archive (the official checksum when
+    # it is the official file, the gzip CRC always), extracted into a hidden
+    # folder, and renamed into place only when every batch file is there.
+    download.verify_archive(archive, spec.sources)
+    spec.layout.install([pathlib.Path(archive)], pathlib.Path(root), log=lambda line: None)
+  files, others = _list_required(batches, f"{spec.name} binary batches ({layout.batches_dir}/)")
   meta_name = layout.meta_file
-  if meta_name not in files:
-    raise DataFormatError(FileSystems.join(batches, meta_name), "missing class names file")
-  class_names = cifar10.read_class_names(files[meta_name][0], opener=open_raw)
+  meta_path, _ = _required_file(files, others, batches, meta_name, "class names file")
+  class_names = cifar10.read_class_names(meta_path, opener=open_raw)
   splits = {}
   for split, names in layout.splits.items():
     sources = []
     for fname in names:
-      if fname not in files:
-        raise DataFormatError(FileSystems.join(batches, fname), f"missing {spec.name} batch file")
-      path, size = files[fname]
+      path, size = _required_file(files, others, batches, fname, f"{spec.name} batch file")
       count = cifar10.count_records(path, size)
       sources.append(Source(layout.format, (path,), f"{layout.batches_dir}/{fname}", count))
     splits[split] = sources
@@ -124,7 +203,8 @@ def _list_cifar_binary(spec, root, options):
 
 
 def _list_idx(spec, root, options):
-  files = _list_required(root, f"{spec.name} IDX files")
+  files, others = _list_required(root, f"{spec.name} IDX files")
+  del others  # Only the files the spec names are read; mnist.find_split_files names a missing one.
   splits, used = {}, {}
   for split, bases in spec.layout.splits.items():
     images, labels = mnist.find_split_files(set(files), bases, directory=root)
@@ -137,12 +217,16 @@ def _list_idx(spec, root, options):
 
 def _list_image_folder(spec, root, options):
   folders = "/ and ".join(spec.layout.splits)
-  files = _list_required(root, f"{spec.name} images ({folders}/ folders)")
+  files, others = _list_required(root, f"{spec.name} images ({folders}/ folders)")
   splits, rejects, used = {}, [], {}
   for split in spec.layout.splits:
     in_split = {rel[len(split) + 1:]: rel for rel in files if rel.startswith(split + "/")}
-    if not in_split:
+    # Listed but unreadable (fifos, devices, dangling or looping symlinks, names
+    # that are not UTF-8): ledgered rejects, never opened.
+    unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
+    if not in_split and not unusable:
       raise DataFormatError(FileSystems.join(root, split), "no images for this split")
+    rejects += [Reject(file=rel, index=None, reason=others[rel]) for rel in unusable]
     candidates, split_rejects = imagefolder.list_split(sorted(in_split), spec.class_names)
     rejects += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_rejects]
     # Sorted by path, all of one class would come before the next and every
@@ -193,8 +277,21 @@ def _read_idx(source, start, stop, image_size):
 
 def _read_image(source, start, stop, image_size):
   del start, stop  # One image a source.
-  return [imagefolder.load_image(source.paths[0], source.name, source.label, image_size,
-                                 opener=open_raw)]
+  path = source.paths[0]
+  if "://" not in path:
+    # Listed as a regular file, but it may have been swapped since: never open
+    # a fifo (blocks forever) or a device.
+    try:
+      info = os.stat(path)
+    except OSError as e:
+      return [Reject(file=source.name, index=None, reason=f"cannot stat: {e.strerror or e}")]
+    if not stat.S_ISREG(info.st_mode):
+      return [Reject(file=source.name, index=None, reason="not a regular file; not opened")]
+  try:
+    return [imagefolder.load_image(path, source.name, source.label, image_size, opener=open_raw)]
+  except OSError as e:
+    # One unreadable photo among thousands is a reject, like an undecodable one.
+    return [Reject(file=source.name, index=None, reason=f"cannot read: {e.strerror or e}")]
 
 
 # Format (a layout's `format`, a Source's `kind`) -> (lister on the driver,

@@ -2,8 +2,8 @@
 
 `datasets/` holds one spec per data set (the registry); the format readers
 (`cifar10`, `mnist`, `imagefolder`) turn raw files into `records`; `schema`
-and `tfrecord` define the shard bytes; `metadata` is the typed metadata.json;
-`augment` the one table of augmentation ops. `download` and `sample_data`
+defines the shard bytes and the typed metadata.json (the one contract with the
+trainers); `augment` the one table of augmentation ops. `download` and `sample_data`
 write raw data; `cli`, `atomic`, `hashing` and `fileio` are shared helpers.
 
 Everything here is plain Python (numpy, Pillow, the standard library): no Beam,

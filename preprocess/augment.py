@@ -3,7 +3,7 @@
 A policy is data: a list of {"op": name, **params} steps applied in order to
 float32 pixels in [0, 255] (the range the TensorFlow CIFAR-10 tutorial distorts
 in). Each data set's spec (preprocess/datasets/) holds its default policy; the
-Beam job writes it into `metadata.json`; `preprocess.metadata` checks it
+Beam job writes it into `metadata.json`; `preprocess.schema` checks it
 against this table; the trainers apply it with `apply` (trainers/input_pipeline.py),
 and the exported model runs the eval policy through the same ops. TensorFlow is
 imported inside the op functions only, so Beam workers and the metadata checks

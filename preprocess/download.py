@@ -21,10 +21,13 @@ Usage:
   python -m preprocess.download --dataset {NAME,all} --raw-dir DIR [--force]
 """
 
+import argparse
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import http.client
+import math
 import os
 import pathlib
 import re
@@ -35,6 +38,7 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -48,6 +52,8 @@ from preprocess.errors import DataFormatError
 _CHUNK_BYTES = 1 << 20
 _PROGRESS_SECONDS = 5.0
 _TIMEOUT_SECONDS = 60
+# One hour: the largest archive (cat/dog, about 800 MB) needs 0.25 MB/s to make it.
+DEFAULT_DEADLINE_SECONDS = 3600.0
 _USER_AGENT = "cnn-pipeline-preprocess-download/1.0 (Python urllib)"
 _DIGEST_LENGTHS = {"sha256": 64, "md5": 32}
 
@@ -117,7 +123,8 @@ def _log_stderr(message):
   print(message, file=sys.stderr, flush=True)
 
 
-def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
+def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr,
+             deadline_seconds=DEFAULT_DEADLINE_SECONDS):
   """Fetches, verifies and installs one data set under `raw_dir`/`dataset`.
 
   Does nothing (no network) when the data set's files are already in place,
@@ -133,6 +140,8 @@ def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
       e.g. `with_mirror`, or test files with their own digests).
     force: Download again and replace what is installed.
     log: Callable taking one progress line (default: print to stderr).
+    deadline_seconds: Give up when the downloads of this call have not
+      finished after this long (a server that trickles never times out a read).
 
   Returns:
     The installed paths the spec's layout names (e.g. the seven CIFAR-10
@@ -155,7 +164,8 @@ def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
     if partial is not None:
       raise DownloadError(*partial)
   root.mkdir(parents=True, exist_ok=True)
-  local = [_ensure_file(f, root, force, log) for f in files]
+  deadline = _Deadline(deadline_seconds)
+  local = [_ensure_file(f, root, force, log, deadline) for f in files]
   (spec.install or spec.layout.install)(local, root, log)
   log(f"{dataset}: ready in {root}")
   return outputs
@@ -164,8 +174,9 @@ def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr):
 # --- fetching and verifying --------------------------------------------------
 
 
-def _ensure_file(remote, root, force, log):
+def _ensure_file(remote, root, force, log, deadline=None):
   """Returns the local path of `remote`, verified, fetching it if needed."""
+  deadline = deadline or _Deadline(DEFAULT_DEADLINE_SECONDS)
   path = root / remote.filename
   if path.exists() and not force:
     problem = _mismatch(remote, path.stat().st_size, hashing.file_digests(path, remote.digests()))
@@ -176,7 +187,7 @@ def _ensure_file(remote, root, force, log):
   errors = []
   for i, url in enumerate(remote.urls):
     try:
-      _fetch(remote, url, path, log)
+      _fetch(remote, url, path, log, deadline)
       return path
     except DownloadError as e:
       errors.append(e)
@@ -187,12 +198,12 @@ def _ensure_file(remote, root, force, log):
   raise DownloadError(path, f"all {len(errors)} URLs failed; last: {errors[-1]}")
 
 
-def _fetch(remote, url, path, log):
+def _fetch(remote, url, path, log, deadline):
   """Downloads `url` to a temporary file beside `path`, verifies it, renames it."""
   fd, tmp = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=path.parent)
   try:
     with os.fdopen(fd, "wb") as out:
-      size, digests = _copy_url(remote, url, path, out, log)
+      size, digests = _copy_url(remote, url, path, out, log, deadline)
     problem = _mismatch(remote, size, digests)
     if problem is not None:
       raise DownloadError(path, f"{problem} (fetched from {url}; download deleted)")
@@ -204,13 +215,13 @@ def _fetch(remote, url, path, log):
     raise
 
 
-def _copy_url(remote, url, path, out, log):
+def _copy_url(remote, url, path, out, log, deadline):
   """Streams `url` into `out`, hashing as it goes; returns (size, digests)."""
   hashers = {a: hashlib.new(a) for a in remote.digests()}
   request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
   log(f"{path}: downloading {url}")
   try:
-    with urllib.request.urlopen(request, timeout=_TIMEOUT_SECONDS) as response:
+    with urllib.request.urlopen(request, timeout=deadline.timeout()) as response:
       length = response.headers.get("Content-Length")
       total = int(length) if length and length.isdigit() else None
       # Fail before fetching ~800 MB that cannot match.
@@ -220,7 +231,10 @@ def _copy_url(remote, url, path, out, log):
       start = last = time.monotonic()
       size = 0
       while True:
-        chunk = response.read(_CHUNK_BYTES)
+        deadline.check(url, size)
+        # read1: whatever one receive brings, so a trickle still reaches the
+        # deadline check (read(n) would wait for all n bytes).
+        chunk = response.read1(_CHUNK_BYTES)
         if not chunk:
           break
         out.write(chunk)
@@ -233,12 +247,36 @@ def _copy_url(remote, url, path, out, log):
           log(f"{path.name}: {_progress(size, total or remote.size, now - start)}")
   except urllib.error.HTTPError as e:
     raise DownloadError(url, f"HTTP {e.code} {e.reason}") from None
-  except urllib.error.URLError as e:
-    raise DownloadError(url, f"cannot connect: {e.reason}") from None
-  except (OSError, http.client.HTTPException) as e:
+  except (OSError, urllib.error.URLError) as e:
+    deadline.check(url, None)  # A read cut short by the deadline says so.
+    if isinstance(e, urllib.error.URLError):
+      raise DownloadError(url, f"cannot connect: {e.reason}") from None
+    raise DownloadError(url, f"download failed: {type(e).__name__}: {e}") from None
+  except http.client.HTTPException as e:
     raise DownloadError(url, f"download failed: {type(e).__name__}: {e}") from None
   log(f"{path.name}: {size / 2**20:.1f} MiB in {time.monotonic() - start:.1f} s")
   return size, {a: h.hexdigest() for a, h in hashers.items()}
+
+
+class _Deadline:
+  """The overall deadline of one download() call, and each read's timeout within it."""
+
+  def __init__(self, seconds):
+    self.seconds = seconds
+    self._end = time.monotonic() + seconds
+
+  def remaining(self):
+    return self._end - time.monotonic()
+
+  def timeout(self):
+    """Socket timeout for the next connect or read: at most _TIMEOUT_SECONDS, never past the end."""
+    return max(0.05, min(_TIMEOUT_SECONDS, self.remaining()))
+
+  def check(self, url, size):
+    if self.remaining() <= 0:
+      got = "" if size is None else f" ({size} bytes received)"
+      raise DownloadError(url, f"not finished within the {self.seconds:g} s deadline{got}; "
+                               "a slow or stalled server? (--deadline-seconds sets it)")
 
 
 def _progress(done, total, seconds):
@@ -263,7 +301,40 @@ def _mismatch(remote, size, digests):
 # --- safe extraction ---------------------------------------------------------
 
 
-def extract_archive(archive, dest_dir, force=False):
+def verify_archive(archive, known=()):
+  """Checks an archive before anything is extracted from it.
+
+  Args:
+    archive: Path of the archive.
+    known: `RemoteFile`s it may be (a spec's `sources`). If one has its name
+      and its recorded size, the archive must match its digests too: a copy of
+      the official file with a flipped bit is refused before extraction.
+
+  Raises:
+    DownloadError: A digest mismatch, or a gzip stream whose CRC or length
+      does not match (gzip's own check, made over the whole file).
+  """
+  archive = pathlib.Path(archive)
+  size = archive.stat().st_size
+  for remote in known:
+    if remote.filename == archive.name and remote.size == size:
+      problem = _mismatch(remote, size, hashing.file_digests(archive, remote.digests()))
+      if problem is not None:
+        raise DownloadError(archive, f"{problem}: the official file's checksum does not match, "
+                                     "the copy is damaged; delete it or fetch it again with "
+                                     "--download")
+  with open(archive, "rb") as f:
+    is_gzip = f.read(2) == b"\x1f\x8b"
+  if is_gzip:
+    try:
+      with gzip.open(archive, "rb") as f:
+        while f.read(_CHUNK_BYTES):
+          pass
+    except (OSError, EOFError, zlib.error) as e:
+      raise DownloadError(archive, f"damaged gzip data ({e}); nothing extracted") from None
+
+
+def extract_archive(archive, dest_dir, force=False, known=()):
   """Extracts a tar or zip archive into `dest_dir`, refusing unsafe members.
 
   Nothing is written unless every member is a regular file or folder with a
@@ -275,15 +346,17 @@ def extract_archive(archive, dest_dir, force=False):
     dest_dir: Folder to extract into (created if missing).
     force: Replace top-level entries that already exist instead of failing.
 
+    known: `RemoteFile`s the archive may be; see `verify_archive`.
+
   Returns:
     The extracted top-level paths, sorted.
 
   Raises:
-    DownloadError: Unsafe or unreadable archive, or an entry is in the way.
+    DownloadError: Unsafe, damaged or unreadable archive, or an entry is in the way.
   """
   dest_dir = pathlib.Path(dest_dir)
   dest_dir.mkdir(parents=True, exist_ok=True)
-  with extracted(archive, dest_dir) as tmp:
+  with extracted(archive, dest_dir, known) as tmp:
     entries = sorted(tmp.iterdir())
     for entry in entries:
       if (dest_dir / entry.name).exists() and not force:
@@ -295,12 +368,14 @@ def extract_archive(archive, dest_dir, force=False):
 
 
 @contextlib.contextmanager
-def extracted(archive, dest_dir):
+def extracted(archive, dest_dir, known=()):
   """Extracts `archive` into a hidden folder in `dest_dir`; yields it, then deletes it.
 
-  The folder sits in `dest_dir` so that moving entries out of it is a rename on
-  one file system, not a copy.
+  The archive is checked first (`verify_archive`, with `known`). The folder
+  sits in `dest_dir` so that moving entries out of it is a rename on one file
+  system, not a copy.
   """
+  verify_archive(archive, known)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
   try:
     _extract_checked(pathlib.Path(archive), tmp)
@@ -366,7 +441,7 @@ def _extract_checked(archive, dest):
     else:
       with tarfile.open(archive) as tar:
         _write_members(dest, _plan_tar(archive, tar), tar.extractfile)
-  except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+  except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, gzip.BadGzipFile) as e:
     raise DownloadError(archive, f"cannot read archive: {e}") from None
 
 
@@ -404,6 +479,24 @@ def replace(src, dst):
 # --- command line -----------------------------------------------------------
 
 
+def _base_url(text):
+  """argparse type of --mirror: an http(s)://host/... or file:/// URL."""
+  parsed = urllib.parse.urlparse(text)
+  if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
+    raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL")
+  return text
+
+
+def _positive_seconds(text):
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+  return value
+
+
 def _parse_args(argv):
   names = datasets.names()
   parser = cli.ArgumentParser(
@@ -419,10 +512,16 @@ def _parse_args(argv):
                       help="raw data root; each data set goes into <raw-dir>/<dataset>/")
   parser.add_argument("--force", action="store_true",
                       help="download again and replace installed files")
-  parser.add_argument("--mirror", metavar="BASE_URL",
+  parser.add_argument("--deadline-seconds", type=_positive_seconds, default=DEFAULT_DEADLINE_SECONDS,
+                      help="give up when the downloads have not finished after this long "
+                           "(default %(default)g; progress is printed every 5 s)")
+  parser.add_argument("--mirror", metavar="BASE_URL", type=_base_url,
                       help="fetch every file from BASE_URL/<file name> only, e.g. an "
                            "internal copy of the archives; checksums are still verified")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.raw_dir.exists() and not args.raw_dir.is_dir():
+    parser.error(f"--raw-dir {args.raw_dir}: exists and is not a folder")
+  return args
 
 
 def main(argv=None):
@@ -431,7 +530,8 @@ def main(argv=None):
   try:
     for name in names:
       sources = with_mirror(datasets.get(name).sources, args.mirror) if args.mirror else None
-      paths = download(name, args.raw_dir, sources=sources, force=args.force)
+      paths = download(name, args.raw_dir, sources=sources, force=args.force,
+                       deadline_seconds=args.deadline_seconds)
       print(f"{name}: {len(paths)} paths ready under {args.raw_dir / name}")
   except (DataFormatError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

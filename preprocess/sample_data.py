@@ -144,6 +144,13 @@ def _parse_args(argv):
   args = parser.parse_args(argv)
   if args.seed < 0:
     parser.error(f"--seed must be non-negative, got {args.seed}")
+  if args.seed >= 2**63:
+    parser.error(f"--seed must be below 2**63, got {args.seed}")
+  # The nearest existing ancestor must be a folder: a file in the way would
+  # otherwise fail half-way through the first data set.
+  existing = next(p for p in (args.out_dir, *args.out_dir.parents) if p.exists() or p == p.parent)
+  if existing.exists() and not existing.is_dir():
+    parser.error(f"--out-dir {args.out_dir}: {existing} is a file, not a folder")
   return args
 
 
@@ -155,6 +162,9 @@ def main(argv=None):
     result = generate(args.out_dir, names, full=args.full, seed=args.seed)
   except FileExistsError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # Disk full, read-only folder: one line naming the file.
+    print(f"error: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
     return 1
   for name, info in result.items():
     print(f"{name}: {info['counts']['train']} train, {info['counts']['test']} test "

@@ -18,6 +18,8 @@ echo "== 2/3 Beam conversion -> $sample/tfrecords"
 # images, so the recipe's 5,000 validation images leave 1,000 to train on).
 $py -m pipeline.build_tfrecords --raw-dir "$sample/raw" --out-dir "$sample/tfrecords" \
   --overwrite --dataset all
+# As make preprocess does: every shard's sha256 and CRCs against metadata.json.
+$py -m pipeline.build_tfrecords --verify-data --dataset all --out-dir "$sample/tfrecords"
 
 echo "== 3/3 horovodrun -np $np trainers/cifar10.py"
 # A short run: the recipe's 1,000,000 steps are for real data on GPUs.

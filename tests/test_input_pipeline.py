@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from preprocess import augment
 from preprocess import datasets
-from preprocess import metadata
+from preprocess import schema
 from preprocess.datasets import cifar10
 from trainers import input_pipeline as ip
 
@@ -295,7 +295,7 @@ def test_ranks_first_training_epochs_partition_the_split(cifar, size, by_records
 def test_a_rank_without_records_fails_loudly(cifar):
   data_dir, meta = cifar
   small = copy.deepcopy(meta)
-  small.splits["test"].shards = [metadata.ShardInfo("test-00000-of-00004.tfrecord", 3)]
+  small.splits["test"].shards = [schema.ShardInfo("test-00000-of-00004.tfrecord", 3)]
   with pytest.raises(ip.InputError, match="rank 3 of 4 gets no records"):
     ip.make_dataset(data_dir, small, "test", rank=3, size=4, batch_size=1, training=True, seed=0)
 
@@ -387,5 +387,5 @@ def test_tampered_counts_in_metadata_json(cifar_copy):
 
 
 def test_unknown_format_version(cifar_copy):
-  _edit_metadata(cifar_copy, lambda meta: meta.update(format_version=2))
-  assert "format_version 2, but this reader knows 1" in _error(cifar_copy)
+  _edit_metadata(cifar_copy, lambda meta: meta.update(format_version=3))
+  assert "format_version 3, but this reader knows 2" in _error(cifar_copy)

@@ -10,7 +10,7 @@ into `metadata.json` (preprocess/augment.py), with stateless random ops seeded
 from the example, the epoch and the run seed, so a run seed always reproduces
 the same stream. The exported SavedModel runs the eval policy through
 `serving_preprocess`, so serving sees exactly what evaluation saw. The
-metadata is the typed `preprocess.metadata.Metadata`; the ops come from the
+metadata is the typed `preprocess.schema.Metadata`; the ops come from the
 one table in preprocess/augment.py; shards are counted by preprocess/schema.py.
 
 Horovod is not imported here: the rank and the number of workers come in as
@@ -22,10 +22,9 @@ import collections
 import tensorflow as tf
 
 from preprocess import augment
-from preprocess import metadata as metadata_lib
 from preprocess import schema
 
-METADATA = metadata_lib.FILE
+METADATA = schema.METADATA_FILE
 
 # Files read at once while training. Fixed rather than AUTOTUNE because the
 # interleaved order depends on it, and the stream must not depend on the core count.
@@ -82,7 +81,7 @@ def load_metadata(data_dir, check_records=True):
       sets may skip it once they have been checked).
 
   Returns:
-    The `preprocess.metadata.Metadata` written by pipeline/build_tfrecords.py.
+    The `preprocess.schema.Metadata` written by pipeline/build_tfrecords.py.
 
   Raises:
     InputError: metadata.json is missing or malformed, a shard is missing, or a
@@ -95,8 +94,8 @@ def load_metadata(data_dir, check_records=True):
   with tf.io.gfile.GFile(path, "r") as f:
     text = f.read()
   try:
-    metadata = metadata_lib.Metadata.from_json(text, path)
-  except metadata_lib.MetadataError as e:
+    metadata = schema.Metadata.from_json(text, path)
+  except schema.MetadataError as e:
     raise InputError(str(e)) from None
   for split, entry in metadata.splits.items():
     for shard in entry.shards:

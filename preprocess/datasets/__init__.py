@@ -12,7 +12,7 @@ would use `mnist.IdxLayout`). The Beam job (pipeline/plan.py), the downloader
 iterate over `names()` and read what they need from `get(name)`; nothing else
 knows a data set by name. Adding a data set in an existing format is one new
 module here. The trainers need nothing from the specs: what they use reaches
-them through metadata.json (preprocess/metadata.py).
+them through metadata.json (preprocess/schema.py).
 
 Spec modules are imported on first use, not when this package is imported, so
 importing this package stays cheap, and the spec modules can import the
