@@ -15,7 +15,9 @@ from tests.test_distributed import _load
 
 def _weights(model_dir):
   reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
-  names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+  # Every variable: model, optimizer (iterations and slots), EMA shadows.
+  names = sorted(n for n in reader.get_variable_to_shape_map()
+                 if n.endswith("VARIABLE_VALUE") and not n.startswith("save_counter"))
   return {n: reader.get_tensor(n) for n in names}
 
 
