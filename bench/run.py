@@ -79,13 +79,19 @@ def _loop_seconds(output):
   return float(line.split(" steps in ")[1].split("s ")[0])
 
 
-def summary_overhead(work, steps, repeats):
-  """Seconds per step with default summaries and with none; min over repeats."""
+def _sample_tfrecords(work):
+  """The CIFAR-10 sample data, converted by the Beam job once (cached in the work dir)."""
   raw, out = work / "raw-sample", work / "tfrecords-sample"
   if not (out / "cifar10" / "metadata.json").exists():
     sample_data.generate(str(raw), names=("cifar10",), seed=0)
     subprocess.run(beam_cmd(raw, out), cwd=ROOT, check=True, capture_output=True,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  return out
+
+
+def summary_overhead(work, steps, repeats):
+  """Seconds per step with default summaries and with none; min over repeats."""
+  out = _sample_tfrecords(work)
   settings = {"defaults (--summary-every 100 --histogram-every 1000)": [],
               "summaries off (--summary-every 0 --histogram-every 0)": ["--summary-every", "0",
                                                                          "--histogram-every", "0"]}
@@ -107,7 +113,9 @@ def main():
   parser.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench"))
   parser.add_argument("--scale", type=int, default=10, help="Data growth factor for the memory check.")
   parser.add_argument("--results", default=str(RESULTS))
-  parser.add_argument("--only", choices=("conversion", "summaries"), default=None)
+  parser.add_argument("--only", choices=("speed", "conversion", "summaries", "all"), default="speed",
+                      help="speed (default, `make bench`: issue 11's training figures, ~10 min on "
+                           "2 cores); conversion (the Beam job); summaries (1000-step overhead); all.")
   parser.add_argument("--steps", type=int, default=1000, help="Training steps per summary-overhead run.")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
@@ -118,9 +126,15 @@ def main():
   machine = (f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
              f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n")
   text = ""
-  if args.only != "summaries":
+  if args.only in ("speed", "all"):
+    from bench import speed  # pylint: disable=g-import-not-at-top
+    data_dir = str(_sample_tfrecords(work) / "cifar10")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    text += speed.markdown(speed.run(data_dir, work), datetime.date.today().isoformat(), machine,
+                           load)
+  if args.only in ("conversion", "all"):
     text += conversion(work, args.scale, machine)
-  if args.only != "conversion":
+  if args.only in ("summaries", "all"):
     print("summary overhead ...", file=sys.stderr)
     per_step = summary_overhead(work, args.steps, args.repeats)
     (with_summaries, without), names = per_step.values(), list(per_step)

@@ -16,6 +16,7 @@ from preprocess import cli
 from trainers import recipes
 
 MODES = ("train", "eval", "train_and_eval")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Flags that override a recipe field of the same name.
 RECIPE_FLAGS = ("batch_size", "max_steps", "learning_rate", "lr_decay_rate", "lr_decay_steps",
@@ -50,6 +51,11 @@ class Config:
   seed: int
   overwrite: bool
   export: bool
+  # Speed (issue 11): how the step runs; none of these changes what is learned
+  # beyond float rounding.
+  steps_per_call: Optional[int] = None
+  precision: str = "float32"
+  xla: bool = False
 
   def to_json(self):
     """JSON values of the config, the recipe as a nested dict."""
@@ -120,6 +126,20 @@ def _parser(dataset):
                  help="Start from scratch, deleting checkpoints in --model-dir, instead of resuming.")
   p.add_argument("--no-export", dest="export", action="store_false",
                  help="Do not export the serving model at the end of training.")
+  # --- speed: steps per call, precision, XLA (issue 11) ---
+  p.add_argument("--steps-per-call", type=int, default=None,
+                 help="Training steps per tf.function call, without a return to Python in between "
+                      "(as Keras's steps_per_execution); the non-finite check and the metric "
+                      "allreduce run once per call. Default: the greatest common divisor of the "
+                      "non-zero cadences (--log-every, --summary-every, --histogram-every, "
+                      "--checkpoint-every, --eval-every), at most 100, so no cadence moves. With "
+                      "an explicit value, each cadence is rounded UP to a multiple of it (the "
+                      "first step of a run and the last step stay exact).")
+  p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                 help="Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling; "
+                      "variables and the gradient allreduce stay float32 (see --fp16-allreduce).")
+  p.add_argument("--xla", action="store_true",
+                 help="Compile the forward and backward pass with XLA (jit_compile).")
   return p
 
 
@@ -159,4 +179,12 @@ def parse(dataset, argv):
       scale_lr=a.scale_lr, warmup_steps=a.warmup_steps, fp16_allreduce=a.fp16_allreduce,
       eval_split=a.eval_split, checkpoint_every=a.checkpoint_every,
       keep_checkpoints=a.keep_checkpoints, summary_every=a.summary_every,
-      histogram_every=a.histogram_every, seed=a.seed, overwrite=a.overwrite, export=a.export)
+      histogram_every=a.histogram_every, seed=a.seed, overwrite=a.overwrite, export=a.export,
+      **_speed(parser, a))
+
+
+def _speed(parser, a):
+  """The speed flags' Config fields (issue 11)."""
+  if a.steps_per_call is not None and a.steps_per_call < 1:
+    parser.error("--steps-per-call must be at least 1")
+  return dict(steps_per_call=a.steps_per_call, precision=a.precision, xla=a.xla)

@@ -33,9 +33,15 @@ class LocalResponseNormalization(keras.layers.Layer):
     self.beta = beta
 
   def call(self, inputs):
-    return tf.nn.local_response_normalization(
+    # Under --precision mixed_*, in float32 and cast back: TensorFlow's CPU
+    # kernel has no bfloat16 version, XLA's LRN fails on float16 ("mixed
+    # precision is disallowed"), and the squares it sums overflow float16 soon.
+    dtype = inputs.dtype
+    if dtype in (tf.bfloat16, tf.float16):
+      inputs = tf.cast(inputs, tf.float32)
+    return tf.cast(tf.nn.local_response_normalization(
         inputs, depth_radius=self.depth_radius, bias=self.bias,
-        alpha=self.alpha, beta=self.beta)
+        alpha=self.alpha, beta=self.beta), dtype)
 
   def compute_output_shape(self, input_shape):
     return input_shape

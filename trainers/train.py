@@ -160,39 +160,116 @@ def _correct(logits, labels):
   return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)
 
 
-def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False):
+def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False):
   """One synchronized step: local gradients, averaged over ranks, then applied.
 
+  The forward and backward pass (with --xla, compiled by XLA) is separate
+  from the allreduce: Horovod's collectives are not XLA ops.
+
   Returns:
-    A tf.function (images, labels) -> (metrics, gradients): cross_entropy,
-    total_loss and accuracy (training mode, on the model's output), each
-    averaged over ranks (so every rank sees the same values), and the
-    averaged gradients (for histograms).
+    A function (images, labels) -> (local [cross_entropy, total_loss,
+    accuracy] of this rank's batch, float32, and the averaged gradients), to
+    be called inside a tf.function (`make_train_loop`).
   """
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   statistics = _synced_statistics(model)
+  # mixed_float16: the loss is scaled so small float16 gradients survive.
+  scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-  @tf.function
-  def train_step(images, labels):
+  @tf.function(jit_compile=xla)
+  def forward_backward(images, labels):
     with tf.GradientTape() as tape:
-      logits = model(images, training=True)
+      # Logits in float32 under a mixed policy: the loss and argmax stay exact.
+      logits = tf.cast(model(images, training=True), tf.float32)
       cross_entropy = loss_fn(labels, logits)
       # Weight decay: the recipes add L2 terms to the total loss (model.losses).
-      total_loss = cross_entropy + tf.add_n(model.losses) if model.losses else cross_entropy
-    grads = tape.gradient(total_loss, model.trainable_variables)
-    # Horovod: average gradients over all ranks before applying them.
+      total_loss = (cross_entropy + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
+                    if model.losses else cross_entropy)
+      loss = optimizer.scale_loss(total_loss) if scaled else total_loss
+    grads = tape.gradient(loss, model.trainable_variables)
+    accuracy = tf.reduce_mean(_correct(logits, labels))
+    return tf.stack([cross_entropy, total_loss, accuracy]), grads
+
+  def train_step(images, labels):
+    local, grads = forward_backward(images, labels)
+    # Horovod: average gradients over all ranks before applying them (float32:
+    # the variables' dtype under every policy, unless --fp16-allreduce).
     grads = distributed.average_gradients(grads, compression=fp16_allreduce)
+    before = tf.identity(optimizer.iterations) if scaled else None
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    if scaled:
+      # A step the loss scaler skipped (non-finite scaled gradients, the same
+      # on every rank after the allreduce) still counts, so step counts,
+      # schedules and resume stay exact.
+      skipped = tf.equal(tf.identity(optimizer.iterations), before)
+      optimizer.iterations.assign_add(tf.cast(skipped, optimizer.iterations.dtype))
     if ctx.size > 1:
       distributed.average_variables(statistics)  # Horovod: one set of BN statistics.
     if ema is not None:
       ema.update(optimizer.iterations)
-    accuracy = tf.reduce_mean(_correct(logits, labels))
-    # Horovod: metrics shown to users, and the non-finite check, use rank means.
-    means = distributed.allreduce_mean(tf.stack([cross_entropy, total_loss, accuracy]))
-    return {"cross_entropy": means[0], "total_loss": means[1], "accuracy": means[2]}, grads
+    return local, grads
 
   return train_step
+
+
+def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False):
+  """Runs n synchronized steps per call, with one host round trip per call.
+
+  As Keras's steps_per_execution: the batches come from the iterator inside
+  the tf.function, metrics are summed on the device, and the only extra
+  collective is one allreduce of the call's metrics (the gradient allreduce of
+  each step is in `make_train_step`).
+
+  Returns:
+    A tf.function (iterator, n) -> (metrics, images, labels, grads): metrics
+    are rank means of the last step's cross_entropy, total_loss, accuracy and
+    of their means over the call ("mean_*"; non-finite if any step of any
+    rank was); images, labels and averaged gradients are the last step's.
+  """
+  train_step = make_train_step(model, optimizer, ema, ctx, fp16_allreduce, xla)
+
+  @tf.function
+  def train_steps(iterator, n):
+    total = tf.zeros([3], tf.float32)
+    for _ in tf.range(n - 1):
+      images, labels = next(iterator)
+      local, _ = train_step(images, labels)
+      total += local
+    # The last step outside the loop, so its batch and gradients need not be
+    # carried through it (they feed histograms and the batch evaluation).
+    images, labels = next(iterator)
+    local, grads = train_step(images, labels)
+    total += local
+    # Horovod: metrics shown to users, and the non-finite check, use rank means.
+    means = distributed.allreduce_mean(tf.concat([local, total / tf.cast(n, tf.float32)], 0))
+    names = ("cross_entropy", "total_loss", "accuracy")
+    metrics = {**dict(zip(names, tf.unstack(means[:3]))),
+               **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:]))}}
+    return metrics, images, labels, grads
+
+  return train_steps
+
+
+def steps_per_call(config):
+  """--steps-per-call, or the default: the gcd of the non-zero cadences, at most 100."""
+  if config.steps_per_call:
+    return config.steps_per_call
+  cadences = [c for c in (config.recipe.log_every, config.summary_every, config.histogram_every,
+                          config.checkpoint_every, config.recipe.eval_every) if c]
+  return min(100, math.gcd(*cadences)) if cadences else 100
+
+
+def round_cadence(every, k):
+  """A cadence rounded up to a multiple of k steps (0 or None stays off)."""
+  return -(-every // k) * k if every else every
+
+
+def call_length(step, start, max_steps, k):
+  """Steps of the next call: 1 first (its graph is traced, its summaries are
+  written), then up to the next multiple of k, never past max_steps."""
+  if step == start:
+    return 1
+  return min(k - step % k, max_steps - step)
 
 
 def make_eval_step(eval_model):
@@ -202,6 +279,7 @@ def make_eval_step(eval_model):
   @tf.function(reduce_retracing=True)
   def eval_step(images, labels):
     logits, scores = eval_model(images, training=False)
+    logits, scores = tf.cast(logits, tf.float32), tf.cast(scores, tf.float32)  # mixed policies
     correct = tf.reduce_sum(tf.cast(_correct(scores, labels), tf.float64))
     return tf.stack([correct, tf.cast(loss_fn(labels, logits), tf.float64),
                      tf.cast(tf.shape(labels)[0], tf.float64)])
@@ -310,6 +388,8 @@ class Run:
     self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
         recipe, self.metadata)
     keras.utils.set_random_seed(config.seed + ctx.rank)  # per-rank dropout; weights come from rank 0
+    # --precision: layers created from here on compute in it (variables stay float32).
+    keras.mixed_precision.set_global_policy(config.precision)
     self.model = create_model(recipe, self.metadata, self.augmentation)
     self.eval_model = make_eval_model(self.model, recipe.eval_output)
     self.global_batch = recipe.batch_size * ctx.size
@@ -318,6 +398,8 @@ class Run:
                       else recipe.max_steps)
     self.schedule = create_learning_rate_fn(config, ctx.size, self.steps_per_epoch)
     self.optimizer = create_optimizer(recipe, self.schedule)
+    if config.precision == "mixed_float16":
+      self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
     # Building the optimizer creates its slots now, so the start-up broadcast
     # covers them (Horovod's examples broadcast after the first step instead).
     self.optimizer.build(self.model.trainable_variables)
@@ -441,10 +523,23 @@ def train(run):
   if restored or start:
     _log(ctx, f"resumed from {restored} at step {start}")
   run.check_splits()
-  train_step = make_train_step(run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce)
+  k = steps_per_call(config)
+  # Cadences on the grid of calls (--steps-per-call); the default k moves none.
+  every = {name: round_cadence(value, k) for name, value in (
+      ("log", recipe.log_every), ("summary", config.summary_every),
+      ("histogram", config.histogram_every), ("checkpoint", config.checkpoint_every),
+      ("eval", recipe.eval_every))}
+  moved = [f"{name} every {every[name]}" for name, value in (
+      ("log", recipe.log_every), ("summary", config.summary_every),
+      ("histogram", config.histogram_every), ("checkpoint", config.checkpoint_every),
+      ("eval", recipe.eval_every)) if every[name] != value]
+  train_steps = make_train_loop(run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce,
+                                config.xla)
   _log(ctx, f"training {config.dataset}/{recipe.name} on {ctx.size} worker(s): steps {start}->"
             f"{run.max_steps}, batch {recipe.batch_size}/worker ({run.global_batch} global), "
-            f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}")
+            f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}; "
+            f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
+            + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""))
   probe = make_activation_probe(run.model)
   averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
   started = time.time()
@@ -452,24 +547,29 @@ def train(run):
   step = start
   batches = iter(run.dataset("train", training=True))
   while step < run.max_steps:
-    # Batch and step (the first step's graph goes to TensorBoard's Graphs tab).
-    images, labels = next(batches)
+    # n steps in one call (the first call's graph goes to TensorBoard's Graphs tab).
+    n = call_length(step, start, run.max_steps, k)
     if step == start:
       run.writer.trace_on()
-    metrics, grads = train_step(images, labels)
-    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64))
+    # The one device-to-host transfer of the call.
+    metrics = {name: float(v) for name, v in metrics.items()}
     if step == start:
       run.writer.trace_export("train", step + 1, "train_step")
-    step += 1
-    # Finite check: every rank sees the same averaged loss, so all stop here.
-    if not math.isfinite(metrics["total_loss"]):
-      raise TrainingError(f"non-finite loss {metrics['total_loss']} at step {step}: "
-                          "lower --learning-rate or add --warmup-steps")
+    step += n
+    # Finite check: every rank sees the same rank-averaged call means, so all stop here.
+    if not math.isfinite(metrics["mean_total_loss"]):
+      raise TrainingError(f"non-finite loss {metrics['mean_total_loss']} in steps "
+                          f"{step - n + 1}..{step}: lower --learning-rate or add --warmup-steps")
+    # The tutorial's moving averages (decay 0.9 a step), over the call's mean.
     for name in ("cross_entropy", "total_loss"):
-      averages[name] = 0.9 * averages.get(name, metrics[name]) + 0.1 * metrics[name]
+      decay = 0.9 ** n
+      averages[name] = (decay * averages.get(name, metrics["mean_" + name])
+                        + (1 - decay) * metrics["mean_" + name])
+    metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
     now = time.time()
     # Log.
-    if due(step, recipe.log_every, last=run.max_steps):
+    if due(step, every["log"], last=run.max_steps):
       rate = (step - last_log[0]) / max(now - last_log[1], 1e-9) * run.global_batch
       last_log = (step, now)
       eta = (now - started) / (step - start) * (run.max_steps - step)
@@ -479,23 +579,23 @@ def train(run):
                 f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
                 f"eta {_format_seconds(eta)}")
     # Summaries (rank 0 writes; the writer does nothing elsewhere).
-    if due(step, config.summary_every, first=start + 1):
+    if due(step, every["summary"], first=start + 1):
       steps_per_second = (step - last_summary[0]) / max(now - last_summary[1], 1e-9)
       last_summary = (step, now)
       _train_summaries(run, step, metrics, averages, steps_per_second)
-    if run.writer.active and due(step, config.histogram_every, first=start + 1):
+    if run.writer.active and due(step, every["histogram"], first=start + 1):
       _histograms(run, step, images, grads, probe)
     # Checkpoint.
-    if due(step, config.checkpoint_every):
+    if due(step, every["checkpoint"]):
       run.checkpoints.save(step)
     # Evaluate (and stop early).
-    if due(step, recipe.eval_every):
+    if due(step, every["eval"]):
       if _evaluate_during_training(run, step, images, labels, time.time() - started):
         break
   seconds = time.time() - started
   _log(ctx, f"trained {step - start} steps in {seconds:.2f}s "
             f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)")
-  if not due(step, config.checkpoint_every):
+  if not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
   if best:

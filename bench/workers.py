@@ -1,0 +1,129 @@
+"""Benchmark workers run by bench/speed.py in their own processes (one TF runtime each).
+
+  python -m bench.workers fit --recipe R --batch B --steps N      plain keras model.fit
+  python -m bench.workers synthetic --recipe R --batch B --steps N [--precision P] [--xla]
+      the trainer's own step loop (train.make_train_loop) on one repeated batch, like
+      Horovod's synthetic benchmark; runs under horovodrun too
+  python -m bench.workers input --data-dir D --recipe R --batch B --steps N [--no-cache]
+  python -m bench.workers flops --recipe R
+Each prints one JSON line. With BENCH_PIN_LOCAL_RANK=1 a worker first pins itself to
+the core numbered by its Horovod local rank (one core per worker).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _pin():
+  if os.environ.get("BENCH_PIN_LOCAL_RANK"):
+    rank = int(os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)))
+    os.sched_setaffinity(0, {rank % os.cpu_count()})
+
+
+def _model(recipe_name, precision="float32"):
+  import keras  # pylint: disable=g-import-not-at-top
+  from trainers import recipes  # pylint: disable=g-import-not-at-top
+  recipe = recipes.get(recipe_name)
+  keras.mixed_precision.set_global_policy(precision)
+  # CIFAR-10's default train policy (both benchmarked recipes use it) crops to 24x24.
+  shape = (24, 24, 3)
+  return recipe, recipe.build_model(10, shape), shape
+
+
+def fit(a):
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  recipe, model, shape = _model(a.recipe)
+  model.compile(keras.optimizers.SGD(recipe.learning_rate),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (a.batch * a.steps,) + tuple(shape)).astype("float32")
+  y = rng.integers(0, 10, a.batch * a.steps).astype("int32")
+  model.fit(x[:a.batch * 5], y[:a.batch * 5], batch_size=a.batch, epochs=1, verbose=0)  # trace
+  start = time.perf_counter()
+  model.fit(x, y, batch_size=a.batch, epochs=1, verbose=0)
+  return {"img_per_s": a.batch * a.steps / (time.perf_counter() - start)}
+
+
+def synthetic(a):
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import distributed, train  # pylint: disable=g-import-not-at-top
+  ctx = distributed.init()
+  recipe, model, shape = _model(a.recipe, a.precision)
+  optimizer = train.create_optimizer(recipe, recipe.learning_rate)
+  if a.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  optimizer.build(model.trainable_variables)
+  distributed.broadcast_variables([v for v in model.variables if "seed_generator" not in v.path])
+  images = tf.random.uniform((a.batch,) + tuple(shape), seed=ctx.rank)
+  labels = tf.random.uniform((a.batch,), 0, 10, tf.int32, seed=ctx.rank)
+  batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+  loop = train.make_train_loop(model, optimizer, None, ctx, xla=a.xla)
+  k = tf.constant(a.k, tf.int64)
+  float(loop(batches, k)[0]["total_loss"])  # trace
+  start = time.perf_counter()
+  for _ in range(a.steps // a.k):
+    float(loop(batches, k)[0]["total_loss"])
+  seconds = time.perf_counter() - start
+  return {"img_per_s": a.batch * ctx.size * (a.steps // a.k) * a.k / seconds, "workers": ctx.size,
+          "rank": ctx.rank}
+
+
+def input_rate(a):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline, recipes  # pylint: disable=g-import-not-at-top
+  recipe = recipes.get(a.recipe)
+  meta = input_pipeline.load_metadata(a.data_dir)
+  if recipe.augmentation:
+    meta = dataclasses.replace(meta, augmentation=recipe.augmentation)
+  start = time.perf_counter()
+  it = iter(input_pipeline.make_dataset(a.data_dir, meta, "train", rank=0, size=1,
+                                        batch_size=a.batch, training=True, seed=0,
+                                        cache=not a.no_cache))
+  next(it)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(a.steps):
+    next(it)
+  return {"img_per_s": a.batch * a.steps / (time.perf_counter() - start), "first_batch_s": first}
+
+
+def flops(a):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+  _, model, shape = _model(a.recipe)
+  fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec((1,) + tuple(shape), tf.float32))
+  graph = convert_to_constants.convert_variables_to_constants_v2(fn).graph
+  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  opts["output"] = "none"
+  forward = tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
+  # Training: forward + backward (gradients w.r.t. activations and weights) ~ 3x forward.
+  return {"forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
+          "params": model.count_params()}
+
+
+def main():
+  _pin()
+  p = argparse.ArgumentParser()
+  p.add_argument("what", choices=("fit", "synthetic", "input", "flops"))
+  p.add_argument("--recipe", default="cifar10_tutorial")
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--steps", type=int, default=50)
+  p.add_argument("--k", type=int, default=10)
+  p.add_argument("--precision", default="float32")
+  p.add_argument("--xla", action="store_true")
+  p.add_argument("--data-dir")
+  p.add_argument("--no-cache", action="store_true")
+  a = p.parse_args()
+  result = {"fit": fit, "synthetic": synthetic, "input": input_rate, "flops": flops}[a.what](a)
+  print("BENCH " + json.dumps(result), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
