@@ -40,6 +40,8 @@ def export_serving_model(eval_model, image_shape, class_names, augmentation, ser
   @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
   def serve(images):
     _, logits = eval_model(input_pipeline.serving_preprocess(images, serving_policy), training=False)
+    # Under a mixed-precision policy the model computes in 16 bits; clients get float32.
+    logits = tf.cast(logits, tf.float32)
     return {"logits": logits, "probabilities": tf.nn.softmax(logits),
             "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
