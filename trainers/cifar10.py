@@ -15,6 +15,6 @@ if __name__ == "__main__":
   # Run as a script, sys.path[0] is trainers/; put the repository root there
   # instead so `import trainers` works without an install.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from trainers import train  # pylint: disable=g-import-not-at-top
-  sys.exit(train.main("cifar10"))
+  # Flags are parsed before TensorFlow is imported (trainers/entry.py).
+  from trainers import entry  # pylint: disable=g-import-not-at-top
+  sys.exit(entry.main("cifar10"))

@@ -10,6 +10,7 @@ checkpoint and summary cadence, seed) beside it. It is printed and saved as
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 from preprocess import cli
@@ -17,6 +18,19 @@ from trainers import recipes
 
 MODES = ("train", "eval", "train_and_eval")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+LR_SCALINGS = ("sqrt", "linear")
+
+# Learning-rate warmup when the rate is scaled by the number of workers (see
+# --warmup-epochs): Goyal et al.'s 5 epochs; on a short run at most a quarter
+# of it, and on small data sets (few steps per epoch) at least enough steps
+# for the weights to leave their random start at the one-worker rate.
+DEFAULT_WARMUP_EPOCHS = 5.0
+MIN_WARMUP_STEPS = 100
+
+# --seed: the run seeds NumPy with seed + rank (keras.utils.set_random_seed),
+# which takes [0, 2**32); this bound leaves room for 2**31 ranks.
+MAX_SEED = 2**31 - 1
 
 # Flags that override a recipe field of the same name.
 RECIPE_FLAGS = ("batch_size", "max_steps", "learning_rate", "lr_decay_rate", "lr_decay_steps",
@@ -31,6 +45,8 @@ class Config:
     dataset: The entry script's data set.
     recipe: The recipe with the command-line overrides applied.
     epochs: If set, train for this many epochs instead of recipe.max_steps.
+    warmup_steps, warmup_epochs: The warmup asked for, or both None for the
+      default (train.warmup_steps applies the rule).
     eval_split: The split of the final evaluation and of --mode eval.
     (the others are the flags of the same name)
   """
@@ -41,7 +57,9 @@ class Config:
   mode: str
   epochs: Optional[float]
   scale_lr: bool
-  warmup_steps: int
+  lr_scaling: str
+  warmup_steps: Optional[int]
+  warmup_epochs: Optional[float]
   fp16_allreduce: bool
   eval_split: str
   checkpoint_every: int
@@ -101,9 +119,22 @@ def _parser(dataset):
                  help="(recipe) Decay the learning rate every N steps (replaces a decay period "
                       "in epochs).")
   p.add_argument("--no-scale-lr", dest="scale_lr", action="store_false",
-                 help="Do not multiply the learning rate by the number of workers.")
-  p.add_argument("--warmup-steps", type=int, default=0,
-                 help="Ramp the learning rate up linearly over this many steps.")
+                 help="Do not scale the learning rate with the number of workers.")
+  p.add_argument("--lr-scaling", choices=LR_SCALINGS, default="sqrt",
+                 help="How the learning rate grows with N workers (N times the global batch): "
+                      "'sqrt' multiplies it by sqrt(N) (default: on the CIFAR-10 sample data the "
+                      "tutorial diverges at N x 0.1 for N = 2 even with warmup, and trains at "
+                      "sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et al.'s rule).")
+  warmup = p.add_mutually_exclusive_group()
+  warmup.add_argument("--warmup-epochs", type=float, default=None,
+                      help=f"Ramp the learning rate up linearly over this many epochs (0: no "
+                           f"warmup). Default: when the rate is scaled for N > 1 workers, "
+                           f"{DEFAULT_WARMUP_EPOCHS:g} epochs (Goyal et al.; Horovod's examples), "
+                           f"at most a quarter of the run's steps and at least "
+                           f"{MIN_WARMUP_STEPS} steps, from the one-worker rate up to the scaled one; "
+                           f"one worker or --no-scale-lr: none.")
+  warmup.add_argument("--warmup-steps", type=int, default=None,
+                      help="Ramp the learning rate up linearly over this many steps instead.")
   p.add_argument("--fp16-allreduce", action="store_true",
                  help="Send gradients as float16 in the allreduce (halves the traffic).")
   p.add_argument("--eval-every", type=int, default=None,
@@ -120,7 +151,8 @@ def _parser(dataset):
   p.add_argument("--histogram-every", type=int, default=1000,
                  help="Write histograms of weights, gradients and activations, and input images, "
                       "every N steps (0: never).")
-  p.add_argument("--seed", type=int, default=0, help="Seed of initialization, shuffling and augmentation.")
+  p.add_argument("--seed", type=int, default=0,
+                 help=f"Seed of initialization, shuffling and augmentation, in [0, {MAX_SEED}].")
   p.add_argument("--eval-split", default="test", help="Split that --mode eval and the final evaluation use.")
   p.add_argument("--overwrite", action="store_true",
                  help="Start from scratch, deleting checkpoints in --model-dir, instead of resuming.")
@@ -143,6 +175,38 @@ def _parser(dataset):
   return p
 
 
+def _flag(name):
+  return "--" + name.replace("_", "-")
+
+
+def _check_flags(parser, a):
+  """Every numeric flag in its range, at parse time (a usage error, one line)."""
+  for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "keep_checkpoints",
+               "lr_decay_steps"):
+    value = getattr(a, name)
+    if value is not None and value < 1:
+      parser.error(f"{_flag(name)} must be at least 1")
+  for name in ("eval_every", "warmup_steps", "early_stopping_patience", "summary_every",
+               "histogram_every"):
+    if getattr(a, name) is not None and getattr(a, name) < 0:
+      parser.error(f"{_flag(name)} must not be negative")
+  # float flags: nan compares false to everything, so test finiteness first.
+  for name in ("epochs", "learning_rate", "lr_decay_rate"):
+    value = getattr(a, name)
+    if value is not None and not (math.isfinite(value) and value > 0):
+      parser.error(f"{_flag(name)} must be a positive finite number, got {value}")
+  if a.warmup_epochs is not None and not (math.isfinite(a.warmup_epochs) and a.warmup_epochs >= 0):
+    parser.error(f"--warmup-epochs must be a non-negative finite number, got {a.warmup_epochs}")
+  if a.lr_decay_rate is not None and a.lr_decay_rate > 1:
+    parser.error(f"--lr-decay-rate must be at most 1 (a decay), got {a.lr_decay_rate}")
+  if not 0 <= a.seed <= MAX_SEED:
+    parser.error(f"--seed must be between 0 and {MAX_SEED} (2**31 - 1), got {a.seed}")
+  for name in ("data_dir", "model_dir", "eval_split"):
+    value = getattr(a, name)
+    if value is not None and not value.strip():
+      parser.error(f"{_flag(name)} must not be empty")
+
+
 def parse(dataset, argv):
   """Builds the Config of one run from `argv`.
 
@@ -150,20 +214,7 @@ def parse(dataset, argv):
   """
   parser = _parser(dataset)
   a = parser.parse_args(argv)
-  for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "keep_checkpoints",
-               "lr_decay_steps"):
-    value = getattr(a, name)
-    if value is not None and value < 1:
-      parser.error(f"--{name.replace('_', '-')} must be at least 1")
-  for name in ("eval_every", "warmup_steps", "early_stopping_patience", "summary_every",
-               "histogram_every"):
-    if getattr(a, name) is not None and getattr(a, name) < 0:
-      parser.error(f"--{name.replace('_', '-')} must not be negative")
-  if a.epochs is not None and a.epochs <= 0:
-    parser.error("--epochs must be positive")
-  for name in ("learning_rate", "lr_decay_rate"):
-    if getattr(a, name) is not None and not getattr(a, name) > 0:
-      parser.error(f"--{name.replace('_', '-')} must be positive")
+  _check_flags(parser, a)
   overrides = {name: getattr(a, name) for name in RECIPE_FLAGS if getattr(a, name) is not None}
   if "lr_decay_steps" in overrides:
     overrides["lr_decay_epochs"] = None  # one decay period, in steps
@@ -176,7 +227,8 @@ def parse(dataset, argv):
   return Config(
       dataset=dataset, recipe=recipe, data_dir=a.data_dir,
       model_dir=a.model_dir or f"runs/{recipe.name}", mode=a.mode, epochs=a.epochs,
-      scale_lr=a.scale_lr, warmup_steps=a.warmup_steps, fp16_allreduce=a.fp16_allreduce,
+      scale_lr=a.scale_lr, lr_scaling=a.lr_scaling, warmup_steps=a.warmup_steps, warmup_epochs=a.warmup_epochs,
+      fp16_allreduce=a.fp16_allreduce,
       eval_split=a.eval_split, checkpoint_every=a.checkpoint_every,
       keep_checkpoints=a.keep_checkpoints, summary_every=a.summary_every,
       histogram_every=a.histogram_every, seed=a.seed, overwrite=a.overwrite, export=a.export,

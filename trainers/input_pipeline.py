@@ -18,6 +18,8 @@ plain ints (trainers/distributed.py owns Horovod).
 """
 
 import collections
+import os
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -113,6 +115,109 @@ def load_metadata(data_dir, check_records=True):
           raise InputError(f"{shard_path}: holds {found} records, but {METADATA} says "
                            f"{shard.num_examples}")
   return metadata
+
+
+def find_corruption(path):
+  """The first damaged record of a TFRecord file, from its framing and CRCs, without TensorFlow.
+
+  Checks each record's length (against the masked CRC32C of the length, and
+  the file's size) and its data (against the masked CRC32C of the data).
+  The lead swaps this for the no-TF check of preprocess/schema.py once it lands.
+
+  Args:
+    path: Local file path.
+
+  Returns:
+    None if every record is intact, else (byte offset of the damaged record, what is wrong).
+  """
+  import google_crc32c  # pylint: disable=g-import-not-at-top
+
+  def masked(data):
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+  with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size
+    offset = count = 0
+    while offset < size:
+      header = f.read(schema.HEADER_BYTES)
+      if len(header) < schema.HEADER_BYTES:
+        return offset, f"record {count} is truncated (the file ends inside its header)"
+      length, length_crc = struct.unpack("<QI", header)
+      if masked(header[:8]) != length_crc:
+        return offset, f"record {count} is corrupted (CRC mismatch of its length)"
+      data = f.read(length)
+      footer = f.read(schema.FOOTER_BYTES)
+      if len(data) < length or len(footer) < schema.FOOTER_BYTES:
+        return offset, f"record {count} is truncated (the file ends inside it)"
+      if masked(data) != struct.unpack("<I", footer)[0]:
+        return offset, f"record {count} is corrupted (CRC mismatch of its data)"
+      offset += schema.HEADER_BYTES + length + schema.FOOTER_BYTES
+      count += 1
+  return None
+
+
+def find_damaged_shard(data_dir, metadata, splits):
+  """'<shard>: corrupted ... at byte N' for the first damaged shard of `splits`, or None."""
+  for split in splits:
+    if split not in metadata.splits:
+      continue
+    for shard in metadata.splits[split].shards:
+      path = _join(data_dir, shard.file)
+      try:
+        found = find_corruption(path)
+      except OSError as e:
+        return f"{path}: cannot be read ({e.strerror or e})"
+      if found:
+        offset, problem = found
+        return (f"{path}: {problem} at byte {offset} (split {split!r}): the shard is damaged; "
+                "convert the data again (make preprocess)")
+  return None
+
+
+def check_first_records(data_dir, metadata):
+  """Checks the first record of each shard against metadata.json, before any step.
+
+  Catches metadata edited after the Beam job (another image size, channel
+  count or class list) and foreign shards with the same record count.
+
+  Raises:
+    InputError: One line naming the shard and what disagrees.
+  """
+  height, width, channels = metadata.image_shape
+  if len(metadata.class_names) != metadata.num_classes:
+    raise InputError(f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
+                     f"class_names lists {len(metadata.class_names)}")
+  for split, entry in metadata.splits.items():
+    if entry.label_counts is not None and len(entry.label_counts) != metadata.num_classes:
+      raise InputError(f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
+                       f"split {split!r} counts records of {len(entry.label_counts)} labels")
+    for shard in entry.shards:
+      if not shard.num_examples:
+        continue
+      path = _join(data_dir, shard.file)
+      try:
+        serialized = next(iter(tf.data.TFRecordDataset(path).take(1))).numpy()
+        features = {k: v.numpy() for k, v in schema.parse_example(serialized).items()}
+        image = tf.io.decode_image(features[schema.ENCODED], expand_animations=False).numpy()
+      except (tf.errors.OpError, StopIteration) as e:
+        message = getattr(e, "message", None) or type(e).__name__
+        raise InputError(f"{path}: its first record cannot be read as an image Example "
+                         f"({message.splitlines()[0]})") from None
+      found = tuple(image.shape)
+      stored = (int(features[schema.HEIGHT]), int(features[schema.WIDTH]),
+                int(features[schema.CHANNELS]))
+      if found != (height, width, channels) or stored != found:
+        raise InputError(f"{path}: its first record is a {_format_shape(found)} image but "
+                         f"{METADATA} says {_format_shape((height, width, channels))}")
+      label = int(features[schema.LABEL])
+      text = features[schema.TEXT].decode("utf-8", "replace")
+      if not 0 <= label < metadata.num_classes:
+        raise InputError(f"{path}: its first record has label {label} ({text!r}), outside the "
+                         f"{metadata.num_classes} classes of {METADATA}")
+      if metadata.class_names[label] != text:
+        raise InputError(f"{path}: its first record has label {label} = {text!r}, but "
+                         f"{METADATA} names class {label} {metadata.class_names[label]!r}")
 
 
 def steps_per_epoch(metadata, split, global_batch):

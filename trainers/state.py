@@ -81,6 +81,10 @@ class EarlyStopping:
     return {"precision_at_1": float(self.best_precision.numpy()), "step": int(self.best_step.numpy())}
 
 
+class CheckpointError(Exception):
+  """A checkpoint that cannot be restored (cut short, damaged); the message is one line."""
+
+
 class Checkpoints:
   """Latest and best checkpoints in the model dir; only the chief writes.
 
@@ -104,9 +108,16 @@ class Checkpoints:
 
   def restore(self, which="latest"):
     """Restores `which` if it exists on this rank; returns its path or None."""
-    path = self.path(which)
-    if path:
-      self._ckpt.restore(path).assert_existing_objects_matched()
+    path = None
+    try:
+      path = self.path(which)
+      if path:
+        self._ckpt.restore(path).assert_existing_objects_matched()
+    except Exception as e:  # pylint: disable=broad-except  # OpError, IndexError, ValueError, ...: a damaged file
+      text = (getattr(e, "message", None) or str(e)).strip().splitlines()
+      raise CheckpointError(
+          f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "
+          "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite") from None
     return path
 
   def save(self, step, which="latest"):

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -96,34 +97,68 @@ def make_eval_model(model, eval_output=None):
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """Scales a schedule linearly from 1/warmup_steps up to 1 over the first steps.
+  """Scales a schedule linearly from `start` (about 0 by default) up to 1 over the first steps.
 
   With many workers the scaled learning rate is large; ramping up avoids the
-  early divergence that a large rate on random weights can cause.
+  early divergence that a large rate on random weights can cause. Goyal et
+  al. start the ramp at the one-worker rate: `start` = 1 / workers.
   """
 
-  def __init__(self, schedule, warmup_steps):
+  def __init__(self, schedule, warmup_steps, start=0.0):
     super().__init__()
     self.schedule = schedule
     self.warmup_steps = warmup_steps
+    self.start = start
 
   def __call__(self, step):
     ramp = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / float(self.warmup_steps))
-    return self.schedule(step) * ramp
+    return self.schedule(step) * (self.start + (1.0 - self.start) * ramp)
 
   def get_config(self):
     return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
-            "warmup_steps": self.warmup_steps}
+            "warmup_steps": self.warmup_steps, "start": self.start}
 
 
-def create_learning_rate_fn(config, num_workers, steps_per_epoch):
-  """The recipe's schedule, scaled by the number of workers unless --no-scale-lr.
+def warmup_steps(config, num_workers, steps_per_epoch, max_steps):
+  """Steps of learning-rate warmup: the flags', else the default rule of --warmup-epochs' help.
 
-  Horovod's rule: with N workers the global batch is N times larger, so the
-  learning rate is N times larger too.
+  Default: none unless the rate is scaled by N > 1 workers; then 5 epochs,
+  at least MIN_WARMUP_STEPS, and at most a quarter of the run.
+  """
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  if config.warmup_steps is not None:
+    return config.warmup_steps
+  if config.warmup_epochs is not None:
+    return math.ceil(config.warmup_epochs * steps_per_epoch)
+  if not (config.scale_lr and num_workers > 1):
+    return 0
+  steps = max(math.ceil(config_lib.DEFAULT_WARMUP_EPOCHS * steps_per_epoch),
+              config_lib.MIN_WARMUP_STEPS)
+  return max(1, min(steps, max_steps // 4))
+
+
+def lr_scale(config, num_workers):
+  """Factor of the recipe's learning rate with `num_workers` (N times the global batch).
+
+  --lr-scaling linear is Horovod's rule (N); the default sqrt(N), because the
+  linear rule diverges on small data (the CIFAR-10 tutorial on the sample data
+  at 2 x 0.1, with or without warmup; see --lr-scaling's help).
+  """
+  if not config.scale_lr or num_workers == 1:
+    return 1
+  return num_workers if config.lr_scaling == "linear" else math.sqrt(num_workers)
+
+
+def create_learning_rate_fn(config, num_workers, steps_per_epoch, max_steps=None):
+  """The recipe's schedule, scaled with the number of workers unless --no-scale-lr, with warmup.
+
+  With N workers the global batch is N times larger, so the learning rate
+  grows (`lr_scale`); it is warmed up to that rate from the one-worker rate
+  (see `warmup_steps`).
   """
   recipe = config.recipe
-  base = recipe.learning_rate * (num_workers if config.scale_lr else 1)
+  scale = lr_scale(config, num_workers)
+  base = recipe.learning_rate * scale
   decay_steps = recipe.lr_decay_steps
   if recipe.lr_decay_epochs:
     decay_steps = max(1, int(recipe.lr_decay_epochs * steps_per_epoch))
@@ -132,8 +167,10 @@ def create_learning_rate_fn(config, num_workers, steps_per_epoch):
         base, decay_steps, recipe.lr_decay_rate, staircase=True)
   else:
     schedule = keras.optimizers.schedules.ExponentialDecay(base, 1, 1.0)  # constant
-  if config.warmup_steps:
-    schedule = WarmupSchedule(schedule, config.warmup_steps)
+  warmup = warmup_steps(config, num_workers, steps_per_epoch,
+                        recipe.max_steps if max_steps is None else max_steps)
+  if warmup:
+    schedule = WarmupSchedule(schedule, warmup, start=1.0 / scale if scale > 1 else 0.0)
   return schedule
 
 
@@ -354,27 +391,83 @@ def _write_json(path, data):
 
 
 def _prepare_model_dir(config, ctx):
-  """Checks the model dir holds a compatible run (or clears it with --overwrite)."""
-  saved = os.path.join(config.model_dir, "config.json")
+  """Checks the model dir can hold this run (or clears it with --overwrite).
+
+  Returns:
+    The config.json of the run it holds (a dict), or None for a new run.
+  """
+  d = config.model_dir
+  if tf.io.gfile.exists(d) and not tf.io.gfile.isdir(d):
+    raise TrainingError(f"--model-dir {d} is a file, not a directory: pass a directory")
+  saved = os.path.join(d, "config.json")
   if config.overwrite:
-    if ctx.is_chief and tf.io.gfile.exists(config.model_dir):
-      hparams = tf.io.gfile.glob(os.path.join(config.model_dir, "events.out.tfevents.*"))
+    if ctx.is_chief and tf.io.gfile.exists(d):
+      hparams = tf.io.gfile.glob(os.path.join(d, "events.out.tfevents.*"))
       for name in ("checkpoints", "best", "export", "train", "eval", "config.json",
                    "metrics.json") + tuple(os.path.basename(p) for p in hparams):
-        path = os.path.join(config.model_dir, name)
+        path = os.path.join(d, name)
         if tf.io.gfile.isdir(path):
           tf.io.gfile.rmtree(path)
         elif tf.io.gfile.exists(path):
           tf.io.gfile.remove(path)
-    return
-  if tf.io.gfile.exists(saved):
-    with tf.io.gfile.GFile(saved) as f:
-      previous = json.load(f)
-    before = (previous.get("dataset"), previous.get("recipe", {}).get("name"))
-    if before != (config.dataset, config.recipe.name):
+    return None
+  if ctx.is_chief and config.mode != "eval":
+    # Fails here, before any work, on a path under a file or a read-only parent.
+    try:
+      tf.io.gfile.makedirs(d)
+    except (tf.errors.OpError, OSError) as e:
+      raise TrainingError(f"--model-dir {d} cannot be created: {_first_line(e)}") from None
+  if not tf.io.gfile.exists(saved):
+    return None
+  if tf.io.gfile.isdir(saved):
+    raise TrainingError(f"{saved} is a directory, not the run's config: use another --model-dir "
+                        "or --overwrite")
+  with tf.io.gfile.GFile(saved, "rb") as f:
+    text = f.read()
+  try:
+    previous = json.loads(text)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    previous = e
+  if not isinstance(previous, dict) or not isinstance(previous.get("recipe", {}), dict):
+    why = f"not valid JSON ({previous})" if isinstance(previous, Exception) else "not a JSON object"
+    raise TrainingError(f"{saved} is damaged ({why}): cannot check what the run was; "
+                        "use another --model-dir or --overwrite to start again")
+  before = (previous.get("dataset"), previous.get("recipe", {}).get("name"))
+  if before != (config.dataset, config.recipe.name):
+    raise TrainingError(
+        f"{d} holds a {before[0]}/{before[1]} run, not "
+        f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite")
+  return previous
+
+
+def _data_signature(metadata):
+  """What a model is tied to in its data, recorded in config.json as "data"."""
+  return {"image_shape": list(metadata.image_shape), "num_classes": metadata.num_classes,
+          "class_names": list(metadata.class_names)}
+
+
+def _check_same_data(config, previous, metadata):
+  """A run resumes (or is evaluated) only on data of the image shape and classes it started on."""
+  recorded = (previous or {}).get("data")
+  if not isinstance(recorded, dict):
+    return  # a new run, or a config.json written before the data were recorded
+  now = _data_signature(metadata)
+  for key, what in (("image_shape", "images of shape"), ("num_classes", "classes:"),
+                    ("class_names", "class names")):
+    if key in recorded and recorded[key] != now[key]:
       raise TrainingError(
-          f"{config.model_dir} holds a {before[0]}/{before[1]} run, not "
-          f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite")
+          f"{os.path.join(config.model_dir, 'config.json')}: the run in {config.model_dir} was "
+          f"trained on {what} {recorded[key]}, but {config.data_dir} has {now[key]}: use the "
+          "same data, another --model-dir, or --overwrite")
+
+
+def _first_line(error):
+  """The first line of an error's message, without TensorFlow's op-location decorations."""
+  text = getattr(error, "message", None) or str(error) or type(error).__name__
+  text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)  # {{function_node ...}}
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  line = lines[0] if lines else type(error).__name__
+  return re.sub(r"\s*\[Op:\w+\]$", "", line)
 
 
 class Run:
@@ -396,7 +489,7 @@ class Run:
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
     self.max_steps = (math.ceil(config.epochs * self.steps_per_epoch) if config.epochs
                       else recipe.max_steps)
-    self.schedule = create_learning_rate_fn(config, ctx.size, self.steps_per_epoch)
+    self.schedule = create_learning_rate_fn(config, ctx.size, self.steps_per_epoch, self.max_steps)
     self.optimizer = create_optimizer(recipe, self.schedule)
     if config.precision == "mixed_float16":
       self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -423,7 +516,7 @@ class Run:
     recipe = dict(self.config.recipe.to_json(), augmentation=self.augmentation,
                   serving_augmentation=self.serving_policy)
     return dict(self.config.to_json(), recipe=recipe, augmentation_source=self.augmentation_source,
-                workers=self.ctx.size)
+                workers=self.ctx.size, data=_data_signature(self.metadata))
 
   def broadcast(self):
     """Horovod: every rank takes rank 0's model, optimizer, EMA and early-stopping state."""
@@ -560,7 +653,8 @@ def train(run):
     # Finite check: every rank sees the same rank-averaged call means, so all stop here.
     if not math.isfinite(metrics["mean_total_loss"]):
       raise TrainingError(f"non-finite loss {metrics['mean_total_loss']} in steps "
-                          f"{step - n + 1}..{step}: lower --learning-rate or add --warmup-steps")
+                          f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
+                          "(--warmup-epochs)")
     # The tutorial's moving averages (decay 0.9 a step), over the call's mean.
     for name in ("cross_entropy", "total_loss"):
       decay = 0.9 ** n
@@ -634,10 +728,41 @@ def run_eval(run, split, trained_step=None, best=None):
   return metrics
 
 
+def _log_learning_rate(run):
+  config, ctx = run.config, run.ctx
+  scale = lr_scale(config, ctx.size)
+  warmup = warmup_steps(config, ctx.size, run.steps_per_epoch, run.max_steps)
+  how = (f" ({config.recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
+         f"--lr-scaling {config.lr_scaling})" if scale != 1 else "")
+  _log(ctx, f"learning rate {config.recipe.learning_rate * scale:.4g}{how}"
+            + (f", warmed up over {warmup} steps" if warmup else ""))
+
+
+@contextlib.contextmanager
+def _read_errors(run, splits):
+  """Turns a read error of the input (a damaged shard) into one line naming the shard and offset.
+
+  Wraps whole calls (the loop, an evaluation) from outside: TensorFlow reports
+  "corrupted record at N" without the file, so on any TensorFlow error the
+  shards of `splits` are scanned (framing and CRCs) for the damaged one. Errors
+  that are not the data's (a full disk, say) pass on unchanged.
+  """
+  try:
+    yield
+  except tf.errors.OpError:
+    damaged = input_pipeline.find_damaged_shard(run.config.data_dir, run.metadata, splits)
+    if damaged:
+      raise input_pipeline.InputError(damaged) from None
+    raise
+
+
 def run(config, ctx):
   """Runs `config.mode` in this process; returns the final metrics (or None)."""
-  _prepare_model_dir(config, ctx)
+  previous = _prepare_model_dir(config, ctx)
   r = Run(config, ctx)
+  _check_same_data(config, previous, r.metadata)
+  input_pipeline.check_first_records(config.data_dir, r.metadata)
+  _log_learning_rate(r)
   saved = r.config_json()
   _log(ctx, "config: " + json.dumps(saved, sort_keys=True))
   if ctx.is_chief:
@@ -648,9 +773,11 @@ def run(config, ctx):
     r.writer.config(saved)
   metrics = None
   if config.mode in ("train", "train_and_eval"):
-    step, best = train(r)
+    with _read_errors(r, ("train", config.recipe.eval_on)):
+      step, best = train(r)
     if config.mode == "train_and_eval":
-      metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
+      with _read_errors(r, (config.eval_split,)):
+        metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
     if config.export and ctx.is_chief:
       export_dir = os.path.join(config.model_dir, "export")
       with r.evaluation_weights():
@@ -660,19 +787,29 @@ def run(config, ctx):
       _log(ctx, f"exported the serving model to {export_dir} (serving policy: "
                 f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)")
   else:
-    metrics = run_eval(r, config.eval_split)
+    with _read_errors(r, (config.eval_split,)):
+      metrics = run_eval(r, config.eval_split)
   r.writer.close()
   return metrics
 
 
-def main(dataset, argv=None):
-  """Entry point of trainers/<dataset>.py; returns the process exit code."""
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
+def main(dataset, argv=None, config=None):
+  """Runs trainers/<dataset>.py with `config` (or the flags in `argv`); returns the exit code.
+
+  trainers/entry.py parses the flags before importing this module and passes `config`.
+  """
+  if config is None:
+    from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+    config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
   ctx = distributed.init()
   try:
     run(config, ctx)
-  except (TrainingError, input_pipeline.InputError) as e:
+  except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
+  except (tf.errors.OpError, OSError) as e:
+    # What is left is the environment's (a full disk, a read-only model dir):
+    # TensorFlow's and the OS's messages name the file; one line of it is enough.
+    print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
+    return 1
   return 0

@@ -16,7 +16,10 @@ package's files, as the data-set registry (preprocess/datasets/) does.
 
 import dataclasses
 import importlib
+import importlib.util
 import pkgutil
+import sys
+import types
 from typing import Callable, Optional
 
 
@@ -92,12 +95,53 @@ class Recipe:
     return d
 
 
+# Modules the recipe files import that bring in TensorFlow. Until a recipe
+# first uses one (when it builds its model) they are stand-ins that import the
+# real module on first attribute access, so reading the registry -- what `--help`
+# and flag checking need -- costs no TensorFlow import.
+_HEAVY = ("keras", "trainers.layers")
+
+
+class _Deferred(types.ModuleType):
+  """Stands in sys.modules for module `name` until an attribute is read, then imports it.
+
+  (importlib.util.LazyLoader loads on any attribute access, `__spec__` included,
+  which the `import` statement itself reads on Python 3.11.)
+  """
+
+  def __init__(self, name):
+    super().__init__(name)
+    self.__spec__ = importlib.util.find_spec(name)
+    self.__file__ = self.__spec__.origin
+
+  def __getattr__(self, attr):
+    name = self.__name__
+    if sys.modules.get(name) is self:
+      del sys.modules[name]
+    module = importlib.import_module(name)
+    parent, _, child = name.rpartition(".")
+    if parent:
+      setattr(sys.modules[parent], child, module)
+    return getattr(module, attr)
+
+
+def _defer(name):
+  if name not in sys.modules:
+    stand_in = _Deferred(name)
+    sys.modules[name] = stand_in
+    parent, _, child = name.rpartition(".")
+    if parent:
+      setattr(sys.modules[parent], child, stand_in)
+
+
 def _discover():
   """{name: Recipe} of every module in this package; a module's file name is its recipe's name.
 
   Listing the package's files (not a hand-kept list) is what makes a new recipe
   one new file. Each module is imported for its `RECIPE`, never for side effects.
   """
+  for name in _HEAVY:
+    _defer(name)
   found = {}
   for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     recipe = importlib.import_module(f"{__name__}.{module}").RECIPE
