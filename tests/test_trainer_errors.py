@@ -121,23 +121,23 @@ def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(tfrecords
   _flip(shard, offset + (12 + 50 if where == "data" else 9))
   result = run_trainer("mnist", ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"]
                        + TINY, check=False)
-  one_line_error(result, shard.name, "record 3 is corrupted", f"at byte {offset}")
+  one_line_error(result, shard.name, "corrupted record 3", f"at byte {offset}")
   assert "DataLossError" not in result.stderr
   assert not (tmp_path / "m" / "metrics.json").exists()
 
 
 def test_find_corruption_checks_every_record(tfrecords, tmp_path):
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from preprocess import schema  # pylint: disable=g-import-not-at-top
   data = _copy(tfrecords / "catdog", tmp_path / "data")
   shard = data / "train-00000-of-00004.tfrecord"
-  assert input_pipeline.find_corruption(str(shard)) is None
+  assert schema.find_corruption(str(shard)) is None
   last = _record_offset(shard, 5)
   _flip(shard, shard.stat().st_size - 1)  # the last record's data CRC
-  found = input_pipeline.find_corruption(str(shard))
-  assert found and found[0] > last and "CRC" in found[1]
+  found = schema.find_corruption(str(shard))
+  assert found and found.offset > last and "CRC" in found.problem
   shard.write_bytes(shard.read_bytes()[:last + 20])
-  assert input_pipeline.find_corruption(str(shard)) == (last, "record 5 is truncated (the file ends "
-                                                               "inside it)")
+  assert schema.find_corruption(str(shard)) == schema.Corruption(
+      5, last, "file ends inside the record: truncated")
 
 
 def test_a_truncated_shard_is_one_line_at_start_up(tfrecords, tmp_path):

@@ -18,8 +18,6 @@ plain ints (trainers/distributed.py owns Horovod).
 """
 
 import collections
-import os
-import struct
 
 import numpy as np
 import tensorflow as tf
@@ -117,46 +115,6 @@ def load_metadata(data_dir, check_records=True):
   return metadata
 
 
-def find_corruption(path):
-  """The first damaged record of a TFRecord file, from its framing and CRCs, without TensorFlow.
-
-  Checks each record's length (against the masked CRC32C of the length, and
-  the file's size) and its data (against the masked CRC32C of the data).
-  The lead swaps this for the no-TF check of preprocess/schema.py once it lands.
-
-  Args:
-    path: Local file path.
-
-  Returns:
-    None if every record is intact, else (byte offset of the damaged record, what is wrong).
-  """
-  import google_crc32c  # pylint: disable=g-import-not-at-top
-
-  def masked(data):
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-  with open(path, "rb") as f:
-    size = os.fstat(f.fileno()).st_size
-    offset = count = 0
-    while offset < size:
-      header = f.read(schema.HEADER_BYTES)
-      if len(header) < schema.HEADER_BYTES:
-        return offset, f"record {count} is truncated (the file ends inside its header)"
-      length, length_crc = struct.unpack("<QI", header)
-      if masked(header[:8]) != length_crc:
-        return offset, f"record {count} is corrupted (CRC mismatch of its length)"
-      data = f.read(length)
-      footer = f.read(schema.FOOTER_BYTES)
-      if len(data) < length or len(footer) < schema.FOOTER_BYTES:
-        return offset, f"record {count} is truncated (the file ends inside it)"
-      if masked(data) != struct.unpack("<I", footer)[0]:
-        return offset, f"record {count} is corrupted (CRC mismatch of its data)"
-      offset += schema.HEADER_BYTES + length + schema.FOOTER_BYTES
-      count += 1
-  return None
-
-
 def find_damaged_shard(data_dir, metadata, splits):
   """'<shard>: corrupted ... at byte N' for the first damaged shard of `splits`, or None."""
   for split in splits:
@@ -165,12 +123,11 @@ def find_damaged_shard(data_dir, metadata, splits):
     for shard in metadata.splits[split].shards:
       path = _join(data_dir, shard.file)
       try:
-        found = find_corruption(path)
-      except OSError as e:
-        return f"{path}: cannot be read ({e.strerror or e})"
+        found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
+      except (OSError, tf.errors.OpError) as e:
+        return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
       if found:
-        offset, problem = found
-        return (f"{path}: {problem} at byte {offset} (split {split!r}): the shard is damaged; "
+        return (f"{found.describe(path)} (split {split!r}): the shard is damaged; "
                 "convert the data again (make preprocess)")
   return None
 
