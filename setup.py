@@ -8,10 +8,12 @@ scripts/install.sh and the README for why that cannot be a plain pip dependency.
 import setuptools
 
 setuptools.setup(
-    name="cnn-pipeline",
-    version="0.1.0",
-    description=("Beam-to-TFRecord preprocessing and Horovod/TensorFlow trainers "
-                 "for the classic CNN recipes (CIFAR-10, MNIST, ResNet, LeNet-5)."),
-    packages=setuptools.find_packages(include=["preprocess", "pipeline", "trainers"]),
-    python_requires=">=3.11,<3.12",
+  name="cnn-pipeline",
+  version="0.1.0",
+  description=(
+    "Beam-to-TFRecord preprocessing and Horovod/TensorFlow trainers "
+    "for the classic CNN recipes (CIFAR-10, MNIST, ResNet, LeNet-5)."
+  ),
+  packages=setuptools.find_packages(include=["preprocess", "pipeline", "trainers"]),
+  python_requires=">=3.11,<3.12",
 )

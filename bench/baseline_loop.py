@@ -37,21 +37,29 @@ def main(batches_dir, out_dir):
   for split, files in LAYOUT.splits.items():
     with tf.io.TFRecordWriter(os.path.join(out_dir, f"{split}.tfrecord")) as writer:
       for fname in files:
-        data = np.fromfile(os.path.join(batches_dir, fname), np.uint8).reshape(-1, cifar10.RECORD_BYTES)
+        data = np.fromfile(os.path.join(batches_dir, fname), np.uint8).reshape(
+          -1, cifar10.RECORD_BYTES
+        )
         for i, row in enumerate(data):
           label = int(row[0])
           image = row[1:].reshape(3, 32, 32).transpose(1, 2, 0)
           source_id = f"{LAYOUT.batches_dir}/{fname}:{i}"
-          example = tf.train.Example(features=tf.train.Features(feature={
-              schema.ENCODED: _bytes(schema.encode_image(np.ascontiguousarray(image), "png")),
-              schema.FORMAT: _bytes(b"png"),
-              schema.HEIGHT: _int(32), schema.WIDTH: _int(32), schema.CHANNELS: _int(3),
-              schema.LABEL: _int(label),
-              schema.TEXT: _bytes(names[label].encode()),
-              schema.SOURCE_ID: _bytes(source_id.encode()),
-              schema.SHA256: _bytes(hashlib.sha256(row.tobytes()).hexdigest().encode()),
-              schema.AUGMENT_SEED: _int(schema.augment_seed(source_id)),
-          }))
+          example = tf.train.Example(
+            features=tf.train.Features(
+              feature={
+                schema.ENCODED: _bytes(schema.encode_image(np.ascontiguousarray(image), "png")),
+                schema.FORMAT: _bytes(b"png"),
+                schema.HEIGHT: _int(32),
+                schema.WIDTH: _int(32),
+                schema.CHANNELS: _int(3),
+                schema.LABEL: _int(label),
+                schema.TEXT: _bytes(names[label].encode()),
+                schema.SOURCE_ID: _bytes(source_id.encode()),
+                schema.SHA256: _bytes(hashlib.sha256(row.tobytes()).hexdigest().encode()),
+                schema.AUGMENT_SEED: _int(schema.augment_seed(source_id)),
+              }
+            )
+          )
           writer.write(example.SerializeToString())
           count += 1
   print(f"wrote {count} records", file=sys.stderr)

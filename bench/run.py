@@ -16,6 +16,7 @@ the machine and date.
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import pathlib
@@ -36,18 +37,22 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 def measure(cmd, env=None):
   """Runs `cmd`; returns (seconds, peak RSS of its process tree in MiB)."""
   start = time.perf_counter()
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   parent = psutil.Process(proc.pid)
   peak = 0
   while proc.poll() is None:
     total = 0
     try:
       for p in [parent] + parent.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
           total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-          pass
     except psutil.NoSuchProcess:
       pass
     peak = max(peak, total)
@@ -69,8 +74,18 @@ def repeat_cifar(src, dst, times):
 
 
 def beam_cmd(raw, out):
-  return [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", "cifar10",
-          "--raw-dir", str(raw), "--out-dir", str(out), "--overwrite"]
+  return [
+    sys.executable,
+    "-m",
+    "pipeline.build_tfrecords",
+    "--dataset",
+    "cifar10",
+    "--raw-dir",
+    str(raw),
+    "--out-dir",
+    str(out),
+    "--overwrite",
+  ]
 
 
 def _loop_seconds(output):
@@ -84,71 +99,129 @@ def _sample_tfrecords(work):
   raw, out = work / "raw-sample", work / "tfrecords-sample"
   if not (out / "cifar10" / "metadata.json").exists():
     sample_data.generate(str(raw), names=("cifar10",), seed=0)
-    subprocess.run(beam_cmd(raw, out), cwd=ROOT, check=True, capture_output=True,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    subprocess.run(
+      beam_cmd(raw, out),
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
   return out
 
 
 def summary_overhead(work, steps, repeats):
   """Seconds per step with default summaries and with none; min over repeats."""
   out = _sample_tfrecords(work)
-  settings = {"defaults (--summary-every 100 --histogram-every 1000)": [],
-              "summaries off (--summary-every 0 --histogram-every 0)": ["--summary-every", "0",
-                                                                         "--histogram-every", "0"]}
+  settings = {
+    "defaults (--summary-every 100 --histogram-every 1000)": [],
+    "summaries off (--summary-every 0 --histogram-every 0)": [
+      "--summary-every",
+      "0",
+      "--histogram-every",
+      "0",
+    ],
+  }
   best = {name: float("inf") for name in settings}
   for _ in range(repeats):
     for name, flags in settings.items():
-      cmd = [sys.executable, str(ROOT / "trainers" / "cifar10.py"), "--recipe", "cifar10_tutorial",
-             "--data-dir", str(out / "cifar10"), "--model-dir", str(work / "overhead-run"),
-             "--overwrite", "--max-steps", str(steps), "--batch-size", "64", "--mode", "train",
-             "--no-export", "--eval-every", "0", "--checkpoint-every", str(steps)] + flags
-      result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+      cmd = [
+        sys.executable,
+        str(ROOT / "trainers" / "cifar10.py"),
+        "--recipe",
+        "cifar10_tutorial",
+        "--data-dir",
+        str(out / "cifar10"),
+        "--model-dir",
+        str(work / "overhead-run"),
+        "--overwrite",
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "64",
+        "--mode",
+        "train",
+        "--no-export",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        str(steps),
+      ] + flags
+      result = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+      )
       best[name] = min(best[name], _loop_seconds(result.stdout) / steps)
   return best
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench"))
-  parser.add_argument("--scale", type=int, default=10, help="Data growth factor for the memory check.")
+  parser.add_argument(
+    "--scale", type=int, default=10, help="Data growth factor for the memory check."
+  )
   parser.add_argument("--results", default=str(RESULTS))
-  parser.add_argument("--only", choices=("speed", "conversion", "summaries", "all"), default="speed",
-                      help="speed (default, `make bench`: issue 11's training figures, ~10 min on "
-                           "2 cores); conversion (the Beam job); summaries (1000-step overhead); all.")
-  parser.add_argument("--steps", type=int, default=1000, help="Training steps per summary-overhead run.")
+  parser.add_argument(
+    "--only",
+    choices=("speed", "conversion", "summaries", "all"),
+    default="speed",
+    help="speed (default, `make bench`: issue 11's training figures, ~10 min on "
+    "2 cores); conversion (the Beam job); summaries (1000-step overhead); all.",
+  )
+  parser.add_argument(
+    "--steps", type=int, default=1000, help="Training steps per summary-overhead run."
+  )
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
   work = pathlib.Path(args.work_dir)
   work.mkdir(parents=True, exist_ok=True)
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-             platform.processor())
-  machine = (f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-             f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n")
+  cpu = next(
+    (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+    platform.processor(),
+  )
+  machine = (
+    f"Machine: {os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+    f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n"
+  )
   text = ""
   if args.only in ("speed", "all"):
     from bench import speed  # pylint: disable=g-import-not-at-top
+
     data_dir = str(_sample_tfrecords(work) / "cifar10")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    text += speed.markdown(speed.run(data_dir, work), datetime.date.today().isoformat(), machine,
-                           load)
+    text += speed.markdown(
+      speed.run(data_dir, work), datetime.date.today().isoformat(), machine, load
+    )
   if args.only in ("conversion", "all"):
     text += conversion(work, args.scale, machine)
   if args.only in ("summaries", "all"):
     print("summary overhead ...", file=sys.stderr)
     per_step = summary_overhead(work, args.steps, args.repeats)
     (with_summaries, without), names = per_step.values(), list(per_step)
-    text += "\n".join([
-        f"\n## Summary overhead, {datetime.date.today().isoformat()}", machine,
+    text += "\n".join(
+      [
+        f"\n## Summary overhead, {datetime.date.today().isoformat()}",
+        machine,
         f"CIFAR-10 tutorial model, batch 64, one process, {args.steps} steps, best of {args.repeats}.\n",
-        "| summaries | ms/step |", "|---|---:|",
+        "| summaries | ms/step |",
+        "|---|---:|",
         f"| {names[0]} | {with_summaries * 1000:.1f} |",
         f"| {names[1]} | {without * 1000:.1f} |",
-        f"\nOverhead of the default summaries: {(with_summaries / without - 1) * 100:+.1f}% step time.\n"])
+        f"\nOverhead of the default summaries: {(with_summaries / without - 1) * 100:+.1f}% step time.\n",
+      ]
+    )
   print(text)
   results = pathlib.Path(args.results)
   if not results.exists():
-    results.write_text("# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n")
+    results.write_text(
+      "# Benchmark results\n\nAppended by `make bench` (bench/run.py); newest last.\n"
+    )
   with results.open("a") as f:
     f.write(text)
 
@@ -165,8 +238,15 @@ def conversion(work, scale, machine):
   rows = []
   print("baseline loop ...", file=sys.stderr)
   shutil.rmtree(work / "out-loop", ignore_errors=True)
-  t_loop, m_loop = measure([sys.executable, "-m", "bench.baseline_loop",
-                            str(raw / "cifar10" / "cifar-10-batches-bin"), str(work / "out-loop")])
+  t_loop, m_loop = measure(
+    [
+      sys.executable,
+      "-m",
+      "bench.baseline_loop",
+      str(raw / "cifar10" / "cifar-10-batches-bin"),
+      str(work / "out-loop"),
+    ]
+  )
   rows.append(("single-process loop (tf.train.Example + TFRecordWriter)", n, t_loop, m_loop))
   print("beam job ...", file=sys.stderr)
   t_beam, m_beam = measure(beam_cmd(raw, work / "out-beam"))
@@ -176,12 +256,17 @@ def conversion(work, scale, machine):
   rows.append((f"Beam job, same defaults, data x{scale}", n * scale, t_big, m_big))
   shutil.rmtree(work / "out-beam-big", ignore_errors=True)
 
-  lines = [f"\n## Conversion, {datetime.date.today().isoformat()}", machine,
-           "| run | records | seconds | records/s | vs loop | peak RSS (MiB, all processes) |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = [
+    f"\n## Conversion, {datetime.date.today().isoformat()}",
+    machine,
+    "| run | records | seconds | records/s | vs loop | peak RSS (MiB, all processes) |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
   for name, count, secs, mem in rows:
-    lines.append(f"| {name} | {count:,} | {secs:.1f} | {count / secs:,.0f} | "
-                 f"{(count / secs) / (n / t_loop):.2f}x | {mem:,.0f} |")
+    lines.append(
+      f"| {name} | {count:,} | {secs:.1f} | {count / secs:,.0f} | "
+      f"{(count / secs) / (n / t_loop):.2f}x | {mem:,.0f} |"
+    )
   lines.append(f"\nPeak memory at x{scale} data / at x1: {m_big / m_beam:.2f}.")
   return "\n".join(lines) + "\n"
 

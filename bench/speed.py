@@ -25,8 +25,14 @@ def _bench(args, np_=None, pin=False):
   env = dict(ENV, **({"BENCH_PIN_LOCAL_RANK": "1"} if pin else {}))
   if np_:
     cmd = [os.path.join(BIN, "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}"] + cmd
-  out = subprocess.run(cmd, cwd=ROOT, env=dict(env, PATH=f"{BIN}:{env.get('PATH', '')}"),
-                       capture_output=True, text=True, timeout=900)
+  out = subprocess.run(
+    cmd,
+    cwd=ROOT,
+    env=dict(env, PATH=f"{BIN}:{env.get('PATH', '')}"),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   lines = [l.split("BENCH ", 1)[1] for l in out.stdout.splitlines() if "BENCH " in l]
   if out.returncode or not lines:
     raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -36,15 +42,44 @@ def _bench(args, np_=None, pin=False):
 def _trainer(data_dir, work, recipe, batch, steps, extra=(), np_=None, pin=False):
   """The trainer's img/s after its first log interval (tracing excluded), from its log lines."""
   log_every = steps // 4
-  cmd = [sys.executable, str(ROOT / "trainers" / "cifar10.py"), "--recipe", recipe,
-         "--data-dir", data_dir, "--model-dir", str(work / f"run-{recipe}"), "--overwrite",
-         "--max-steps", str(steps), "--batch-size", str(batch), "--mode", "train", "--no-export",
-         "--eval-every", "0", "--early-stopping-patience", "0", "--log-every", str(log_every),
-         "--checkpoint-every", str(steps)] + list(extra)
+  cmd = [
+    sys.executable,
+    str(ROOT / "trainers" / "cifar10.py"),
+    "--recipe",
+    recipe,
+    "--data-dir",
+    data_dir,
+    "--model-dir",
+    str(work / f"run-{recipe}"),
+    "--overwrite",
+    "--max-steps",
+    str(steps),
+    "--batch-size",
+    str(batch),
+    "--mode",
+    "train",
+    "--no-export",
+    "--eval-every",
+    "0",
+    "--early-stopping-patience",
+    "0",
+    "--log-every",
+    str(log_every),
+    "--checkpoint-every",
+    str(steps),
+  ] + list(extra)
   env = dict(ENV)
   if np_:
-    cmd = [os.path.join(BIN, "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
-           sys.executable, "-m", "bench.pinned"] + cmd[1:]
+    cmd = [
+      os.path.join(BIN, "horovodrun"),
+      "-np",
+      str(np_),
+      "-H",
+      f"localhost:{np_}",
+      sys.executable,
+      "-m",
+      "bench.pinned",
+    ] + cmd[1:]
     env["BENCH_PIN_LOCAL_RANK"] = "1" if pin else ""
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -60,8 +95,11 @@ def _ratio_pairs(a, b, repeats):
   for _ in range(repeats):
     xs.append(a())
     ys.append(b())
-  return statistics.median(xs), statistics.median(ys), statistics.median(
-      x / y for x, y in zip(xs, ys))
+  return (
+    statistics.median(xs),
+    statistics.median(ys),
+    statistics.median(x / y for x, y in zip(xs, ys)),
+  )
 
 
 def run(data_dir, work, repeats=2):
@@ -69,30 +107,49 @@ def run(data_dir, work, repeats=2):
   # (a) trainer vs model.fit, same architecture and batch.
   for recipe, batch, steps in (("cifar10_tutorial", 128, 120), ("tiny", 32, 1200)):
     rows[f"a/{recipe}"] = _ratio_pairs(
-        lambda: _trainer(data_dir, work, recipe, batch, steps),
-        lambda: _bench(["fit", "--recipe", recipe, "--batch", batch, "--steps", steps // 2])[0][
-            "img_per_s"], repeats)
+      lambda: _trainer(data_dir, work, recipe, batch, steps),
+      lambda: _bench(["fit", "--recipe", recipe, "--batch", batch, "--steps", steps // 2])[0][
+        "img_per_s"
+      ],
+      repeats,
+    )
     print(f"(a) {recipe}: {rows[f'a/{recipe}']}", file=sys.stderr)
   # Default summaries' cost (tutorial): defaults vs --summary-every 0 --histogram-every 0.
   rows["summaries"] = _ratio_pairs(
-      lambda: _trainer(data_dir, work, "cifar10_tutorial", 128, 200),
-      lambda: _trainer(data_dir, work, "cifar10_tutorial", 128, 200,
-                       ["--summary-every", "0", "--histogram-every", "0"]), repeats)
+    lambda: _trainer(data_dir, work, "cifar10_tutorial", 128, 200),
+    lambda: _trainer(
+      data_dir,
+      work,
+      "cifar10_tutorial",
+      128,
+      200,
+      ["--summary-every", "0", "--histogram-every", "0"],
+    ),
+    repeats,
+  )
   # (b) scaling, one core per worker: synthetic step loop, then the real trainer.
   rows["b/synthetic"] = _ratio_pairs(
-      lambda: sum(r["img_per_s"] for r in _bench(
-          ["synthetic", "--batch", 64, "--steps", 60], np_=2, pin=True)) / 2,
-      lambda: _bench(["synthetic", "--batch", 64, "--steps", 60], np_=1, pin=True)[0]["img_per_s"],
-      repeats)
+    lambda: (
+      sum(
+        r["img_per_s"] for r in _bench(["synthetic", "--batch", 64, "--steps", 60], np_=2, pin=True)
+      )
+      / 2
+    ),
+    lambda: _bench(["synthetic", "--batch", 64, "--steps", 60], np_=1, pin=True)[0]["img_per_s"],
+    repeats,
+  )
   rows["b/real"] = _ratio_pairs(
-      lambda: _trainer(data_dir, work, "cifar10_tutorial", 64, 120, np_=2, pin=True),
-      lambda: _trainer(data_dir, work, "cifar10_tutorial", 64, 120, np_=1, pin=True), repeats)
+    lambda: _trainer(data_dir, work, "cifar10_tutorial", 64, 120, np_=2, pin=True),
+    lambda: _trainer(data_dir, work, "cifar10_tutorial", 64, 120, np_=1, pin=True),
+    repeats,
+  )
   # (c) input pipeline (tutorial policy, batch 128), cached and streaming.
   rows["c/cached"] = _bench(["input", "--data-dir", data_dir, "--steps", 60])[0]
   rows["c/streaming"] = _bench(["input", "--data-dir", data_dir, "--steps", 30, "--no-cache"])[0]
   # (d) precision and XLA on CPU (synthetic, tutorial model, batch 128).
-  base = lambda *extra: lambda: _bench(["synthetic", "--batch", 128, "--steps", 30, *extra])[0][
-      "img_per_s"]
+  base = lambda *extra: (
+    lambda: _bench(["synthetic", "--batch", 128, "--steps", 30, *extra])[0]["img_per_s"]
+  )
   rows["d/bf16"] = _ratio_pairs(base("--precision", "mixed_bfloat16"), base(), repeats)
   rows["d/xla"] = _ratio_pairs(base("--xla"), base(), repeats)
   rows["flops/cifar10_tutorial"] = _bench(["flops", "--recipe", "cifar10_tutorial"])[0]
@@ -108,11 +165,14 @@ def markdown(rows, date, machine, load):
   need_tiny = a_y[0]
   ft, fy = rows["flops/cifar10_tutorial"], rows["flops/tiny"]
   ok = lambda good: "met" if good else "MISSED"
-  return "\n".join([
-      f"\n## Training speed (issue 11), {date}", machine,
+  return "\n".join(
+    [
+      f"\n## Training speed (issue 11), {date}",
+      machine,
       f"Load average at start: {load}. Medians of alternating pairs; ratios are medians of "
       "per-pair ratios.\n",
-      "| figure | value | target |", "|---|---:|---|",
+      "| figure | value | target |",
+      "|---|---:|---|",
       f"| (a) tutorial, batch 128: trainer / model.fit | {a_t[0]:.0f} / {a_t[1]:.0f} img/s = "
       f"{a_t[2]:.2f}x | >= 0.95x: {ok(a_t[2] >= 0.95)} |",
       f"| (a) tiny, batch 32: trainer / model.fit | {a_y[0]:.0f} / {a_y[1]:.0f} img/s = "
@@ -139,4 +199,6 @@ def markdown(rows, date, machine, load):
       f"{ft['train_flops_per_image'] * 128 / 1e9:.1f} GFLOP/step); tiny "
       f"{fy['train_flops_per_image'] / 1e6:.2f} M (batch 32: "
       f"{fy['train_flops_per_image'] * 32 / 1e6:.1f} MFLOP/step) | |",
-      ""])
+      "",
+    ]
+  )

@@ -19,13 +19,17 @@ import time
 
 def _pin():
   if os.environ.get("BENCH_PIN_LOCAL_RANK"):
-    rank = int(os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)))
+    rank = int(
+      os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", 0))
+    )
     os.sched_setaffinity(0, {rank % os.cpu_count()})
 
 
 def _model(recipe_name, precision="float32"):
   import keras  # pylint: disable=g-import-not-at-top
+
   from trainers import recipes  # pylint: disable=g-import-not-at-top
+
   recipe = recipes.get(recipe_name)
   keras.mixed_precision.set_global_policy(precision)
   # CIFAR-10's default train policy (both benchmarked recipes use it) crops to 24x24.
@@ -36,13 +40,16 @@ def _model(recipe_name, precision="float32"):
 def fit(a):
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   recipe, model, shape = _model(a.recipe)
-  model.compile(keras.optimizers.SGD(recipe.learning_rate),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.compile(
+    keras.optimizers.SGD(recipe.learning_rate),
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   rng = np.random.default_rng(0)
   x = rng.uniform(0, 1, (a.batch * a.steps,) + tuple(shape)).astype("float32")
   y = rng.integers(0, 10, a.batch * a.steps).astype("int32")
-  model.fit(x[:a.batch * 5], y[:a.batch * 5], batch_size=a.batch, epochs=1, verbose=0)  # trace
+  model.fit(x[: a.batch * 5], y[: a.batch * 5], batch_size=a.batch, epochs=1, verbose=0)  # trace
   start = time.perf_counter()
   model.fit(x, y, batch_size=a.batch, epochs=1, verbose=0)
   return {"img_per_s": a.batch * a.steps / (time.perf_counter() - start)}
@@ -51,7 +58,10 @@ def fit(a):
 def synthetic(a):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainers import distributed, train  # pylint: disable=g-import-not-at-top
+
+  from trainers import distributed  # pylint: disable=g-import-not-at-top
+  from trainers import train  # pylint: disable=g-import-not-at-top
+
   ctx = distributed.init()
   recipe, model, shape = _model(a.recipe, a.precision)
   optimizer = train.create_optimizer(recipe, recipe.learning_rate)
@@ -69,21 +79,37 @@ def synthetic(a):
   for _ in range(a.steps // a.k):
     float(loop(batches, k)[0]["total_loss"])
   seconds = time.perf_counter() - start
-  return {"img_per_s": a.batch * ctx.size * (a.steps // a.k) * a.k / seconds, "workers": ctx.size,
-          "rank": ctx.rank}
+  return {
+    "img_per_s": a.batch * ctx.size * (a.steps // a.k) * a.k / seconds,
+    "workers": ctx.size,
+    "rank": ctx.rank,
+  }
 
 
 def input_rate(a):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from trainers import input_pipeline, recipes  # pylint: disable=g-import-not-at-top
+
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers import recipes  # pylint: disable=g-import-not-at-top
+
   recipe = recipes.get(a.recipe)
   meta = input_pipeline.load_metadata(a.data_dir)
   if recipe.augmentation:
     meta = dataclasses.replace(meta, augmentation=recipe.augmentation)
   start = time.perf_counter()
-  it = iter(input_pipeline.make_dataset(a.data_dir, meta, "train", rank=0, size=1,
-                                        batch_size=a.batch, training=True, seed=0,
-                                        cache=not a.no_cache))
+  it = iter(
+    input_pipeline.make_dataset(
+      a.data_dir,
+      meta,
+      "train",
+      rank=0,
+      size=1,
+      batch_size=a.batch,
+      training=True,
+      seed=0,
+      cache=not a.no_cache,
+    )
+  )
   next(it)
   first = time.perf_counter() - start
   start = time.perf_counter()
@@ -95,16 +121,21 @@ def input_rate(a):
 def flops(a):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+
   _, model, shape = _model(a.recipe)
   fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-      tf.TensorSpec((1,) + tuple(shape), tf.float32))
+    tf.TensorSpec((1,) + tuple(shape), tf.float32)
+  )
   graph = convert_to_constants.convert_variables_to_constants_v2(fn).graph
   opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   opts["output"] = "none"
   forward = tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
   # Training: forward + backward (gradients w.r.t. activations and weights) ~ 3x forward.
-  return {"forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
-          "params": model.count_params()}
+  return {
+    "forward_flops_per_image": forward,
+    "train_flops_per_image": 3 * forward,
+    "params": model.count_params(),
+  }
 
 
 def main():

@@ -53,8 +53,11 @@ EXTRA_RUNNERS = (DASK_RUNNER,)
 # --image-size every image is refused at), not a few broken files.
 MAX_REJECT_FRACTION = 0.1
 # What to install when a runner's module does not import.
-RUNNER_EXTRAS = {"dask": "apache-beam[dask]", "dataflow": "apache-beam[gcp]",
-                 "interactive": "apache-beam[interactive]"}
+RUNNER_EXTRAS = {
+  "dask": "apache-beam[dask]",
+  "dataflow": "apache-beam[gcp]",
+  "interactive": "apache-beam[interactive]",
+}
 
 
 class UsageError(Exception):
@@ -64,41 +67,82 @@ class UsageError(Exception):
 def parse_args(argv):
   """Splits argv into this job's flags and the Beam pipeline flags."""
   parser = cli.ArgumentParser(
-      prog="python -m pipeline.build_tfrecords", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="python -m pipeline.build_tfrecords",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   names = specs.names()
   parser.add_argument("--dataset", required=True, choices=names + ("all",))
-  parser.add_argument("--raw-dir",
-                      help=f"Raw data root: holds {', '.join(n + '/' for n in names)} "
-                      "(required unless --verify-data).")
-  parser.add_argument("--out-dir", required=True, help="Output root; each data set goes to OUT/<dataset>/.")
-  parser.add_argument("--num-shards", type=int, default=None,
-                      help="Shards per split (default: about 4,096 records a shard, a power of two, at least 4).")
-  parser.add_argument("--validation-size", type=int, default=None,
-                      help="Training records moved to a validation split (default: the data set's, "
-                      + ", ".join(f"{n} {specs.get(n).validation_size}" for n in names) + ").")
-  parser.add_argument("--image-size", type=int, default=150,
-                      help="Image folders (catdog): side of the square output; shorter side resized "
-                      "to it, then centre-cropped.")
-  parser.add_argument("--image-format", choices=schema.IMAGE_FORMATS, default="jpeg",
-                      help="Image folders (catdog): encoding in the shards (CIFAR-10 and MNIST are "
-                      "always PNG, lossless).")
-  parser.add_argument("--download", action="store_true", help="Fetch missing raw data first (official URLs).")
-  parser.add_argument("--overwrite", action="store_true", help="Replace an existing output of the same data set.")
-  parser.add_argument("--progress-seconds", type=float, default=10.0,
-                      help="Log converted shards and records this often (0: only the final summary).")
-  parser.add_argument("--max-reject-fraction", type=float, default=MAX_REJECT_FRACTION,
-                      help="Fail the run, writing no metadata.json, when a split loses more than "
-                      "this fraction of its records to rejects (default %(default)s: the real "
-                      "data sets lose almost none, so more means something systematic). A split "
-                      "with no records always fails.")
-  parser.add_argument("--verify-data", action="store_true",
-                      help="Convert nothing: check an existing output against its metadata.json "
-                      "(every shard's sha256, framing and CRCs, and the first record of each "
-                      "split). make preprocess runs it after the job.")
-  parser.add_argument("--verbose", action="store_true",
-                      help="Show Beam's and the workers' own log lines and full tracebacks (they "
-                      "always go to a log file whose path is printed when a run fails).")
+  parser.add_argument(
+    "--raw-dir",
+    help=f"Raw data root: holds {', '.join(n + '/' for n in names)} "
+    "(required unless --verify-data).",
+  )
+  parser.add_argument(
+    "--out-dir", required=True, help="Output root; each data set goes to OUT/<dataset>/."
+  )
+  parser.add_argument(
+    "--num-shards",
+    type=int,
+    default=None,
+    help="Shards per split (default: about 4,096 records a shard, a power of two, at least 4).",
+  )
+  parser.add_argument(
+    "--validation-size",
+    type=int,
+    default=None,
+    help="Training records moved to a validation split (default: the data set's, "
+    + ", ".join(f"{n} {specs.get(n).validation_size}" for n in names)
+    + ").",
+  )
+  parser.add_argument(
+    "--image-size",
+    type=int,
+    default=150,
+    help="Image folders (catdog): side of the square output; shorter side resized "
+    "to it, then centre-cropped.",
+  )
+  parser.add_argument(
+    "--image-format",
+    choices=schema.IMAGE_FORMATS,
+    default="jpeg",
+    help="Image folders (catdog): encoding in the shards (CIFAR-10 and MNIST are "
+    "always PNG, lossless).",
+  )
+  parser.add_argument(
+    "--download", action="store_true", help="Fetch missing raw data first (official URLs)."
+  )
+  parser.add_argument(
+    "--overwrite", action="store_true", help="Replace an existing output of the same data set."
+  )
+  parser.add_argument(
+    "--progress-seconds",
+    type=float,
+    default=10.0,
+    help="Log converted shards and records this often (0: only the final summary).",
+  )
+  parser.add_argument(
+    "--max-reject-fraction",
+    type=float,
+    default=MAX_REJECT_FRACTION,
+    help="Fail the run, writing no metadata.json, when a split loses more than "
+    "this fraction of its records to rejects (default %(default)s: the real "
+    "data sets lose almost none, so more means something systematic). A split "
+    "with no records always fails.",
+  )
+  parser.add_argument(
+    "--verify-data",
+    action="store_true",
+    help="Convert nothing: check an existing output against its metadata.json "
+    "(every shard's sha256, framing and CRCs, and the first record of each "
+    "split). make preprocess runs it after the job.",
+  )
+  parser.add_argument(
+    "--verbose",
+    action="store_true",
+    help="Show Beam's and the workers' own log lines and full tracebacks (they "
+    "always go to a log file whose path is printed when a run fails).",
+  )
   args, beam_args = parser.parse_known_args(argv)
   args.log_file = os.devnull  # main() makes one per run.
   if args.num_shards is not None and args.num_shards < 1:
@@ -139,22 +183,31 @@ def beam_options(beam_args):
     UsageError: A flag Beam does not know either, a runner that does not
       import, or an unsafe runner mode.
   """
-  from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import DirectOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+
   runner = _import_runner(beam_args)
   options = PipelineOptions(beam_args)
   known = set(PipelineOptions([]).get_all_options(drop_default=False))
   given = options.get_all_options(drop_default=True, retain_unknown_options=True)
   unknown = sorted(set(given) - known)
   # Values of "--flag value" pairs are fine; other bare words are not.
-  stray = [a for i, a in enumerate(beam_args) if not a.startswith("--") and
-           (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])]
+  stray = [
+    a
+    for i, a in enumerate(beam_args)
+    if not a.startswith("--")
+    and (i == 0 or not beam_args[i - 1].startswith("--") or "=" in beam_args[i - 1])
+  ]
   if unknown or stray:
     raise UsageError(f"unrecognized arguments: {' '.join(['--' + u for u in unknown] + stray)}")
   direct = options.view_as(DirectOptions)
   if direct.direct_running_mode == "multi_threading":
     # Seen here with Beam 2.77: 8 of 12 multi_threading runs lost records.
-    raise UsageError("--direct_running_mode=multi_threading loses records in Beam 2.77; "
-                     "use multi_processing or in_memory")
+    raise UsageError(
+      "--direct_running_mode=multi_threading loses records in Beam 2.77; "
+      "use multi_processing or in_memory"
+    )
   standard = options.view_as(StandardOptions)
   if runner in EXTRA_RUNNERS:
     standard.runner = runner
@@ -182,24 +235,31 @@ def _import_runner(beam_args):
   anything else must be a `module.Class` path.
   """
   from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   parser.add_argument("--runner")
   name = parser.parse_known_args(beam_args)[0].runner
   if name is None:
     return None
-  paths = {p.rsplit(".", 1)[-1].lower(): p for p in StandardOptions.ALL_KNOWN_RUNNERS + EXTRA_RUNNERS}
+  paths = {
+    p.rsplit(".", 1)[-1].lower(): p for p in StandardOptions.ALL_KNOWN_RUNNERS + EXTRA_RUNNERS
+  }
   path = paths.get(name.lower(), paths.get(name.lower() + "runner", name))
   if "." not in path:
-    raise UsageError(f"--runner={name}: unknown runner; use one of "
-                     f"{', '.join(sorted(p.rsplit('.', 1)[-1] for p in paths.values()))} "
-                     "or a module.Class path")
+    raise UsageError(
+      f"--runner={name}: unknown runner; use one of "
+      f"{', '.join(sorted(p.rsplit('.', 1)[-1] for p in paths.values()))} "
+      "or a module.Class path"
+    )
   module = path.rsplit(".", 1)[0]
   try:
     importlib.import_module(module)
   except ImportError as e:
     extra = next((v for k, v in RUNNER_EXTRAS.items() if k in path.lower()), None)
-    raise UsageError(f"--runner={name}: cannot import {module} ({e})" +
-                     (f"; pip install '{extra}'" if extra else "")) from None
+    raise UsageError(
+      f"--runner={name}: cannot import {module} ({e})"
+      + (f"; pip install '{extra}'" if extra else "")
+    ) from None
   return path
 
 
@@ -223,12 +283,17 @@ def _quiet_local_workers(level):
 def prepare_out_dir(out_dir, overwrite):
   """Makes `out_dir` ready for a new run; refuses to clobber one without --overwrite."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   ours = [METADATA, REJECTS, "*.tfrecord", ".*.tmp-*", ".work-*/**"]
-  existing = [m.path for pattern in ours
-              for m in FileSystems.match([FileSystems.join(out_dir, pattern)])[0].metadata_list]
+  existing = [
+    m.path
+    for pattern in ours
+    for m in FileSystems.match([FileSystems.join(out_dir, pattern)])[0].metadata_list
+  ]
   if existing and not overwrite:
-    raise UsageError(f"{out_dir}: output already exists ({len(existing)} files); "
-                     "pass --overwrite to replace it")
+    raise UsageError(
+      f"{out_dir}: output already exists ({len(existing)} files); pass --overwrite to replace it"
+    )
   metadata = FileSystems.join(out_dir, METADATA)
   # metadata.json goes first, so an interrupted overwrite never looks complete.
   if FileSystems.exists(metadata):
@@ -250,7 +315,9 @@ def _read_sidecars(work, tasks):
     (list of stats dicts, list of reject dicts), in task order.
   """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   from pipeline import convert  # pylint: disable=g-import-not-at-top
+
   found = {m.path for m in FileSystems.match([FileSystems.join(work, "*")])[0].metadata_list}
   stats, rejects = [], []
   for task in tasks:
@@ -266,6 +333,7 @@ def _read_sidecars(work, tasks):
 def _remove_work_files(out_dir, work):
   """Deletes the sidecars and the temporary files of failed or retried tasks."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   patterns = [FileSystems.join(work, "*"), FileSystems.join(out_dir, ".*.tmp-*")]
   files = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
   if files:
@@ -276,7 +344,9 @@ def _remove_work_files(out_dir, work):
 
 def _write_atomically(path, text):
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   from preprocess import atomic  # pylint: disable=g-import-not-at-top
+
   atomic.write_text(path, text, filesystem=FileSystems)
 
 
@@ -291,18 +361,24 @@ def convert_dataset(name, args, options, log):
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
-  from pipeline import convert, plan  # pylint: disable=g-import-not-at-top
+
+  from pipeline import convert  # pylint: disable=g-import-not-at-top
+  from pipeline import plan  # pylint: disable=g-import-not-at-top
+
   started = time.time()
   raw = plan.load(name, args.raw_dir, image_size=args.image_size, image_format=args.image_format)
   for split, sources in raw.splits.items():
     if not sum(s.count for s in sources):
       rejected = [r for r in raw.rejects if r.file.split("/", 1)[0] == split]
       example = f" (e.g. {rejected[0].file}: {rejected[0].reason})" if rejected else ""
-      raise IncompleteError(f"{name}: split {split!r} has no usable records: all "
-                            f"{len(rejected)} inputs were rejected while listing{example}; "
-                            "no metadata.json written")
-  validation_size = (specs.get(name).validation_size if args.validation_size is None
-                     else args.validation_size)
+      raise IncompleteError(
+        f"{name}: split {split!r} has no usable records: all "
+        f"{len(rejected)} inputs were rejected while listing{example}; "
+        "no metadata.json written"
+      )
+  validation_size = (
+    specs.get(name).validation_size if args.validation_size is None else args.validation_size
+  )
   try:
     tasks = plan.make_tasks(plan.make_splits(raw.splits, validation_size), args.num_shards)
   except ValueError as e:
@@ -311,33 +387,50 @@ def convert_dataset(name, args, options, log):
   prepare_out_dir(out_dir, args.overwrite)
   work = FileSystems.join(out_dir, f".work-{uuid.uuid4().hex}")
   planned = sum(t.count for t in tasks)
-  log(f"{name}: {planned} records in {len(tasks)} shards, {len(raw.rejects)} inputs rejected "
-      f"while listing; converting with {options.view_as(StandardOptions).runner}")
+  log(
+    f"{name}: {planned} records in {len(tasks)} shards, {len(raw.rejects)} inputs rejected "
+    f"while listing; converting with {options.view_as(StandardOptions).runner}"
+  )
 
   def on_death(line):
     _remove_work_files(out_dir, work)
     if line is None:
-      log(f"error: interrupted; temporary files removed, no metadata.json written for {name} "
-          f"(log: {args.log_file})")
+      log(
+        f"error: interrupted; temporary files removed, no metadata.json written for {name} "
+        f"(log: {args.log_file})"
+      )
     else:
-      log(f"error: {name}: {line} while converting; temporary files removed, no metadata.json "
-          f"written (log: {args.log_file})")
+      log(
+        f"error: {name}: {line} while converting; temporary files removed, no metadata.json "
+        f"written (log: {args.log_file})"
+      )
     # Beam's threads that served the dead worker never finish: a normal exit
     # would wait for them forever.
     os._exit(130 if line is None else 1)
 
   listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
   try:
-    with _Progress(name, out_dir, tasks, args.progress_seconds, log), \
-        _CapturedStderr(args.log_file, args.verbose), _WorkerWatch(on_death):
-      _run_pipeline(beam, options, tasks, convert.ConvertShards(
-          out_dir, raw.class_names, raw.image_format, raw.image_shape[0], stats_dir=work))
+    with (
+      _Progress(name, out_dir, tasks, args.progress_seconds, log),
+      _CapturedStderr(args.log_file, args.verbose),
+      _WorkerWatch(on_death),
+    ):
+      _run_pipeline(
+        beam,
+        options,
+        tasks,
+        convert.ConvertShards(
+          out_dir, raw.class_names, raw.image_format, raw.image_shape[0], stats_dir=work
+        ),
+      )
     # Each task's sidecar, not a sink: a sink's output depends on the runner finalizing it.
     stats, shard_rejects = _read_sidecars(work, tasks)
   finally:
     _remove_work_files(out_dir, work)
-  rejects = sorted(shard_rejects + listing_rejects,
-                   key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]))
+  rejects = sorted(
+    shard_rejects + listing_rejects,
+    key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]),
+  )
   metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
   lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
   _write_atomically(FileSystems.join(out_dir, REJECTS), lines)
@@ -346,8 +439,10 @@ def convert_dataset(name, args, options, log):
   _check_reject_fractions(name, out_dir, metadata, rejects, args.max_reject_fraction)
   _write_atomically(FileSystems.join(out_dir, METADATA), metadata.to_json())
   counts = metadata.records
-  log(f"{name}: read {counts.read} = written {counts.written} + rejected "
-      f"{counts.rejected} in {time.time() - started:.1f}s -> {out_dir}")
+  log(
+    f"{name}: read {counts.read} = written {counts.written} + rejected "
+    f"{counts.rejected} in {time.time() - started:.1f}s -> {out_dir}"
+  )
   return metadata
 
 
@@ -355,9 +450,11 @@ def _run_pipeline(beam, options, tasks, convert_shards):
   # One chain, nothing after the conversion: the Dask runner computes only the
   # last transform of a pipeline, so a branch beside it would never run there.
   with beam.Pipeline(options=options) as p:
-    _ = (p
-         | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
-         | "ConvertShards" >> convert_shards)
+    _ = (
+      p
+      | "PlanShards" >> beam.Create(tasks)  # Create reshuffles: tasks spread over workers.
+      | "ConvertShards" >> convert_shards
+    )
 
 
 class IncompleteError(Exception):
@@ -376,19 +473,24 @@ def _check_reject_fractions(name, out_dir, metadata, rejects, max_fraction):
     example = f" (e.g. {lost[0]['file']}: {lost[0]['reason']})" if lost else ""
     where = f"see {out_dir}/{REJECTS}; no metadata.json written"
     if info.num_examples == 0:
-      raise IncompleteError(f"{name}: split {split!r} has no records: all {read} were "
-                            f"rejected{example}; {where}")
+      raise IncompleteError(
+        f"{name}: split {split!r} has no records: all {read} were rejected{example}; {where}"
+      )
     if len(lost) > max_fraction * read:
-      raise IncompleteError(f"{name}: split {split!r} lost {len(lost)} of {read} records to "
-                            f"rejects ({len(lost) / read:.1%}, more than --max-reject-fraction "
-                            f"{max_fraction}){example}; {where}")
+      raise IncompleteError(
+        f"{name}: split {split!r} lost {len(lost)} of {read} records to "
+        f"rejects ({len(lost) / read:.1%}, more than --max-reject-fraction "
+        f"{max_fraction}){example}; {where}"
+      )
 
 
 # Lines of Beam's and its workers' own logging that say nothing to a user.
-_NOISE = re.compile(r"apitools not found|Logging handler created|Load pipeline options from file|"
-                    r"Discarding unparseable args|Using Any for unsupported type|"
-                    r"Starting finalize_write threads|Pipeline has additional dependencies|"
-                    r"Missing pipeline option \(runner\)")
+_NOISE = re.compile(
+  r"apitools not found|Logging handler created|Load pipeline options from file|"
+  r"Discarding unparseable args|Using Any for unsupported type|"
+  r"Starting finalize_write threads|Pipeline has additional dependencies|"
+  r"Missing pipeline option \(runner\)"
+)
 
 
 class _CapturedStderr:
@@ -465,7 +567,7 @@ class _WorkerWatch:
     text = str(hook_args.exc_value)
     if isinstance(hook_args.exc_value, RuntimeError) and text.startswith(self._PREFIX):
       if self.died is None and not _WorkerWatch.ending:
-        self.died = int(text[len(self._PREFIX):].split()[0])
+        self.died = int(text[len(self._PREFIX) :].split()[0])
         if self.died in (-signal.SIGINT, 128 + signal.SIGINT):
           # Ctrl-C reached the worker first: an interruption, not a crash.
           self.stop_workers()
@@ -482,17 +584,25 @@ class _WorkerWatch:
 
   def describe(self):
     code = self.died
-    how = (f"killed by signal {-code}" if code < 0 else
-           f"exit status {code}, killed by signal {code - 128}" if code > 128 else
-           f"exit status {code}")
+    how = (
+      f"killed by signal {-code}"
+      if code < 0
+      else f"exit status {code}, killed by signal {code - 128}"
+      if code > 128
+      else f"exit status {code}"
+    )
     return f"a Beam worker process died ({how}; out of memory or killed?)"
 
   @staticmethod
   def stop_workers():
     """Kills the worker processes this driver started (its own descendants only)."""
     import psutil  # pylint: disable=g-import-not-at-top
-    workers = [p for p in psutil.Process().children(recursive=True)
-               if "sdk_worker_main" in " ".join(_cmdline(p))]
+
+    workers = [
+      p
+      for p in psutil.Process().children(recursive=True)
+      if "sdk_worker_main" in " ".join(_cmdline(p))
+    ]
     for p in workers:
       with contextlib.suppress(psutil.Error):
         p.kill()
@@ -531,17 +641,22 @@ class _Progress:
 
   def _run(self):
     from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
     while not self._stop.wait(self._seconds):
       found = FileSystems.match([FileSystems.join(self._out_dir, "*.tfrecord")])[0].metadata_list
       done = [os.path.basename(m.path) for m in found if os.path.basename(m.path) in self._records]
-      self._log(f"{self._name}: {len(done)}/{len(self._records)} shards, "
-                f"{sum(self._records[d] for d in done)}/{sum(self._records.values())} records read")
+      self._log(
+        f"{self._name}: {len(done)}/{len(self._records)} shards, "
+        f"{sum(self._records[d] for d in done)}/{sum(self._records.values())} records read"
+      )
 
 
 def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args):
   """Checks that nothing was lost and builds the `schema.Metadata`."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   from pipeline import plan  # pylint: disable=g-import-not-at-top
+
   by_shard = {}
   for s in stats:  # A retried bundle may report a shard twice; its content is the same.
     by_shard[(s["split"], s["index"])] = s
@@ -551,45 +666,62 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
   read = sum(s["read"] for s in by_shard.values()) + len(raw.rejects)
   written = sum(s["written"] for s in by_shard.values())
   if read != written + len(rejects) or read != sum(t.count for t in tasks) + len(raw.rejects):
-    raise RuntimeError(f"{name}: records read ({read}) != written ({written}) + "
-                       f"rejected ({len(rejects)})")
+    raise RuntimeError(
+      f"{name}: records read ({read}) != written ({written}) + rejected ({len(rejects)})"
+    )
   splits = {}
   for task in tasks:
     s = by_shard[(task.split, task.index)]
-    split = splits.setdefault(task.split, schema.SplitInfo(
-        num_examples=0, shards=[], label_counts=[0] * len(raw.class_names)))
+    split = splits.setdefault(
+      task.split,
+      schema.SplitInfo(num_examples=0, shards=[], label_counts=[0] * len(raw.class_names)),
+    )
     split.num_examples += s["written"]
-    split.shards.append(schema.ShardInfo(file=s["file"], num_examples=s["written"],
-                                         sha256=s["sha256"], num_bytes=s["num_bytes"]))
+    split.shards.append(
+      schema.ShardInfo(
+        file=s["file"], num_examples=s["written"], sha256=s["sha256"], num_bytes=s["num_bytes"]
+      )
+    )
     split.label_counts = [a + b for a, b in zip(split.label_counts, s["label_counts"])]
   reject_counts = collections.Counter(r["split"] for r in rejects)
   metadata = schema.Metadata(
-      dataset=name,
-      class_names=raw.class_names,
-      num_classes=len(raw.class_names),
-      image_shape=list(raw.image_shape),
-      image_format=raw.image_format,
-      feature_spec=schema.FEATURE_SPEC,
-      splits=splits,
-      augmentation=specs.get(name).policy(),
-      records=schema.RecordCounts(read=read, written=written, rejected=len(rejects)),
-      rejects={"file": REJECTS, "count": len(rejects), "by_split": dict(sorted(reject_counts.items()))},
-      sources={rel: {"sha256": plan.sha256_file(path)} for rel, path in sorted(raw.files.items())},
-      options={"validation_size": validation_size, "num_shards": args.num_shards,
-               "image_size": raw.image_size})
+    dataset=name,
+    class_names=raw.class_names,
+    num_classes=len(raw.class_names),
+    image_shape=list(raw.image_shape),
+    image_format=raw.image_format,
+    feature_spec=schema.FEATURE_SPEC,
+    splits=splits,
+    augmentation=specs.get(name).policy(),
+    records=schema.RecordCounts(read=read, written=written, rejected=len(rejects)),
+    rejects={
+      "file": REJECTS,
+      "count": len(rejects),
+      "by_split": dict(sorted(reject_counts.items())),
+    },
+    sources={rel: {"sha256": plan.sha256_file(path)} for rel, path in sorted(raw.files.items())},
+    options={
+      "validation_size": validation_size,
+      "num_shards": args.num_shards,
+      "image_size": raw.image_size,
+    },
+  )
   metadata.validate(FileSystems.join(args.out_dir, name, METADATA))
   return metadata
 
 
 def _present(name, raw_dir):
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   return FileSystems.exists(FileSystems.join(raw_dir, name))
 
 
 # Exceptions whose message is already the one line to show: `<file>: <problem>`.
 _ONE_LINE_ERRORS = ("ShardFailure", "DownloadError", "DataFormatError", "TFRecordError")
-_MARKED = re.compile(r"(?:^|[\s.])(?:%s): (.+)$" % "|".join(_ONE_LINE_ERRORS))
-_LAST_ERROR = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Failure)): (.+)$")
+_MARKED = re.compile(r"(?:^|[\s.])(?:{}): (.+)$".format("|".join(_ONE_LINE_ERRORS)))
+_LAST_ERROR = re.compile(
+  r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit|Failure)): (.+)$"
+)
 
 
 def root_cause(error):
@@ -625,16 +757,20 @@ def verify(args, log):
   """--verify-data: checks each data set's output under --out-dir; returns the exit code."""
   names = specs.names() if args.dataset == "all" else (args.dataset,)
   if args.dataset == "all":
-    names = [n for n in names if os.path.exists(os.path.join(args.out_dir, n, METADATA))] or names[:1]
+    names = [n for n in names if os.path.exists(os.path.join(args.out_dir, n, METADATA))] or names[
+      :1
+    ]
   try:
     for name in names:
       data_dir = os.path.join(args.out_dir, name)
       started = time.time()
       metadata = schema.verify_data(data_dir)
       shards = sum(len(s.shards) for s in metadata.splits.values())
-      log(f"{name}: verified {shards} shards, "
-          f"{sum(s.num_examples for s in metadata.splits.values())} records against "
-          f"{data_dir}/{METADATA} (sha256, CRCs, first records) in {time.time() - started:.1f}s")
+      log(
+        f"{name}: verified {shards} shards, "
+        f"{sum(s.num_examples for s in metadata.splits.values())} records against "
+        f"{data_dir}/{METADATA} (sha256, CRCs, first records) in {time.time() - started:.1f}s"
+      )
   except (schema.MetadataError, schema.TFRecordError) as e:
     log(f"error: {e}")
     return 1
@@ -656,14 +792,17 @@ def main(argv=None):
   try:
     if args.download:
       from preprocess import download  # pylint: disable=g-import-not-at-top
+
       for name in names:
         download.download(name, args.raw_dir, log=log)
     elif args.dataset == "all":
       names = [n for n in names if _present(n, args.raw_dir)]
       if not names:
         folders = [n + "/" for n in specs.names()]
-        raise UsageError(f"{args.raw_dir}: no {', '.join(folders[:-1])} or {folders[-1]} raw "
-                         "data (use --download or make sample-data)")
+        raise UsageError(
+          f"{args.raw_dir}: no {', '.join(folders[:-1])} or {folders[-1]} raw "
+          "data (use --download or make sample-data)"
+        )
     for name in names:
       convert_dataset(name, args, options, log)
   except (DataFormatError, UsageError) as e:
@@ -675,8 +814,10 @@ def main(argv=None):
     return 1
   except KeyboardInterrupt:
     _WorkerWatch.ending = True  # A worker's SIGINT exit now is part of this, not a crash.
-    log("error: interrupted; temporary files removed, no metadata.json written for the data set "
-        f"being converted (log: {args.log_file})")
+    log(
+      "error: interrupted; temporary files removed, no metadata.json written for the data set "
+      f"being converted (log: {args.log_file})"
+    )
     keep_log = True
     return 130
   except Exception as e:  # pylint: disable=broad-except

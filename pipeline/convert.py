@@ -114,9 +114,17 @@ class ConvertShardFn(beam.DoFn):
       raise ShardFailure(final, f"planned {task.count} records but read {read}")
     with _writing(final, f"cannot rename the finished shard {task.filename} into place"):
       FileSystems.rename([temp], [final])
-    stats = {"split": task.split, "index": task.index, "file": task.filename, "read": read,
-             "written": written, "rejected": read - written, "label_counts": label_counts,
-             "sha256": digest.hexdigest(), "num_bytes": num_bytes}
+    stats = {
+      "split": task.split,
+      "index": task.index,
+      "file": task.filename,
+      "read": read,
+      "written": written,
+      "rejected": read - written,
+      "label_counts": label_counts,
+      "sha256": digest.hexdigest(),
+      "num_bytes": num_bytes,
+    }
     sidecar = {"stats": stats, "rejects": rejects}
     path = sidecar_path(self._stats_dir, task.filename)
     with _writing(path, "cannot write the shard's stats"):

@@ -20,7 +20,6 @@ import math
 import os
 import pathlib
 import stat
-from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -34,6 +33,7 @@ from preprocess.errors import DataFormatError
 from preprocess.schema import Reject
 
 # --- List and check: the sources of each split ---
+
 
 def open_raw(path):
   """Opens a file for reading as stored (no transparent gunzip), on any FileSystem."""
@@ -51,11 +51,12 @@ class Source:
     count: Records in the source (1 for an image file).
     label: The class of an image file (from its folder or name), else None.
   """
+
   kind: str
   paths: tuple
   name: str
   count: int
-  label: Optional[int] = None
+  label: int | None = None
 
 
 @dataclasses.dataclass
@@ -72,11 +73,12 @@ class RawDataset:
     rejects: Inputs rejected while listing (unknown class, non-image files).
     files: Name relative to the data set root -> path, for every source file.
   """
+
   name: str
   class_names: list
   image_shape: tuple
   image_format: str
-  image_size: Optional[int]
+  image_size: int | None
   splits: dict
   rejects: list
   files: dict
@@ -96,13 +98,17 @@ def _list(root):
     return _walk_local(root)
   found = {}
   for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
-    rel = meta.path[len(root):].lstrip("/")
+    rel = meta.path[len(root) :].lstrip("/")
     found[rel] = (meta.path, meta.size_in_bytes)
   return found, {}
 
 
-_KINDS = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+  (stat.S_ISFIFO, "a fifo"),
+  (stat.S_ISCHR, "a character device"),
+  (stat.S_ISBLK, "a block device"),
+  (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _walk_local(root):
@@ -123,7 +129,8 @@ def _walk_local(root):
         # os.scandir hands undecodable bytes back as surrogates, which no
         # UTF-8 writer (Example, JSON) accepts: reject this name, not the run.
         others[rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")] = (
-            "file name is not valid UTF-8; rename it")
+          "file name is not valid UTF-8; rename it"
+        )
         continue
       try:
         info = os.stat(entry.path)  # Follows symlinks.
@@ -180,6 +187,7 @@ def _list_cifar_binary(spec, root, options):
   archive = FileSystems.join(root, layout.archive)
   if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
     from preprocess import download  # pylint: disable=g-import-not-at-top
+
     # The layout's own install: verified archive (the official checksum when
     # it is the official file, the gzip CRC always), extracted into a hidden
     # folder, and renamed into place only when every batch file is there.
@@ -209,10 +217,13 @@ def _list_idx(spec, root, options):
   for split, bases in spec.layout.splits.items():
     images, labels = mnist.find_split_files(set(files), bases, directory=root)
     count = mnist.check_files(files[images][0], files[labels][0], opener=open_raw)
-    splits[split] = [Source(spec.layout.format, (files[images][0], files[labels][0]), images, count)]
+    splits[split] = [
+      Source(spec.layout.format, (files[images][0], files[labels][0]), images, count)
+    ]
     used[images], used[labels] = files[images][0], files[labels][0]
-  return RawDataset(spec.name, list(spec.class_names), mnist.IMAGE_SHAPE, "png", None, splits, [],
-                    used)
+  return RawDataset(
+    spec.name, list(spec.class_names), mnist.IMAGE_SHAPE, "png", None, splits, [], used
+  )
 
 
 def _list_image_folder(spec, root, options):
@@ -220,7 +231,7 @@ def _list_image_folder(spec, root, options):
   files, others = _list_required(root, f"{spec.name} images ({folders}/ folders)")
   splits, rejects, used = {}, [], {}
   for split in spec.layout.splits:
-    in_split = {rel[len(split) + 1:]: rel for rel in files if rel.startswith(split + "/")}
+    in_split = {rel[len(split) + 1 :]: rel for rel in files if rel.startswith(split + "/")}
     # Listed but unreadable (fifos, devices, dangling or looping symlinks, names
     # that are not UTF-8): ledgered rejects, never opened.
     unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
@@ -239,8 +250,16 @@ def _list_image_folder(spec, root, options):
       used[name] = files[name][0]
     splits[split] = sources
   size = options["image_size"]
-  return RawDataset(spec.name, list(spec.class_names), (size, size, 3), options["image_format"],
-                    size, splits, rejects, used)
+  return RawDataset(
+    spec.name,
+    list(spec.class_names),
+    (size, size, 3),
+    options["image_format"],
+    size,
+    splits,
+    rejects,
+    used,
+  )
 
 
 def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
@@ -271,8 +290,9 @@ def _read_cifar_binary(source, start, stop, image_size):
 
 def _read_idx(source, start, stop, image_size):
   del image_size  # Stored as is, 28x28.
-  return mnist.read_records(source.paths[0], source.paths[1], source.name, start, stop,
-                            opener=open_raw)
+  return mnist.read_records(
+    source.paths[0], source.paths[1], source.name, start, stop, opener=open_raw
+  )
 
 
 def _read_image(source, start, stop, image_size):
@@ -298,9 +318,9 @@ def _read_image(source, start, stop, image_size):
 # reader of one record range on a worker). Formats, not data sets: every data
 # set in a format shares them.
 _FORMATS = {
-    "cifar_binary": (_list_cifar_binary, _read_cifar_binary),
-    "idx": (_list_idx, _read_idx),
-    "image": (_list_image_folder, _read_image),
+  "cifar_binary": (_list_cifar_binary, _read_cifar_binary),
+  "idx": (_list_idx, _read_idx),
+  "image": (_list_image_folder, _read_image),
 }
 
 
@@ -332,6 +352,7 @@ class ShardTask:
     num_shards: Shards in this split.
     ranges: Tuple of (Source, start, stop) record ranges, in order.
   """
+
   split: str
   index: int
   num_shards: int
@@ -405,8 +426,10 @@ def make_splits(splits, validation_size):
   out = {}
   if validation_size:
     if validation_size < 0 or validation_size >= count(train):
-      raise ValueError(f"--validation-size {validation_size} must be between 0 and the "
-                       f"{count(train)} training records minus one")
+      raise ValueError(
+        f"--validation-size {validation_size} must be between 0 and the "
+        f"{count(train)} training records minus one"
+      )
     out["validation"], train = take(train, validation_size)
   out["train"] = train
   out["test"] = ranges_of(splits["test"])

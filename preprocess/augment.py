@@ -10,8 +10,8 @@ imported inside the op functions only, so Beam workers and the metadata checks
 never import it.
 """
 
+from collections.abc import Callable
 import dataclasses
-from typing import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Op:
       or an NHWC batch alike and ignore `seed`; random ops take one image and
       an int [2] stateless seed.
   """
+
   name: str
   params: tuple
   random: bool
@@ -46,28 +47,34 @@ def _cropped(step, shape):
 
 def _random_crop(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.image.stateless_random_crop(image, [step["height"], step["width"], image.shape[-1]],
-                                        seed=seed)
+
+  return tf.image.stateless_random_crop(
+    image, [step["height"], step["width"], image.shape[-1]], seed=seed
+  )
 
 
 def _random_flip_left_right(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   del step
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
 def _random_brightness(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf.image.stateless_random_brightness(image, step["max_delta"], seed=seed)
 
 
 def _random_contrast(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   return tf.image.stateless_random_contrast(image, step["lower"], step["upper"], seed=seed)
 
 
 def _central_crop(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   del seed
   # The tutorial's eval input: crop (or pad) around the centre.
   return tf.image.resize_with_crop_or_pad(image, step["height"], step["width"])
@@ -75,17 +82,21 @@ def _central_crop(image, step, seed):
 
 def _per_image_standardization(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   del step, seed
   return tf.image.per_image_standardization(image)
 
 
 def _scale(image, step, seed):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   del seed
   return image * tf.constant(step["factor"], image.dtype)
 
 
-OPS = {op.name: op for op in (
+OPS = {
+  op.name: op
+  for op in (
     Op("random_crop", ("height", "width"), True, _cropped, _random_crop),
     Op("random_flip_left_right", (), True, _same, _random_flip_left_right),
     Op("random_brightness", ("max_delta",), True, _same, _random_brightness),
@@ -93,7 +104,8 @@ OPS = {op.name: op for op in (
     Op("central_crop", ("height", "width"), False, _cropped, _central_crop),
     Op("per_image_standardization", (), False, _same, _per_image_standardization),
     Op("scale", ("factor",), False, _same, _scale),
-)}
+  )
+}
 
 
 def op_of(step):

@@ -42,7 +42,6 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from typing import Optional
 
 from preprocess import cli
 from preprocess import datasets
@@ -81,11 +80,12 @@ class RemoteFile:
     md5: Expected MD5, lowercase hex; checked too when given.
     size: Expected size in bytes, or None if unknown.
   """
+
   filename: str
   urls: tuple
-  sha256: Optional[str] = None
-  md5: Optional[str] = None
-  size: Optional[int] = None
+  sha256: str | None = None
+  md5: str | None = None
+  size: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "urls", tuple(self.urls))
@@ -123,8 +123,14 @@ def _log_stderr(message):
   print(message, file=sys.stderr, flush=True)
 
 
-def download(dataset, raw_dir, sources=None, force=False, log=_log_stderr,
-             deadline_seconds=DEFAULT_DEADLINE_SECONDS):
+def download(
+  dataset,
+  raw_dir,
+  sources=None,
+  force=False,
+  log=_log_stderr,
+  deadline_seconds=DEFAULT_DEADLINE_SECONDS,
+):
   """Fetches, verifies and installs one data set under `raw_dir`/`dataset`.
 
   Does nothing (no network) when the data set's files are already in place,
@@ -226,8 +232,9 @@ def _copy_url(remote, url, path, out, log, deadline):
       total = int(length) if length and length.isdigit() else None
       # Fail before fetching ~800 MB that cannot match.
       if remote.size is not None and total is not None and total != remote.size:
-        raise DownloadError(path, f"{url} serves {total} bytes, expected {remote.size} "
-                                  "(the file changed upstream?)")
+        raise DownloadError(
+          path, f"{url} serves {total} bytes, expected {remote.size} (the file changed upstream?)"
+        )
       start = last = time.monotonic()
       size = 0
       while True:
@@ -275,15 +282,19 @@ class _Deadline:
   def check(self, url, size):
     if self.remaining() <= 0:
       got = "" if size is None else f" ({size} bytes received)"
-      raise DownloadError(url, f"not finished within the {self.seconds:g} s deadline{got}; "
-                               "a slow or stalled server? (--deadline-seconds sets it)")
+      raise DownloadError(
+        url,
+        f"not finished within the {self.seconds:g} s deadline{got}; "
+        "a slow or stalled server? (--deadline-seconds sets it)",
+      )
 
 
 def _progress(done, total, seconds):
   rate = done / 2**20 / max(seconds, 1e-9)
   if total:
-    return (f"{done / 2**20:.1f} of {total / 2**20:.1f} MiB ({100 * done / total:.0f}%), "
-            f"{rate:.1f} MiB/s")
+    return (
+      f"{done / 2**20:.1f} of {total / 2**20:.1f} MiB ({100 * done / total:.0f}%), {rate:.1f} MiB/s"
+    )
   return f"{done / 2**20:.1f} MiB, {rate:.1f} MiB/s"
 
 
@@ -320,9 +331,12 @@ def verify_archive(archive, known=()):
     if remote.filename == archive.name and remote.size == size:
       problem = _mismatch(remote, size, hashing.file_digests(archive, remote.digests()))
       if problem is not None:
-        raise DownloadError(archive, f"{problem}: the official file's checksum does not match, "
-                                     "the copy is damaged; delete it or fetch it again with "
-                                     "--download")
+        raise DownloadError(
+          archive,
+          f"{problem}: the official file's checksum does not match, "
+          "the copy is damaged; delete it or fetch it again with "
+          "--download",
+        )
   with open(archive, "rb") as f:
     is_gzip = f.read(2) == b"\x1f\x8b"
   if is_gzip:
@@ -360,8 +374,9 @@ def extract_archive(archive, dest_dir, force=False, known=()):
     entries = sorted(tmp.iterdir())
     for entry in entries:
       if (dest_dir / entry.name).exists() and not force:
-        raise DownloadError(dest_dir / entry.name,
-                            f"already exists; not extracting {archive} over it")
+        raise DownloadError(
+          dest_dir / entry.name, f"already exists; not extracting {archive} over it"
+        )
     for entry in entries:
       replace(entry, dest_dir / entry.name)
   return [dest_dir / e.name for e in entries]
@@ -406,11 +421,14 @@ def _plan_tar(archive, tar):
     parts = _member_parts(archive, member.name)
     if member.issym() or member.islnk():
       kind = "symlink" if member.issym() else "hard link"
-      raise DownloadError(archive, f"unsafe member {member.name!r}: {kind} to "
-                                   f"{member.linkname!r}; nothing extracted")
+      raise DownloadError(
+        archive, f"unsafe member {member.name!r}: {kind} to {member.linkname!r}; nothing extracted"
+      )
     if not (member.isfile() or member.isdir()):
-      raise DownloadError(archive, f"unsafe member {member.name!r}: device, fifo or other "
-                                   "special file; nothing extracted")
+      raise DownloadError(
+        archive,
+        f"unsafe member {member.name!r}: device, fifo or other special file; nothing extracted",
+      )
     if parts:
       plan.append((parts, member.isdir(), member))
   return plan
@@ -435,7 +453,8 @@ def _extract_checked(archive, dest):
   """Checks every member of `archive`, then writes them all under `dest`."""
   try:
     if archive.name.lower().endswith(".zip") or (
-        not _is_tar_name(archive.name) and zipfile.is_zipfile(archive)):
+      not _is_tar_name(archive.name) and zipfile.is_zipfile(archive)
+    ):
       with zipfile.ZipFile(archive) as zf:
         _write_members(dest, _plan_zip(archive, zf), zf.open)
     else:
@@ -482,7 +501,9 @@ def replace(src, dst):
 def _base_url(text):
   """argparse type of --mirror: an http(s)://host/... or file:/// URL."""
   parsed = urllib.parse.urlparse(text)
-  if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc):
+  if parsed.scheme not in ("http", "https", "file") or (
+    parsed.scheme != "file" and not parsed.netloc
+  ):
     raise argparse.ArgumentTypeError(f"{text!r} is not an http://, https:// or file:// URL")
   return text
 
@@ -500,24 +521,43 @@ def _positive_seconds(text):
 def _parse_args(argv):
   names = datasets.names()
   parser = cli.ArgumentParser(
-      prog="python -m preprocess.download",
-      description=("Download the official archives of " + ", ".join(names) + ", verify their "
-                   "recorded checksums, and extract them into the raw-data layout the Beam job "
-                   "reads. Already installed data sets are skipped. Progress goes to stderr."),
-      epilog=("Layout: <raw-dir>/<dataset>/, as each spec in preprocess/datasets/ describes. "
-              "Offline? Use python -m preprocess.sample_data instead."))
-  parser.add_argument("--dataset", required=True, choices=names + ("all",),
-                      help="which data set to download")
-  parser.add_argument("--raw-dir", required=True, type=pathlib.Path,
-                      help="raw data root; each data set goes into <raw-dir>/<dataset>/")
-  parser.add_argument("--force", action="store_true",
-                      help="download again and replace installed files")
-  parser.add_argument("--deadline-seconds", type=_positive_seconds, default=DEFAULT_DEADLINE_SECONDS,
-                      help="give up when the downloads have not finished after this long "
-                           "(default %(default)g; progress is printed every 5 s)")
-  parser.add_argument("--mirror", metavar="BASE_URL", type=_base_url,
-                      help="fetch every file from BASE_URL/<file name> only, e.g. an "
-                           "internal copy of the archives; checksums are still verified")
+    prog="python -m preprocess.download",
+    description=(
+      "Download the official archives of " + ", ".join(names) + ", verify their "
+      "recorded checksums, and extract them into the raw-data layout the Beam job "
+      "reads. Already installed data sets are skipped. Progress goes to stderr."
+    ),
+    epilog=(
+      "Layout: <raw-dir>/<dataset>/, as each spec in preprocess/datasets/ describes. "
+      "Offline? Use python -m preprocess.sample_data instead."
+    ),
+  )
+  parser.add_argument(
+    "--dataset", required=True, choices=names + ("all",), help="which data set to download"
+  )
+  parser.add_argument(
+    "--raw-dir",
+    required=True,
+    type=pathlib.Path,
+    help="raw data root; each data set goes into <raw-dir>/<dataset>/",
+  )
+  parser.add_argument(
+    "--force", action="store_true", help="download again and replace installed files"
+  )
+  parser.add_argument(
+    "--deadline-seconds",
+    type=_positive_seconds,
+    default=DEFAULT_DEADLINE_SECONDS,
+    help="give up when the downloads have not finished after this long "
+    "(default %(default)g; progress is printed every 5 s)",
+  )
+  parser.add_argument(
+    "--mirror",
+    metavar="BASE_URL",
+    type=_base_url,
+    help="fetch every file from BASE_URL/<file name> only, e.g. an "
+    "internal copy of the archives; checksums are still verified",
+  )
   args = parser.parse_args(argv)
   if args.raw_dir.exists() and not args.raw_dir.is_dir():
     parser.error(f"--raw-dir {args.raw_dir}: exists and is not a folder")
@@ -530,8 +570,13 @@ def main(argv=None):
   try:
     for name in names:
       sources = with_mirror(datasets.get(name).sources, args.mirror) if args.mirror else None
-      paths = download(name, args.raw_dir, sources=sources, force=args.force,
-                       deadline_seconds=args.deadline_seconds)
+      paths = download(
+        name,
+        args.raw_dir,
+        sources=sources,
+        force=args.force,
+        deadline_seconds=args.deadline_seconds,
+      )
       print(f"{name}: {len(paths)} paths ready under {args.raw_dir / name}")
   except (DataFormatError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -17,13 +17,15 @@ import posixpath
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
 from preprocess import fileio
-from preprocess.schema import Record, Reject
+from preprocess.schema import Record
+from preprocess.schema import Reject
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class FolderLayout:
   Attributes:
     splits: The split folders, e.g. ("train", "test").
   """
+
   splits: tuple = ("train", "test")
   format = "image"
 
@@ -47,13 +50,15 @@ class FolderLayout:
     present = [s for s in self.splits if (root / s).exists()]
     if present and len(present) < len(self.splits):
       missing = [s for s in self.splits if s not in present]
-      return root / present[0], (f"exists but {'/, '.join(missing)}/ does not; "
-                                  "delete it or run with --force")
+      return root / present[0], (
+        f"exists but {'/, '.join(missing)}/ does not; delete it or run with --force"
+      )
     return None
 
   def install(self, local_files, root, log):
     """Extracts each downloaded archive into `root` (specs with other archive layouts override)."""
     from preprocess import download  # pylint: disable=g-import-not-at-top
+
     for archive in local_files:
       log(f"{archive}: extracting")
       download.extract_archive(archive, root, force=True)
@@ -110,8 +115,13 @@ def list_split(paths, class_names):
     class_text = _class_of(parts)
     label = labels.get(class_text.lower())
     if label is None:
-      rejects.append(Reject(file=relpath, index=None,
-                            reason=f"unknown class {class_text!r} (expected one of {expected})"))
+      rejects.append(
+        Reject(
+          file=relpath,
+          index=None,
+          reason=f"unknown class {class_text!r} (expected one of {expected})",
+        )
+      )
       continue
     candidates.append((relpath, label))
   return candidates, rejects
@@ -144,7 +154,8 @@ def _resize_and_crop(image, size):
   limit = Image.MAX_IMAGE_PIXELS
   if limit and scaled[0] * scaled[1] > limit:
     raise Image.DecompressionBombError(
-        f"{width}x{height} image scaled to {scaled[0]}x{scaled[1]} exceeds {limit} pixels")
+      f"{width}x{height} image scaled to {scaled[0]}x{scaled[1]} exceeds {limit} pixels"
+    )
   if scaled != image.size:
     # reducing_gap=None: one exact bicubic pass, no reduce() shortcut.
     image = image.resize(scaled, Image.Resampling.BICUBIC, reducing_gap=None)
@@ -196,8 +207,9 @@ def load_image(path, relpath, label, size, opener=fileio.open_rb):
     pixels = _decode(data, size)
   except UnidentifiedImageError:
     # Its message embeds the BytesIO's memory address; keep rejects reproducible.
-    return Reject(file=relpath, index=None,
-                  reason="cannot decode image: not a recognised image format")
+    return Reject(
+      file=relpath, index=None, reason="cannot decode image: not a recognised image format"
+    )
   except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
     return Reject(file=relpath, index=None, reason=f"decompression bomb: {_one_line(e)}")
   except Exception as e:  # pylint: disable=broad-except
@@ -205,8 +217,9 @@ def load_image(path, relpath, label, size, opener=fileio.open_rb):
     # ValueError, EOFError, struct.error, ...). One bad file among thousands of
     # photos must not stop the job, so every decode failure becomes a Reject.
     return Reject(file=relpath, index=None, reason=f"cannot decode image: {_one_line(e)}")
-  return Record(source_id=relpath, label=label, image=pixels,
-                content_sha256=hashlib.sha256(data).hexdigest())
+  return Record(
+    source_id=relpath, label=label, image=pixels, content_sha256=hashlib.sha256(data).hexdigest()
+  )
 
 
 def _one_line(exc):

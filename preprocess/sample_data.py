@@ -72,8 +72,9 @@ def generate(out_dir, names=None, full=False, seed=0):
     if name in names:
       spec = datasets.get(name)
       train, test = spec.sample.per_class["full" if full else "small"]
-      result[name] = spec.sample.write(out_dir / name, train, test,
-                                       _rng_for_split(int(seed), spec.sample.stream))
+      result[name] = spec.sample.write(
+        out_dir / name, train, test, _rng_for_split(int(seed), spec.sample.stream)
+      )
   return result
 
 
@@ -117,30 +118,44 @@ def gzip_bytes(data):
 
 
 def _sizes(size):
-  return ", ".join(f"{name} {tr * len(spec.class_names)}/{te * len(spec.class_names)}"
-                   for name in datasets.names()
-                   for spec in [datasets.get(name)]
-                   for tr, te in [spec.sample.per_class[size]])
+  return ", ".join(
+    f"{name} {tr * len(spec.class_names)}/{te * len(spec.class_names)}"
+    for name in datasets.names()
+    for spec in [datasets.get(name)]
+    for tr, te in [spec.sample.per_class[size]]
+  )
 
 
 def _parse_args(argv):
   names = datasets.names()
   parser = cli.ArgumentParser(
-      prog="python -m preprocess.sample_data",
-      description=("Write small synthetic raw data sets in the official file layouts "
-                   f"({', '.join(names)}), for machines that cannot download the real data. "
-                   "Images are drawn per class (shapes, digits, cats and dogs), so models can "
-                   "learn them. The same --seed gives byte-identical files."),
-      epilog=(f"Sizes per split (train/test): default {_sizes('small')}; "
-              f"--full {_sizes('full')}."))
-  parser.add_argument("--out-dir", required=True, type=pathlib.Path,
-                      help="root directory; each data set goes to <out-dir>/<dataset>/")
-  parser.add_argument("--dataset", choices=names + ("all",), default="all",
-                      help="which data set to write (default: all)")
-  parser.add_argument("--full", action="store_true",
-                      help="write the official split sizes instead of the small default")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="non-negative random seed (default: 0)")
+    prog="python -m preprocess.sample_data",
+    description=(
+      "Write small synthetic raw data sets in the official file layouts "
+      f"({', '.join(names)}), for machines that cannot download the real data. "
+      "Images are drawn per class (shapes, digits, cats and dogs), so models can "
+      "learn them. The same --seed gives byte-identical files."
+    ),
+    epilog=(f"Sizes per split (train/test): default {_sizes('small')}; --full {_sizes('full')}."),
+  )
+  parser.add_argument(
+    "--out-dir",
+    required=True,
+    type=pathlib.Path,
+    help="root directory; each data set goes to <out-dir>/<dataset>/",
+  )
+  parser.add_argument(
+    "--dataset",
+    choices=names + ("all",),
+    default="all",
+    help="which data set to write (default: all)",
+  )
+  parser.add_argument(
+    "--full",
+    action="store_true",
+    help="write the official split sizes instead of the small default",
+  )
+  parser.add_argument("--seed", type=int, default=0, help="non-negative random seed (default: 0)")
   args = parser.parse_args(argv)
   if args.seed < 0:
     parser.error(f"--seed must be non-negative, got {args.seed}")
@@ -167,8 +182,9 @@ def main(argv=None):
     print(f"error: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
     return 1
   for name, info in result.items():
-    print(f"{name}: {info['counts']['train']} train, {info['counts']['test']} test "
-          f"-> {info['root']}")
+    print(
+      f"{name}: {info['counts']['train']} train, {info['counts']['test']} test -> {info['root']}"
+    )
   print(f"done in {time.perf_counter() - start:.1f} s")
   return 0
 

@@ -41,7 +41,6 @@ import json
 import os
 import re
 import struct
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -49,6 +48,7 @@ from PIL import Image
 from preprocess import augment
 
 # --- Records: what the readers yield ---
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -63,6 +63,7 @@ class Record:
     content_sha256: Hex sha256 of the source bytes of this record (the 3073-byte
       CIFAR record, the 784 MNIST pixels, or the whole image file).
   """
+
   source_id: str
   label: int
   image: np.ndarray
@@ -78,8 +79,9 @@ class Reject:
     index: Record index inside the file, or None for whole image files.
     reason: One line saying what is wrong.
   """
+
   file: str
-  index: Optional[int]
+  index: int | None
   reason: str
 
   def to_json_dict(self):
@@ -101,16 +103,16 @@ AUGMENT_SEED = "augment/seed"
 
 # Key -> value type of a scalar feature. Stored in metadata.json as is.
 FEATURE_SPEC = {
-    ENCODED: "bytes",
-    FORMAT: "bytes",
-    HEIGHT: "int64",
-    WIDTH: "int64",
-    CHANNELS: "int64",
-    LABEL: "int64",
-    TEXT: "bytes",
-    SOURCE_ID: "bytes",
-    SHA256: "bytes",
-    AUGMENT_SEED: "int64",
+  ENCODED: "bytes",
+  FORMAT: "bytes",
+  HEIGHT: "int64",
+  WIDTH: "int64",
+  CHANNELS: "int64",
+  LABEL: "int64",
+  TEXT: "bytes",
+  SOURCE_ID: "bytes",
+  SHA256: "bytes",
+  AUGMENT_SEED: "int64",
 }
 
 IMAGE_FORMATS = ("png", "jpeg")
@@ -156,7 +158,8 @@ def make_example(record, class_names, image_format):
     The serialized Example (bytes).
   """
   height, width, channels = record.image.shape
-  return serialize_example({
+  return serialize_example(
+    {
       ENCODED: encode_image(record.image, image_format),
       FORMAT: image_format.encode(),
       HEIGHT: height,
@@ -167,7 +170,8 @@ def make_example(record, class_names, image_format):
       SOURCE_ID: record.source_id.encode("utf-8"),
       SHA256: record.content_sha256.encode("ascii"),
       AUGMENT_SEED: augment_seed(record.source_id),
-  })
+    }
+  )
 
 
 def parse_example(serialized):
@@ -176,6 +180,7 @@ def parse_example(serialized):
   Reader-side twin of `make_example`; imports TensorFlow when called.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   dtypes = {"bytes": tf.string, "int64": tf.int64}
   spec = {k: tf.io.FixedLenFeature([], dtypes[t]) for k, t in FEATURE_SPEC.items()}
   return tf.io.parse_example(serialized, spec)
@@ -214,8 +219,9 @@ def _feature(value):
 def serialize_example(features):
   """Serializes {key: bytes | int} as a tf.train.Example, keys sorted."""
   entries = b"".join(
-      _field(0x0A, _field(0x0A, key.encode("utf-8")) + _field(0x12, _feature(features[key])))
-      for key in sorted(features))
+    _field(0x0A, _field(0x0A, key.encode("utf-8")) + _field(0x12, _feature(features[key])))
+    for key in sorted(features)
+  )
   return _field(0x0A, entries)
 
 
@@ -231,6 +237,7 @@ class TFRecordError(ValueError):
 
 def _masked_crc(data):
   import google_crc32c  # pylint: disable=g-import-not-at-top  # Writers only.
+
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -238,7 +245,9 @@ def _masked_crc(data):
 def frame(data):
   """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
   length = struct.pack("<Q", len(data))
-  return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+  return (
+    length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+  )
 
 
 def count_records(f, size, path):
@@ -258,14 +267,18 @@ def count_records(f, size, path):
   count = offset = 0
   while offset < size:
     if size - offset < HEADER_BYTES + FOOTER_BYTES:
-      raise TFRecordError(f"{path}: ends inside the header of record {count} "
-                          f"(byte {offset} of {size}): the file is truncated")
+      raise TFRecordError(
+        f"{path}: ends inside the header of record {count} "
+        f"(byte {offset} of {size}): the file is truncated"
+      )
     f.seek(offset)
     (length,) = struct.unpack("<Q", f.read(8))
     offset += HEADER_BYTES + length + FOOTER_BYTES
     if offset > size:
-      raise TFRecordError(f"{path}: record {count} needs {offset - size} more bytes than the "
-                          f"file has: the file is truncated")
+      raise TFRecordError(
+        f"{path}: record {count} needs {offset - size} more bytes than the "
+        f"file has: the file is truncated"
+      )
     count += 1
   return count
 
@@ -293,23 +306,26 @@ class ShardInfo:
       (`verify_shard`). Required in metadata.json since format version 2.
     num_bytes: The file's size.
   """
+
   file: str
   num_examples: int
-  sha256: Optional[str] = None
-  num_bytes: Optional[int] = None
+  sha256: str | None = None
+  num_bytes: int | None = None
 
 
 @dataclasses.dataclass
 class SplitInfo:
   """One split: its records, its shards in order, and records per label."""
+
   num_examples: int
   shards: list
-  label_counts: Optional[list] = None
+  label_counts: list | None = None
 
 
 @dataclasses.dataclass
 class RecordCounts:
   """records read == written + rejected, over the whole run."""
+
   read: int
   written: int
   rejected: int
@@ -318,6 +334,7 @@ class RecordCounts:
 @dataclasses.dataclass
 class Metadata:
   """metadata.json. Attributes are its keys; see README's "metadata.json" section."""
+
   dataset: str
   class_names: list
   num_classes: int
@@ -326,28 +343,28 @@ class Metadata:
   feature_spec: dict
   splits: dict  # split name -> SplitInfo
   augmentation: dict  # {"train": [step, ...], "eval": [...]}
-  records: Optional[RecordCounts] = None
-  rejects: Optional[dict] = None
-  sources: Optional[dict] = None
-  options: Optional[dict] = None
+  records: RecordCounts | None = None
+  rejects: dict | None = None
+  sources: dict | None = None
+  options: dict | None = None
   format_version: int = METADATA_FORMAT_VERSION
 
   def to_json(self):
     """The JSON text, keys in a fixed order, as the Beam job writes it."""
     data = {
-        "format_version": self.format_version,
-        "dataset": self.dataset,
-        "class_names": list(self.class_names),
-        "num_classes": self.num_classes,
-        "image_shape": list(self.image_shape),
-        "image_format": self.image_format,
-        "feature_spec": self.feature_spec,
-        "splits": {name: _split_json(s) for name, s in self.splits.items()},
-        "augmentation": self.augmentation,
-        "records": None if self.records is None else dataclasses.asdict(self.records),
-        "rejects": self.rejects,
-        "sources": self.sources,
-        "options": self.options,
+      "format_version": self.format_version,
+      "dataset": self.dataset,
+      "class_names": list(self.class_names),
+      "num_classes": self.num_classes,
+      "image_shape": list(self.image_shape),
+      "image_format": self.image_format,
+      "feature_spec": self.feature_spec,
+      "splits": {name: _split_json(s) for name, s in self.splits.items()},
+      "augmentation": self.augmentation,
+      "records": None if self.records is None else dataclasses.asdict(self.records),
+      "rejects": self.rejects,
+      "sources": self.sources,
+      "options": self.options,
     }
     return json.dumps(data, indent=2) + "\n"
 
@@ -371,10 +388,24 @@ class Metadata:
       raise MetadataError(f"{path}: expected a JSON object, got {type(data).__name__}")
     version = data.get("format_version")
     if version != METADATA_FORMAT_VERSION:
-      raise MetadataError(f"{path}: format_version {version!r}, but this reader knows "
-                          f"{METADATA_FORMAT_VERSION}: rerun make preprocess with this checkout")
-    missing = [k for k in ("dataset", "splits", "image_shape", "image_format", "num_classes",
-                           "class_names", "augmentation", "feature_spec") if k not in data]
+      raise MetadataError(
+        f"{path}: format_version {version!r}, but this reader knows "
+        f"{METADATA_FORMAT_VERSION}: rerun make preprocess with this checkout"
+      )
+    missing = [
+      k
+      for k in (
+        "dataset",
+        "splits",
+        "image_shape",
+        "image_format",
+        "num_classes",
+        "class_names",
+        "augmentation",
+        "feature_spec",
+      )
+      if k not in data
+    ]
     if missing:
       raise MetadataError(f"{path}: missing keys {', '.join(missing)}")
     _expect(path, "dataset", data["dataset"], str)
@@ -386,8 +417,11 @@ class Metadata:
     _expect(path, "splits", data["splits"], dict)
     _expect(path, "augmentation", data["augmentation"], dict)
     if len(data["image_shape"]) != 3 or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in data["image_shape"]):
-      raise MetadataError(f"{path}: image_shape must be 3 positive ints, got {data['image_shape']!r}")
+      isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in data["image_shape"]
+    ):
+      raise MetadataError(
+        f"{path}: image_shape must be 3 positive ints, got {data['image_shape']!r}"
+      )
     splits = {}
     for name, entry in data["splits"].items():
       where = f"splits.{name}"
@@ -399,13 +433,18 @@ class Metadata:
       shards = []
       for i, shard in enumerate(entry["shards"]):
         _expect(path, f"{where}.shards[{i}]", shard, dict)
-        for key, kind in (("file", str), ("num_examples", int), ("sha256", str),
-                          ("num_bytes", int)):
+        for key, kind in (
+          ("file", str),
+          ("num_examples", int),
+          ("sha256", str),
+          ("num_bytes", int),
+        ):
           if key not in shard:
             raise MetadataError(f"{path}: missing key {where}.shards[{i}].{key}")
           _expect(path, f"{where}.shards[{i}].{key}", shard[key], kind)
-        shards.append(ShardInfo(shard["file"], shard["num_examples"], shard["sha256"],
-                                shard["num_bytes"]))
+        shards.append(
+          ShardInfo(shard["file"], shard["num_examples"], shard["sha256"], shard["num_bytes"])
+        )
       counts = entry.get("label_counts")
       if counts is not None:
         _expect(path, f"{where}.label_counts", counts, list)
@@ -418,11 +457,20 @@ class Metadata:
       except TypeError:
         raise MetadataError(f"{path}: records must hold read, written and rejected") from None
     metadata = cls(
-        dataset=data["dataset"], class_names=data["class_names"],
-        num_classes=data["num_classes"], image_shape=data["image_shape"],
-        image_format=data["image_format"], feature_spec=data["feature_spec"], splits=splits,
-        augmentation=data["augmentation"], records=records, rejects=data.get("rejects"),
-        sources=data.get("sources"), options=data.get("options"), format_version=version)
+      dataset=data["dataset"],
+      class_names=data["class_names"],
+      num_classes=data["num_classes"],
+      image_shape=data["image_shape"],
+      image_format=data["image_format"],
+      feature_spec=data["feature_spec"],
+      splits=splits,
+      augmentation=data["augmentation"],
+      records=records,
+      rejects=data.get("rejects"),
+      sources=data.get("sources"),
+      options=data.get("options"),
+      format_version=version,
+    )
     metadata.validate(path)
     return metadata
 
@@ -440,8 +488,9 @@ class Metadata:
       raise MetadataError(f"{path}: class_names must be strings")
     for name, split in self.splits.items():
       if not isinstance(split, SplitInfo):
-        raise MetadataError(f"{path}: splits.{name} must be a SplitInfo, got "
-                            f"{type(split).__name__}")
+        raise MetadataError(
+          f"{path}: splits.{name} must be a SplitInfo, got {type(split).__name__}"
+        )
       _expect(path, f"splits.{name}.num_examples", split.num_examples, int)
       for i, shard in enumerate(split.shards):
         if not isinstance(shard, ShardInfo):
@@ -452,18 +501,22 @@ class Metadata:
         if shard.num_examples < 0:
           raise MetadataError(f"{path}: {where}.num_examples must not be negative")
         if shard.sha256 is not None and not _is_sha256(shard.sha256):
-          raise MetadataError(f"{path}: {where}.sha256 must be 64 lowercase hex digits, "
-                              f"got {shard.sha256!r}")
+          raise MetadataError(
+            f"{path}: {where}.sha256 must be 64 lowercase hex digits, got {shard.sha256!r}"
+          )
         if shard.num_bytes is not None:
           _expect(path, f"{where}.num_bytes", shard.num_bytes, int)
         if os.path.basename(shard.file) != shard.file or shard.file in ("", ".", ".."):
           raise MetadataError(f"{path}: {where}.file must be a plain file name, got {shard.file!r}")
     if self.image_format not in IMAGE_FORMATS:
-      raise MetadataError(f"{path}: image_format must be one of {', '.join(IMAGE_FORMATS)}, "
-                          f"got {self.image_format!r}")
+      raise MetadataError(
+        f"{path}: image_format must be one of {', '.join(IMAGE_FORMATS)}, got {self.image_format!r}"
+      )
     if len(self.class_names) != self.num_classes:
-      raise MetadataError(f"{path}: num_classes is {self.num_classes} but class_names has "
-                          f"{len(self.class_names)} names")
+      raise MetadataError(
+        f"{path}: num_classes is {self.num_classes} but class_names has "
+        f"{len(self.class_names)} names"
+      )
     for which in ("train", "eval"):
       try:
         steps = self.augmentation[which]
@@ -474,22 +527,32 @@ class Metadata:
         raise MetadataError(f"{path}: bad {which} augmentation policy ({e})") from None
     for name, split in self.splits.items():
       if split.label_counts is not None and len(split.label_counts) != self.num_classes:
-        raise MetadataError(f"{path}: splits.{name}.label_counts has {len(split.label_counts)} "
-                            f"entries but num_classes is {self.num_classes}")
+        raise MetadataError(
+          f"{path}: splits.{name}.label_counts has {len(split.label_counts)} "
+          f"entries but num_classes is {self.num_classes}"
+        )
       listed = sum(s.num_examples for s in split.shards)
       if listed != split.num_examples:
-        raise MetadataError(f"{path}: the shards of split {name!r} add up to {listed} records, "
-                            f"but its num_examples is {split.num_examples}")
+        raise MetadataError(
+          f"{path}: the shards of split {name!r} add up to {listed} records, "
+          f"but its num_examples is {split.num_examples}"
+        )
       labelled = sum(split.label_counts) if split.label_counts is not None else listed
       if labelled != listed:
-        raise MetadataError(f"{path}: the label_counts of split {name!r} add up to {labelled}, "
-                            f"but its num_examples is {split.num_examples}")
+        raise MetadataError(
+          f"{path}: the label_counts of split {name!r} add up to {labelled}, "
+          f"but its num_examples is {split.num_examples}"
+        )
 
 
 def _split_json(split):
-  out = {"num_examples": split.num_examples,
-         "shards": [{"file": s.file, "num_examples": s.num_examples, "sha256": s.sha256,
-                     "num_bytes": s.num_bytes} for s in split.shards]}
+  out = {
+    "num_examples": split.num_examples,
+    "shards": [
+      {"file": s.file, "num_examples": s.num_examples, "sha256": s.sha256, "num_bytes": s.num_bytes}
+      for s in split.shards
+    ],
+  }
   if split.label_counts is not None:
     out["label_counts"] = list(split.label_counts)
   return out
@@ -501,8 +564,16 @@ def _expect(path, key, value, kind):
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
-_TYPES = {"dataset": str, "class_names": list, "num_classes": int, "image_shape": list,
-          "image_format": str, "feature_spec": dict, "splits": dict, "augmentation": dict}
+_TYPES = {
+  "dataset": str,
+  "class_names": list,
+  "num_classes": int,
+  "image_shape": list,
+  "image_format": str,
+  "feature_spec": dict,
+  "splits": dict,
+  "augmentation": dict,
+}
 
 
 def _is_sha256(text):
@@ -527,8 +598,10 @@ def read_metadata(data_dir, opener=open):
     with opener(path, "rb") as f:
       raw = f.read()
   except FileNotFoundError:
-    raise MetadataError(f"{path}: not found: run make preprocess (the Beam job writes it last; "
-                        "without it the shards are incomplete)") from None
+    raise MetadataError(
+      f"{path}: not found: run make preprocess (the Beam job writes it last; "
+      "without it the shards are incomplete)"
+    ) from None
   except IsADirectoryError:
     raise MetadataError(f"{path}: is a directory, not the Beam job's metadata file") from None
   except OSError as e:
@@ -559,6 +632,7 @@ class Corruption:
     offset: Byte offset of that record's header in the file.
     problem: What is wrong, e.g. "data CRC mismatch".
   """
+
   record: int
   offset: int
   problem: str
@@ -573,6 +647,7 @@ def _iter_frames(f, path):
   Checks both CRCs of every record, as TensorFlow's reader does.
   """
   import google_crc32c  # pylint: disable=g-import-not-at-top
+
   del google_crc32c  # Imported here so a missing package fails before reading.
   index = offset = 0
   while True:
@@ -650,12 +725,15 @@ def verify_shard(path, expected, opener=open):
   if corruption is not None:
     raise ShardError(corruption.describe(path))
   if count != expected.num_examples:
-    raise ShardError(f"{path}: holds {count} records, but {METADATA_FILE} says "
-                     f"{expected.num_examples}")
+    raise ShardError(
+      f"{path}: holds {count} records, but {METADATA_FILE} says {expected.num_examples}"
+    )
   if expected.sha256 is not None and hasher.hexdigest() != expected.sha256:
-    raise ShardError(f"{path}: sha256 {hasher.hexdigest()[:16]}... differs from the "
-                     f"{expected.sha256[:16]}... in {METADATA_FILE}: a foreign or modified shard "
-                     "(rerun make preprocess)")
+    raise ShardError(
+      f"{path}: sha256 {hasher.hexdigest()[:16]}... differs from the "
+      f"{expected.sha256[:16]}... in {METADATA_FILE}: a foreign or modified shard "
+      "(rerun make preprocess)"
+    )
 
 
 class _HashingReader:
@@ -691,8 +769,10 @@ def verify_data(data_dir, opener=open, log=None):
       verify_shard(path, shard, opener)
       check_record(path, first_example(path, opener), metadata)
     if log:
-      log(f"{data_dir}: split {name}: {len(split.shards)} shards, {split.num_examples} records, "
-          "sha256 and CRCs ok")
+      log(
+        f"{data_dir}: split {name}: {len(split.shards)} shards, {split.num_examples} records, "
+        "sha256 and CRCs ok"
+      )
   return metadata
 
 
@@ -722,13 +802,13 @@ def _fields(buf):
       value, pos = _read_varint(buf, pos)
     elif wire == 2:
       length, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + length], pos + length
+      value, pos = buf[pos : pos + length], pos + length
       if pos > len(buf):
         raise ValueError("truncated field")
     elif wire == 5:
-      value, pos = buf[pos:pos + 4], pos + 4
+      value, pos = buf[pos : pos + 4], pos + 4
     elif wire == 1:
-      value, pos = buf[pos:pos + 8], pos + 8
+      value, pos = buf[pos : pos + 8], pos + 8
     else:
       raise ValueError(f"unsupported wire type {wire}")
     yield number, wire, value
@@ -748,7 +828,7 @@ def decode_example(serialized):
         if n == 1:
           key = v.decode("utf-8")
         elif n == 2:
-          for kind, wire, lst in _fields(v):
+          for kind, _wire, lst in _fields(v):
             for vn, vwire, item in _fields(lst):
               if vn != 1:
                 continue
@@ -794,12 +874,18 @@ def check_record(path, serialized, metadata):
     raise ShardError(f"{path}: record 0 lacks {', '.join(missing)}: not a shard of this pipeline")
   shape = [features[HEIGHT], features[WIDTH], features[CHANNELS]]
   if shape != list(metadata.image_shape):
-    raise ShardError(f"{path}: record 0 is {'x'.join(map(str, shape))} but {METADATA_FILE} "
-                     f"says image_shape {list(metadata.image_shape)}")
+    raise ShardError(
+      f"{path}: record 0 is {'x'.join(map(str, shape))} but {METADATA_FILE} "
+      f"says image_shape {list(metadata.image_shape)}"
+    )
   image_format = features[FORMAT].decode("utf-8", "replace")
   if image_format != metadata.image_format:
-    raise ShardError(f"{path}: record 0 is {image_format} but {METADATA_FILE} says "
-                     f"image_format {metadata.image_format!r}")
+    raise ShardError(
+      f"{path}: record 0 is {image_format} but {METADATA_FILE} says "
+      f"image_format {metadata.image_format!r}"
+    )
   if not 0 <= features[LABEL] < metadata.num_classes:
-    raise ShardError(f"{path}: record 0 has label {features[LABEL]} but {METADATA_FILE} says "
-                     f"num_classes {metadata.num_classes}")
+    raise ShardError(
+      f"{path}: record 0 has label {features[LABEL]} but {METADATA_FILE} says "
+      f"num_classes {metadata.num_classes}"
+    )

@@ -86,14 +86,19 @@ def log(message):
 
 def run(cmd, check=True, timeout=None, **kwargs):
   """Runs a command, raising RehearsalError with its output's tail when it fails."""
-  result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+  result = subprocess.run(
+    cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+  )
   if check and result.returncode != 0:
-    raise RehearsalError(f"{shlex.join(cmd[:6])}... exited {result.returncode}:\n"
-                         f"{result.stdout[-2000:]}{result.stderr[-3000:]}")
+    raise RehearsalError(
+      f"{shlex.join(cmd[:6])}... exited {result.returncode}:\n"
+      f"{result.stdout[-2000:]}{result.stderr[-3000:]}"
+    )
   return result
 
 
 # ---- the rendered manifests ------------------------------------------------------
+
 
 def render():
   """The rehearsal overlay's objects, keyed by (kind, name), as `kubectl apply -k` would send them."""
@@ -184,7 +189,9 @@ class Pod:
     return args
 
   def run_args(self, container, image, env=()):
-    args = self.security_args(container) + self.resource_args(container) + self.mount_args(container)
+    args = (
+      self.security_args(container) + self.resource_args(container) + self.mount_args(container)
+    )
     for e in list(container.get("env", [])) + [{"name": k, "value": v} for k, v in env]:
       args += ["--env", f"{e['name']}={e['value']}"]
     if container.get("workingDir"):
@@ -197,6 +204,7 @@ class Pod:
 
 # ---- phases ------------------------------------------------------------------------
 
+
 def ensure_base(work):
   """The Dockerfile's base: the public one if it can be pulled, else the cached stand-in."""
   if run(PODMAN + ["image", "exists", PUBLIC_BASE], check=False).returncode == 0:
@@ -206,7 +214,9 @@ def ensure_base(work):
   if run(PODMAN + ["image", "exists", STAND_IN_BASE], check=False).returncode == 0:
     log(f"{PUBLIC_BASE} cannot be pulled; using the cached stand-in {STAND_IN_BASE}")
     return STAND_IN_BASE
-  log(f"{PUBLIC_BASE} cannot be pulled; making {STAND_IN_BASE} with mmdebstrap (bookworm, Python 3.11)")
+  log(
+    f"{PUBLIC_BASE} cannot be pulled; making {STAND_IN_BASE} with mmdebstrap (bookworm, Python 3.11)"
+  )
   tar = work / "bookworm-base.tar"
   run(["mmdebstrap", "--variant=minbase", f"--include={STAND_IN_PACKAGES}", "bookworm", str(tar)])
   run(PODMAN + ["import", "--change", 'CMD ["/bin/bash"]', str(tar), STAND_IN_BASE])
@@ -215,13 +225,28 @@ def ensure_base(work):
 
 
 def build_image(image, base, work):
-  cmd = PODMAN + ["build", "--runtime", "runc"] + ULIMITS + [
-      "--layers", "--build-arg", f"BASE={base}", "--ignorefile", str(DOCKERFILE) + ".dockerignore",
-      "-f", str(DOCKERFILE), "-t", image]
+  cmd = (
+    PODMAN
+    + ["build", "--runtime", "runc"]
+    + ULIMITS
+    + [
+      "--layers",
+      "--build-arg",
+      f"BASE={base}",
+      "--ignorefile",
+      str(DOCKERFILE) + ".dockerignore",
+      "-f",
+      str(DOCKERFILE),
+      "-t",
+      image,
+    ]
+  )
   if HOST_CA_BUNDLE.is_file():  # for pip behind a TLS-intercepting proxy; a secret, not a layer
     cmd += ["--secret", f"id=pip_ca,src={HOST_CA_BUNDLE}"]
   with open(work / "logs" / "build.log", "w") as out:
-    code = subprocess.run(cmd + [str(ROOT)], stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    code = subprocess.run(
+      cmd + [str(ROOT)], stdout=out, stderr=subprocess.STDOUT, check=False
+    ).returncode
   if code != 0:
     raise RehearsalError(f"image build failed (exit {code}); log: {work / 'logs' / 'build.log'}")
   size = int(run(PODMAN + ["image", "inspect", "--format", "{{.Size}}", image]).stdout)
@@ -268,14 +293,19 @@ class MPIJobRehearsal:
     self.worker = spec["mpiReplicaSpecs"]["Worker"]["template"]
     self.replicas = spec["mpiReplicaSpecs"]["Worker"]["replicas"]
     if spec.get("mpiImplementation", "OpenMPI") != "OpenMPI":
-      raise RehearsalError(f"{self.name}: mpiImplementation {spec['mpiImplementation']} not rehearsed")
+      raise RehearsalError(
+        f"{self.name}: mpiImplementation {spec['mpiImplementation']} not rehearsed"
+      )
     # The headless Service's DNS names, as the operator writes them into the hostfile.
-    self.hosts = [f"{self.name}-worker-{i}.{self.name}.{NAMESPACE}.svc" for i in range(self.replicas)]
+    self.hosts = [
+      f"{self.name}-worker-{i}.{self.name}.{NAMESPACE}.svc" for i in range(self.replicas)
+    ]
     net = SUBNET.rsplit(".", 1)[0]
     self.ips = [f"{net}.{10 + i}" for i in range(self.replicas)]
     self.launcher_ip = f"{net}.9"
     self.add_hosts = [f"{h}:{ip}" for h, ip in zip(self.hosts, self.ips)] + [
-        f"{self.name}-launcher.{self.name}.{NAMESPACE}.svc:{self.launcher_ip}"]
+      f"{self.name}-launcher.{self.name}.{NAMESPACE}.svc:{self.launcher_ip}"
+    ]
 
   def setup(self):
     """The operator's ConfigMap (hostfile) and Secret (ssh key pair), as files."""
@@ -287,17 +317,44 @@ class MPIJobRehearsal:
     # The operator makes an ECDSA P-521 key in PEM and names the files id_rsa,
     # id_rsa.pub and authorized_keys; Secret files are owned by root, mode 0644
     # when sshAuthMountPath is not /root/.ssh.
-    run(RUN + ["--rm", "--network", "none", "--user", "0", "-v", f"{keys}:/keys",
-                  "--entrypoint", "ssh-keygen", self.image, "-q", "-t", "ecdsa", "-b", "521", "-m", "PEM",
-                  "-N", "", "-C", "", "-f", "/keys/id_rsa"])
+    run(
+      RUN
+      + [
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "0",
+        "-v",
+        f"{keys}:/keys",
+        "--entrypoint",
+        "ssh-keygen",
+        self.image,
+        "-q",
+        "-t",
+        "ecdsa",
+        "-b",
+        "521",
+        "-m",
+        "PEM",
+        "-N",
+        "",
+        "-C",
+        "",
+        "-f",
+        "/keys/id_rsa",
+      ]
+    )
     shutil.copy(keys / "id_rsa.pub", keys / "authorized_keys")
     for f in keys.iterdir():
       os.chown(f, 0, 0)
       f.chmod(0o600 if self.ssh_path == "/root/.ssh" else 0o644)
     self.extra = [(str(keys), self.ssh_path, True), (str(config), MPI_CONFIG_DIR, True)]
-    self.operator_env = [("OMPI_MCA_orte_keep_fqdn_hostnames", "true"),
-                         ("OMPI_MCA_orte_default_hostfile", f"{MPI_CONFIG_DIR}/hostfile"),
-                         ("OMPI_MCA_plm_rsh_args", "-o ConnectionAttempts=10")]
+    self.operator_env = [
+      ("OMPI_MCA_orte_keep_fqdn_hostnames", "true"),
+      ("OMPI_MCA_orte_default_hostfile", f"{MPI_CONFIG_DIR}/hostfile"),
+      ("OMPI_MCA_plm_rsh_args", "-o ConnectionAttempts=10"),
+    ]
     run(PODMAN + ["network", "rm", "-f", NETWORK], check=False)
     # --internal: the pods reach each other and nothing else.
     run(PODMAN + ["network", "create", "--internal", "--subnet", SUBNET, NETWORK])
@@ -307,9 +364,22 @@ class MPIJobRehearsal:
     pod = Pod(self.worker, self.claims, self.extra)
     name = f"{PREFIX}-worker-{i}"
     run(PODMAN + ["rm", "-f", name], check=False)
-    run(RUN + ["-d", "--name", name, "--network", NETWORK, "--ip", self.ips[i],
-                  "--hostname", f"{self.name}-worker-{i}"] +
-        [a for h in self.add_hosts for a in ("--add-host", h)] + pod.run_args(c, self.image))
+    run(
+      RUN
+      + [
+        "-d",
+        "--name",
+        name,
+        "--network",
+        NETWORK,
+        "--ip",
+        self.ips[i],
+        "--hostname",
+        f"{self.name}-worker-{i}",
+      ]
+      + [a for h in self.add_hosts for a in ("--add-host", h)]
+      + pod.run_args(c, self.image)
+    )
 
   def wait_ready(self, i, timeout=60):
     """The worker's readinessProbe (tcpSocket), from the node: the host, on the pod IP."""
@@ -321,8 +391,10 @@ class MPIJobRehearsal:
         return port
       time.sleep(0.5)
     logs = run(PODMAN + ["logs", f"{PREFIX}-worker-{i}"], check=False)
-    raise RehearsalError(f"worker {i}: nothing listens on {self.ips[i]}:{port} after {timeout} s\n"
-                         f"{logs.stdout[-1500:]}{logs.stderr[-1500:]}")
+    raise RehearsalError(
+      f"worker {i}: nothing listens on {self.ips[i]}:{port} after {timeout} s\n"
+      f"{logs.stdout[-1500:]}{logs.stderr[-1500:]}"
+    )
 
   def start_launcher(self, attempt, log_path):
     """The launcher pod of one attempt: its init containers, then horovodrun in the background."""
@@ -330,16 +402,29 @@ class MPIJobRehearsal:
     name = f"launcher-{attempt}"
     common = ["--network", NETWORK, "--ip", self.launcher_ip, "--hostname", f"{self.name}-launcher"]
     for c in self.launcher["spec"].get("initContainers", []):
-      result = run(RUN + ["--rm", "--name", f"{PREFIX}-{name}-{c['name']}"] + common +
-                   pod.run_args(c, self.image), check=False, timeout=120)
+      result = run(
+        RUN
+        + ["--rm", "--name", f"{PREFIX}-{name}-{c['name']}"]
+        + common
+        + pod.run_args(c, self.image),
+        check=False,
+        timeout=120,
+      )
       if result.returncode != 0:
-        raise RehearsalError(f"launcher init container {c['name']} exited {result.returncode}: "
-                             f"{result.stdout[-1000:]}{result.stderr[-1000:]}")
+        raise RehearsalError(
+          f"launcher init container {c['name']} exited {result.returncode}: "
+          f"{result.stdout[-1000:]}{result.stderr[-1000:]}"
+        )
     (c,) = self.launcher["spec"]["containers"]
     cname = f"{PREFIX}-{name}"
     run(PODMAN + ["rm", "-f", cname], check=False)
-    cmd = RUN + ["--name", cname] + common + [
-        a for h in self.add_hosts for a in ("--add-host", h)] + pod.run_args(c, self.image, self.operator_env)
+    cmd = (
+      RUN
+      + ["--name", cname]
+      + common
+      + [a for h in self.add_hosts for a in ("--add-host", h)]
+      + pod.run_args(c, self.image, self.operator_env)
+    )
     out = open(log_path, "w")  # pylint: disable=consider-using-with  # closed in finish_launcher
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), out
 
@@ -370,7 +455,9 @@ def assert_trained(model_dir, max_steps, text, what):
   if not any("precision" in k for k in _flatten(values)):
     raise RehearsalError(f"{what}: metrics.json has no precision: {values}")
   if latest_checkpoint_step(model_dir) != max_steps:
-    raise RehearsalError(f"{what}: last checkpoint is step {latest_checkpoint_step(model_dir)}, not {max_steps}")
+    raise RehearsalError(
+      f"{what}: last checkpoint is step {latest_checkpoint_step(model_dir)}, not {max_steps}"
+    )
   for f in ("export/saved_model.pb", "export/labels.txt"):
     if not (model_dir / f).is_file():
       raise RehearsalError(f"{what}: no {model_dir / f}")
@@ -396,11 +483,15 @@ def ssh_logins(worker):
 
 def main(argv_=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--work-dir", help="where the volumes and logs go (default: a new temporary directory)")
+  parser.add_argument(
+    "--work-dir", help="where the volumes and logs go (default: a new temporary directory)"
+  )
   parser.add_argument("--keep", action="store_true", help="keep the work directory after a success")
   args = parser.parse_args(argv_)
   if os.geteuid() != 0:
-    print("cluster-test: run as root (rootful podman: static IPs on a private network)", file=sys.stderr)
+    print(
+      "cluster-test: run as root (rootful podman: static IPs on a private network)", file=sys.stderr
+    )
     return 2
   for tool in ("podman", "kubectl", "mmdebstrap"):
     if shutil.which(tool) is None:
@@ -427,10 +518,16 @@ def main(argv_=None):
       job = objects[("MPIJob", "train-cifar10")]
       evaluation = objects[("Job", "eval-cifar10")]
       tensorboard = objects[("Deployment", "tensorboard")]
-      images = {c["image"] for obj in (prep, job, evaluation, tensorboard)
-                for t in ([obj["spec"]["template"]] if "template" in obj["spec"] else
-                          [r["template"] for r in obj["spec"]["mpiReplicaSpecs"].values()])
-                for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]}
+      images = {
+        c["image"]
+        for obj in (prep, job, evaluation, tensorboard)
+        for t in (
+          [obj["spec"]["template"]]
+          if "template" in obj["spec"]
+          else [r["template"] for r in obj["spec"]["mpiReplicaSpecs"].values()]
+        )
+        for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]
+      }
       if len(images) != 1:
         raise RehearsalError(f"the rehearsal pods use several images: {sorted(images)}")
       (image,) = images
@@ -442,8 +539,23 @@ def main(argv_=None):
       user = run(RUN + ["--rm", "--network", "none", image, "id", "-u"]).stdout.strip()
       if user != "1000":
         raise RehearsalError(f"the image runs as uid {user}, not 1000")
-      if run(RUN + ["--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
-                       "command -v g++ || command -v make || command -v cc"], check=False).returncode == 0:
+      if (
+        run(
+          RUN
+          + [
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            "command -v g++ || command -v make || command -v cc",
+          ],
+          check=False,
+        ).returncode
+        == 0
+      ):
         raise RehearsalError("the runtime image carries a compiler")
 
     # The PersistentVolumeClaims: host directories owned by the pods' fsGroup,
@@ -456,20 +568,41 @@ def main(argv_=None):
     data, runs = claims["cnn-data"], claims["cnn-runs"]
     pod = Pod(prep["spec"]["template"], claims)
     (prep_container,) = prep["spec"]["template"]["spec"]["containers"]
-    prep_flags = dict(t.split("=", 1) for t in argv(prep_container) if t.startswith("--") and "=" in t)
+    prep_flags = dict(
+      t.split("=", 1) for t in argv(prep_container) if t.startswith("--") and "=" in t
+    )
     dataset = prep_flags["--dataset"]
 
     with phase(f"preprocess Job on sample data ({dataset})"):
       # Raw files onto the data volume, as k8s/README.md's "Without internet" does.
-      run(RUN + ["--rm", "--network", "none", "--user", "1000:1000", "-v", f"{data}:/data",
-                    image, "python", "-m", "preprocess.sample_data", "--out-dir", prep_flags["--raw-dir"],
-                    "--dataset", dataset])
+      run(
+        RUN
+        + [
+          "--rm",
+          "--network",
+          "none",
+          "--user",
+          "1000:1000",
+          "-v",
+          f"{data}:/data",
+          image,
+          "python",
+          "-m",
+          "preprocess.sample_data",
+          "--out-dir",
+          prep_flags["--raw-dir"],
+          "--dataset",
+          dataset,
+        ]
+      )
       text = run_pod_to_completion("build-tfrecords", pod, image, work)
       out_dir = data / pathlib.Path(prep_flags["--out-dir"]).relative_to("/data") / dataset
       metadata = json.loads((out_dir / "metadata.json").read_text())
       shards = sorted(out_dir.rglob("*.tfrecord*"))
       if not shards or metadata["dataset"] != dataset:
-        raise RehearsalError(f"preprocess wrote no shards or wrong metadata in {out_dir}:\n{text[-2000:]}")
+        raise RehearsalError(
+          f"preprocess wrote no shards or wrong metadata in {out_dir}:\n{text[-2000:]}"
+        )
       log(f"   {len(shards)} shards, splits {sorted(metadata['splits'])}")
 
     flags = train_args(job)
@@ -495,13 +628,17 @@ def main(argv_=None):
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uids, caps = fields["Uid"].split(), fields["CapEff"].strip()
         if set(uids) != {"1000"} or int(caps, 16) != 0 or fields["NoNewPrivs"].strip() != "1":
-          raise RehearsalError(f"worker {i}: sshd runs with uids {uids}, capabilities {caps}, "
-                               f"NoNewPrivs {fields['NoNewPrivs'].strip()}")
+          raise RehearsalError(
+            f"worker {i}: sshd runs with uids {uids}, capabilities {caps}, "
+            f"NoNewPrivs {fields['NoNewPrivs'].strip()}"
+          )
       logins = [ssh_logins(i) for i in range(mpi.replicas)]
       if not all(logins):
         raise RehearsalError(f"not every worker ran ranks (ssh logins per worker: {logins})")
-      log(f"   exit 0; sshd as uid 1000, no capabilities, no new privileges; ssh logins per worker "
-          f"{logins}; metrics {json.dumps(values)[:200]}")
+      log(
+        f"   exit 0; sshd as uid 1000, no capabilities, no new privileges; ssh logins per worker "
+        f"{logins}; metrics {json.dumps(values)[:200]}"
+      )
 
     with phase("MPIJob on an empty runs volume: kill worker 1 mid-training, then resume"):
       runs2 = work / "cnn-runs-2"
@@ -517,7 +654,9 @@ def main(argv_=None):
       deadline = time.time() + 600
       while (latest_checkpoint_step(model_dir2) or 0) < KILL_AFTER_STEP:
         if proc.poll() is not None or time.time() > deadline:
-          raise RehearsalError(f"no checkpoint of step >= {KILL_AFTER_STEP} before the launcher ended")
+          raise RehearsalError(
+            f"no checkpoint of step >= {KILL_AFTER_STEP} before the launcher ended"
+          )
         time.sleep(0.2)
       saved = latest_checkpoint_step(model_dir2)
       run(PODMAN + ["kill", f"{PREFIX}-worker-1"])
@@ -526,16 +665,22 @@ def main(argv_=None):
         code = proc.wait(timeout=LAUNCHER_EXIT_LIMIT)
       except subprocess.TimeoutExpired as e:
         proc.kill()
-        raise RehearsalError(f"the launcher still runs {LAUNCHER_EXIT_LIMIT} s after a worker died") from e
+        raise RehearsalError(
+          f"the launcher still runs {LAUNCHER_EXIT_LIMIT} s after a worker died"
+        ) from e
       out.close()
       took = time.time() - killed
       text = (work / "logs" / "launcher-2.log").read_text()
       message = "Horovod detected that one or more processes exited with non-zero status"
       if code == 0 or message not in text:
-        raise RehearsalError(f"after the kill the launcher exited {code} without {message!r}:\n{text[-3000:]}")
+        raise RehearsalError(
+          f"after the kill the launcher exited {code} without {message!r}:\n{text[-3000:]}"
+        )
       at_kill = latest_checkpoint_step(model_dir2)
       if at_kill >= max_steps:
-        raise RehearsalError(f"training had finished (step {at_kill}) before the kill; nothing to resume")
+        raise RehearsalError(
+          f"training had finished (step {at_kill}) before the kill; nothing to resume"
+        )
       log(f"   killed worker 1 after checkpoint {saved}; launcher exited {code} in {took:.1f} s")
       # The worker's container restarts in its pod (restartPolicy OnFailure);
       # the launcher Job starts a new launcher pod (backoffLimit).
@@ -549,7 +694,9 @@ def main(argv_=None):
       if code != 0 or not resumed:
         raise RehearsalError(f"the rerun exited {code}, resumed: {bool(resumed)}:\n{text[-4000:]}")
       if int(resumed.group(2)) != at_kill:
-        raise RehearsalError(f"resumed at step {resumed.group(2)}, but the last checkpoint was {at_kill}")
+        raise RehearsalError(
+          f"resumed at step {resumed.group(2)}, but the last checkpoint was {at_kill}"
+        )
       assert_trained(model_dir2, max_steps, text, "resumed MPIJob")
       log(f"   {resumed.group(0)}; finished {max_steps} steps and exported")
       timings.append(("  (launcher exit after the kill)", took))
@@ -566,8 +713,11 @@ def main(argv_=None):
       tb_template = tensorboard["spec"]["template"]
       (c,) = tb_template["spec"]["containers"]
       tb_ip = SUBNET.rsplit(".", 1)[0] + ".20"
-      run(RUN + ["-d", "--name", f"{PREFIX}-tensorboard", "--network", NETWORK, "--ip", tb_ip] +
-          Pod(tb_template, claims).run_args(c, image))
+      run(
+        RUN
+        + ["-d", "--name", f"{PREFIX}-tensorboard", "--network", NETWORK, "--ip", tb_ip]
+        + Pod(tb_template, claims).run_args(c, image)
+      )
       probe = c["readinessProbe"]["httpGet"]
       url = f"http://{tb_ip}:{resolve_port(c, probe['port'])}{probe['path']}"
       deadline = time.time() + 120
@@ -580,14 +730,17 @@ def main(argv_=None):
           pass
         if time.time() > deadline:
           logs = run(PODMAN + ["logs", f"{PREFIX}-tensorboard"], check=False)
-          raise RehearsalError(f"TensorBoard's readiness probe {url} never answered:\n{logs.stderr[-2000:]}")
+          raise RehearsalError(
+            f"TensorBoard's readiness probe {url} never answered:\n{logs.stderr[-2000:]}"
+          )
         time.sleep(1)
       # It serves the runs volume: the training run's event files are listed
       # (TensorBoard scans the logdir in the background after it starts).
       listed, deadline = [], time.time() + 60
       while not listed and time.time() < deadline:
-        with urllib.request.urlopen(f"http://{tb_ip}:{resolve_port(c, probe['port'])}/data/runs",
-                                    timeout=10) as response:
+        with urllib.request.urlopen(
+          f"http://{tb_ip}:{resolve_port(c, probe['port'])}/data/runs", timeout=10
+        ) as response:
           listed = json.loads(response.read())
         time.sleep(1)
       if not listed:

@@ -17,23 +17,29 @@ def run_horovod(np_, args, timeout=600, env=None):
 
   Uses the venv's horovodrun and python so the test does not depend on PATH.
   """
-  cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}",
-         sys.executable] + [str(a) for a in args]
+  cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", sys.executable] + [
+    str(a) for a in args
+  ]
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
   full_env.update(env or {})
-  return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                        timeout=timeout, check=False)
+  return subprocess.run(
+    cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+  )
 
 
 @pytest.fixture
 def horovod():
   """The `run_horovod` helper, failing the test with the job's output on error."""
+
   def run(np_, args, **kwargs):
     result = run_horovod(np_, args, **kwargs)
     if result.returncode != 0:
-      pytest.fail(f"horovodrun exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-                  f"\n--- stderr\n{result.stderr[-4000:]}")
+      pytest.fail(
+        f"horovodrun exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+        f"\n--- stderr\n{result.stderr[-4000:]}"
+      )
     return result
+
   return run
 
 
@@ -44,20 +50,41 @@ def tfrecords(tmp_path_factory):
   Returns the output root: <root>/cifar10, <root>/mnist, <root>/catdog.
   """
   from preprocess import sample_data  # pylint: disable=g-import-not-at-top
+
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
   sample_data.generate(str(raw), seed=0)
   for dataset, validation in (("cifar10", 250), ("mnist", 500), ("catdog", 40)):
-    cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset, "--raw-dir", raw,
-           "--out-dir", out, "--num-shards", "4", "--validation-size", str(validation)]
-    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=600,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    cmd = [
+      sys.executable,
+      "-m",
+      "pipeline.build_tfrecords",
+      "--dataset",
+      dataset,
+      "--raw-dir",
+      raw,
+      "--out-dir",
+      out,
+      "--num-shards",
+      "4",
+      "--validation-size",
+      str(validation),
+    ]
+    subprocess.run(
+      [str(c) for c in cmd],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      timeout=600,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
   return out
 
 
 def wait_for_checkpoint(model_dir, min_step, timeout=300):
   """Waits until model_dir/checkpoints holds a checkpoint of step >= min_step; returns its step."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   deadline = time.time() + timeout
   while time.time() < deadline:
     latest = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
@@ -74,9 +101,13 @@ def run_trainer(dataset, flags, np_=1, timeout=900, check=True):
   if np_ == 1:
     cmd = [script] + [str(f) for f in flags]
   else:
-    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", script] + [str(f) for f in flags]
+    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", script] + [
+      str(f) for f in flags
+    ]
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:
-    pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-                f"\n--- stderr\n{result.stderr[-4000:]}")
+    pytest.fail(
+      f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+      f"\n--- stderr\n{result.stderr[-4000:]}"
+    )
   return result

@@ -8,13 +8,13 @@ from preprocess import augment
 from preprocess import datasets
 
 EXAMPLES = {
-    "random_crop": {"height": 5, "width": 7},
-    "random_flip_left_right": {},
-    "random_brightness": {"max_delta": 63.0},
-    "random_contrast": {"lower": 0.2, "upper": 1.8},
-    "central_crop": {"height": 6, "width": 4},
-    "per_image_standardization": {},
-    "scale": {"factor": 0.5},
+  "random_crop": {"height": 5, "width": 7},
+  "random_flip_left_right": {},
+  "random_brightness": {"max_delta": 63.0},
+  "random_contrast": {"lower": 0.2, "upper": 1.8},
+  "central_crop": {"height": 6, "width": 4},
+  "per_image_standardization": {},
+  "scale": {"factor": 0.5},
 }
 
 

@@ -11,25 +11,61 @@ import psutil
 import pytest
 import tensorflow as tf
 
-from tests.conftest import BIN, ROOT, run_trainer, wait_for_checkpoint
+from tests.conftest import BIN
+from tests.conftest import ROOT
+from tests.conftest import run_trainer
+from tests.conftest import wait_for_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 def _load(path):
   data = np.load(path)
-  initial = [data[k] for k in sorted((k for k in data.files if k.startswith("initial_")),
-                                     key=lambda k: int(k.split("_")[1]))]
-  final = [data[k] for k in sorted((k for k in data.files if k.startswith("final_")),
-                                   key=lambda k: int(k.split("_")[1]))]
+  initial = [
+    data[k]
+    for k in sorted(
+      (k for k in data.files if k.startswith("initial_")), key=lambda k: int(k.split("_")[1])
+    )
+  ]
+  final = [
+    data[k]
+    for k in sorted(
+      (k for k in data.files if k.startswith("final_")), key=lambda k: int(k.split("_")[1])
+    )
+  ]
   return data, initial, final
 
 
-@pytest.mark.parametrize("dataset, model", [("cifar10", "cifar10_tutorial"), ("mnist", "mnist_bn_dropout")])
-def test_ranks_hold_bitwise_identical_state_after_training(horovod, tfrecords, tmp_path, dataset, model):
-  horovod(2, [ROOT / "tests/workers/train_sync.py", "--out", tmp_path, "--dataset", dataset,
-              "--recipe", model, "--data-dir", tfrecords / dataset, "--model-dir", tmp_path / "run",
-              "--max-steps", 6, "--batch-size", 8, "--eval-every", 0, "--early-stopping-patience", 0])
+@pytest.mark.parametrize(
+  "dataset, model", [("cifar10", "cifar10_tutorial"), ("mnist", "mnist_bn_dropout")]
+)
+def test_ranks_hold_bitwise_identical_state_after_training(
+  horovod, tfrecords, tmp_path, dataset, model
+):
+  horovod(
+    2,
+    [
+      ROOT / "tests/workers/train_sync.py",
+      "--out",
+      tmp_path,
+      "--dataset",
+      dataset,
+      "--recipe",
+      model,
+      "--data-dir",
+      tfrecords / dataset,
+      "--model-dir",
+      tmp_path / "run",
+      "--max-steps",
+      6,
+      "--batch-size",
+      8,
+      "--eval-every",
+      0,
+      "--early-stopping-patience",
+      0,
+    ],
+  )
   d0, init0, final0 = _load(tmp_path / "rank0.npz")
   d1, init1, final1 = _load(tmp_path / "rank1.npz")
   assert int(d0["size"]) == 2 and int(d0["step"]) == int(d1["step"]) == 6
@@ -40,13 +76,28 @@ def test_ranks_hold_bitwise_identical_state_after_training(horovod, tfrecords, t
   assert len(final0) == len(final1)
   for a, b in zip(final0, final1):
     assert np.array_equal(a, b)
-  assert any(not np.array_equal(a, b) for a, b in zip(init0, final0[:len(init0)]))
+  assert any(not np.array_equal(a, b) for a, b in zip(init0, final0[: len(init0)]))
 
 
 def test_ranks_read_disjoint_shards_that_cover_the_split(horovod, tfrecords, tmp_path):
-  horovod(2, [ROOT / "tests/workers/train_sync.py", "--out", tmp_path, "--dataset", "cifar10",
-              "--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path / "run",
-              "--max-steps", 1])
+  horovod(
+    2,
+    [
+      ROOT / "tests/workers/train_sync.py",
+      "--out",
+      tmp_path,
+      "--dataset",
+      "cifar10",
+      "--recipe",
+      "tiny",
+      "--data-dir",
+      tfrecords / "cifar10",
+      "--model-dir",
+      tmp_path / "run",
+      "--max-steps",
+      1,
+    ],
+  )
   ids0 = set(np.load(tmp_path / "rank0.npz")["ids"].tolist())
   ids1 = set(np.load(tmp_path / "rank1.npz")["ids"].tolist())
   meta = json.loads((tfrecords / "cifar10" / "metadata.json").read_text())
@@ -55,22 +106,49 @@ def test_ranks_read_disjoint_shards_that_cover_the_split(horovod, tfrecords, tmp
 
 
 def test_two_workers_of_batch_b_equal_one_worker_of_batch_2b(horovod, tmp_path):
-  horovod(2, [ROOT / "tests/workers/equivalence.py", "--out", tmp_path / "np2.npz", "--global-batch", 16])
-  horovod(1, [ROOT / "tests/workers/equivalence.py", "--out", tmp_path / "np1.npz", "--global-batch", 16])
+  horovod(
+    2, [ROOT / "tests/workers/equivalence.py", "--out", tmp_path / "np2.npz", "--global-batch", 16]
+  )
+  horovod(
+    1, [ROOT / "tests/workers/equivalence.py", "--out", tmp_path / "np1.npz", "--global-batch", 16]
+  )
   two, one = np.load(tmp_path / "np2.npz"), np.load(tmp_path / "np1.npz")
   for k in one.files:
     np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6)
 
 
-MODELS = [("cifar10", "cifar10_tutorial"), ("cifar10", "cifar10_cookbook"), ("mnist", "mnist_basic"),
-          ("mnist", "mnist_bn_dropout"), ("mnist", "mnist_resnet"), ("catdog", "catdog_lenet5")]
+MODELS = [
+  ("cifar10", "cifar10_tutorial"),
+  ("cifar10", "cifar10_cookbook"),
+  ("mnist", "mnist_basic"),
+  ("mnist", "mnist_bn_dropout"),
+  ("mnist", "mnist_resnet"),
+  ("catdog", "catdog_lenet5"),
+]
 
 
 @pytest.mark.parametrize("dataset, model", MODELS, ids=[f"{d}-{m}" for d, m in MODELS])
 def test_every_trainer_runs_under_horovodrun(tfrecords, tmp_path, dataset, model):
-  result = run_trainer(dataset, ["--recipe", model, "--data-dir", tfrecords / dataset,
-                                 "--model-dir", tmp_path, "--max-steps", 3, "--batch-size", 8,
-                                 "--log-every", 1, "--eval-every", 2], np_=2)
+  result = run_trainer(
+    dataset,
+    [
+      "--recipe",
+      model,
+      "--data-dir",
+      tfrecords / dataset,
+      "--model-dir",
+      tmp_path,
+      "--max-steps",
+      3,
+      "--batch-size",
+      8,
+      "--log-every",
+      1,
+      "--eval-every",
+      2,
+    ],
+    np_=2,
+  )
   metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert metrics["workers"] == 2 and metrics["trained_steps"] == 3
   meta = json.loads((tfrecords / dataset / "metadata.json").read_text())
@@ -96,12 +174,36 @@ def _rank_processes(launcher):
 
 
 def test_a_dead_worker_ends_the_job_and_a_restart_resumes(tfrecords, tmp_path):
-  flags = ["--recipe", "tiny", "--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path,
-           "--checkpoint-every", 5, "--log-every", 1000, "--no-export"]
-  cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", str(ROOT / "trainers/cifar10.py")]
+  flags = [
+    "--recipe",
+    "tiny",
+    "--data-dir",
+    tfrecords / "cifar10",
+    "--model-dir",
+    tmp_path,
+    "--checkpoint-every",
+    5,
+    "--log-every",
+    1000,
+    "--no-export",
+  ]
+  cmd = [
+    str(BIN / "horovodrun"),
+    "-np",
+    "2",
+    "-H",
+    "localhost:2",
+    str(ROOT / "trainers/cifar10.py"),
+  ]
   env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", TF_CPP_MIN_LOG_LEVEL="2")
-  launcher = subprocess.Popen(cmd + [str(f) for f in flags] + ["--max-steps", "1000000"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  launcher = subprocess.Popen(
+    cmd + [str(f) for f in flags] + ["--max-steps", "1000000"],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   wait_for_checkpoint(tmp_path, 10)
   ranks = _rank_processes(launcher)
   assert set(ranks) == {0, 1}, ranks

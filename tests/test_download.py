@@ -25,18 +25,23 @@ import threading
 import types
 import zipfile
 
-import pytest
 from PIL import Image
+import pytest
 
 from preprocess import datasets
 from preprocess import download
 from preprocess.datasets import catdog as catdog_spec
 from preprocess.datasets import cifar10
-from preprocess.download import DownloadError, RemoteFile
+from preprocess.download import DownloadError
+from preprocess.download import RemoteFile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MNIST_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_NAMES = (
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
+)
 IMAGES_PER_CLASS = 120
 
 
@@ -55,7 +60,6 @@ def server(tmp_path):
   requests = []
 
   class Handler(http.server.SimpleHTTPRequestHandler):
-
     def __init__(self, *args, **kwargs):
       super().__init__(*args, directory=str(root), **kwargs)
 
@@ -68,11 +72,11 @@ def server(tmp_path):
 
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
   # shutdown() waits for the next poll; the default 0.5 s would dominate the run.
-  thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                            daemon=True)
+  thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
   thread.start()
-  yield types.SimpleNamespace(root=root, url=f"http://127.0.0.1:{httpd.server_port}",
-                              requests=requests)
+  yield types.SimpleNamespace(
+    root=root, url=f"http://127.0.0.1:{httpd.server_port}", requests=requests
+  )
   httpd.shutdown()
   httpd.server_close()
   thread.join()
@@ -82,8 +86,9 @@ def remote(server, served_name, filename=None, algorithm="sha256", data=None):
   """A RemoteFile for a served file, with its real size and digest (or `data`'s)."""
   data = (server.root / served_name).read_bytes() if data is None else data
   digest = {algorithm: hashlib.new(algorithm, data).hexdigest()}
-  return RemoteFile(filename or served_name, (f"{server.url}/{served_name}",),
-                    size=len(data), **digest)
+  return RemoteFile(
+    filename or served_name, (f"{server.url}/{served_name}",), size=len(data), **digest
+  )
 
 
 def files_under(path):
@@ -96,8 +101,10 @@ def files_under(path):
 def cifar_members():
   """{member name: bytes} of a tiny cifar-10-binary.tar.gz (2 records per batch)."""
   names = "\n".join(list(datasets.get("cifar10").class_names)) + "\n"
-  members = {"cifar-10-batches-bin/batches.meta.txt": names.encode(),
-             "cifar-10-batches-bin/readme.html": b"<html></html>"}
+  members = {
+    "cifar-10-batches-bin/batches.meta.txt": names.encode(),
+    "cifar-10-batches-bin/readme.html": b"<html></html>",
+  }
   for i, name in enumerate(datasets.get("cifar10").layout.file_names()[:-1]):
     records = b"".join(bytes([(i + r) % 10]) + bytes([i * 16 + r]) * 3072 for r in range(2))
     members[f"cifar-10-batches-bin/{name}"] = records
@@ -176,20 +183,24 @@ def test_cifar10_download_extracts_the_official_layout(server, tmp_path):
   write_tar(server.root / "cifar-10-binary.tar.gz", members)
   raw = tmp_path / "raw"
 
-  paths = download.download("cifar10", raw, sources=[remote(server, "cifar-10-binary.tar.gz")],
-                            log=lambda line: None)
+  paths = download.download(
+    "cifar10", raw, sources=[remote(server, "cifar-10-binary.tar.gz")], log=lambda line: None
+  )
 
   batches = raw / "cifar10" / "cifar-10-batches-bin"
   assert paths == [batches / n for n in datasets.get("cifar10").layout.file_names()]
   for name, data in members.items():
     assert (raw / "cifar10" / name).read_bytes() == data
   # The reader the Beam job uses accepts what was extracted.
-  assert cifar10.read_class_names(batches / "batches.meta.txt") == list(datasets.get("cifar10").class_names)
+  assert cifar10.read_class_names(batches / "batches.meta.txt") == list(
+    datasets.get("cifar10").class_names
+  )
   test_batch = batches / "test_batch.bin"
   assert cifar10.count_records(test_batch, test_batch.stat().st_size) == 2
   # The verified archive is kept; no temporary download or extraction folder is.
-  assert files_under(raw) == sorted(["cifar10/cifar-10-binary.tar.gz"] +
-                                    [f"cifar10/{n}" for n in members])
+  assert files_under(raw) == sorted(
+    ["cifar10/cifar-10-binary.tar.gz"] + [f"cifar10/{n}" for n in members]
+  )
   assert not [p for p in raw.rglob(".*")]
 
 
@@ -197,8 +208,9 @@ def test_mnist_download_keeps_the_gzipped_files(server, tmp_path):
   served = mnist_files(server.root)
   raw = tmp_path / "raw"
 
-  paths = download.download("mnist", raw, sources=[remote(server, n) for n in MNIST_NAMES],
-                            log=lambda line: None)
+  paths = download.download(
+    "mnist", raw, sources=[remote(server, n) for n in MNIST_NAMES], log=lambda line: None
+  )
 
   assert paths == [raw / "mnist" / n for n in MNIST_NAMES]
   for name, data in served.items():
@@ -212,8 +224,9 @@ def test_a_failing_mirror_falls_back_to_the_next_url(server, tmp_path):
   mnist_files(server.root)
   name = MNIST_NAMES[3]
   good = remote(server, name)
-  source = RemoteFile(name, (f"{server.url}/gone/{name}", f"{server.url}/{name}"),
-                      sha256=good.sha256, size=good.size)
+  source = RemoteFile(
+    name, (f"{server.url}/gone/{name}", f"{server.url}/{name}"), sha256=good.sha256, size=good.size
+  )
   logs = []
 
   path = download._ensure_file(source, tmp_path, force=False, log=logs.append)
@@ -249,7 +262,8 @@ def test_catdog_split_is_deterministic_disjoint_and_moves_every_image(server, tm
   # Every image (the corrupt ones too) is in exactly one split, unchanged, in its class.
   assert {key: data for key, (_, data) in first.items()} == images
   assert {key: split for key, (split, _) in first.items()} == {
-      key: catdog_spec.split_of(*key) for key in images}
+    key: catdog_spec.split_of(*key) for key in images
+  }
   test_share = sum(split == "test" for split, _ in first.values()) / len(first)
   assert 0.05 <= test_share <= 0.15, test_share
   for class_name in ("cat", "dog"):
@@ -258,16 +272,21 @@ def test_catdog_split_is_deterministic_disjoint_and_moves_every_image(server, tm
   # stay outside the split folders the pipeline reads.
   raw = tmp_path / "a"
   others = [p for p in files_under(raw / "catdog") if not p.startswith(("train/", "test/"))]
-  assert others == ["PetImages/Cat/Thumbs.db", "PetImages/Dog/Thumbs.db",
-                    "kagglecatsanddogs_5340.zip", "readme[1].txt"]
+  assert others == [
+    "PetImages/Cat/Thumbs.db",
+    "PetImages/Dog/Thumbs.db",
+    "kagglecatsanddogs_5340.zip",
+    "readme[1].txt",
+  ]
 
 
 def test_catdog_split_is_a_fixed_function_of_class_and_name():
   # Pinned so that a change to the rule (which would reshuffle everyone's test
   # set) fails here, not silently.
   assert [catdog_spec.split_of("cat", f"{n}.jpg") for n in range(12)].count("test") == sum(
-      int.from_bytes(hashlib.sha256(f"cat/{n}.jpg".encode()).digest()[:8], "big") % 100 < 10
-      for n in range(12))
+    int.from_bytes(hashlib.sha256(f"cat/{n}.jpg".encode()).digest()[:8], "big") % 100 < 10
+    for n in range(12)
+  )
   assert catdog_spec.split_of("cat", "1.jpg") == catdog_spec.split_of("cat", "1.jpg")
 
 
@@ -316,17 +335,18 @@ def test_remote_file_rejects_malformed_entries():
 
 def test_default_sources_are_https_with_well_formed_digests():
   expected_names = {
-      "cifar10": ["cifar-10-binary.tar.gz"],
-      "mnist": list(MNIST_NAMES),
-      "catdog": ["kagglecatsanddogs_5340.zip"],
+    "cifar10": ["cifar-10-binary.tar.gz"],
+    "mnist": list(MNIST_NAMES),
+    "catdog": ["kagglecatsanddogs_5340.zip"],
   }
   sources = {name: datasets.get(name).sources for name in datasets.names()}
   assert set(sources) == set(expected_names)
   for dataset, files in sources.items():
     assert sorted(f.filename for f in files) == sorted(expected_names[dataset])
     for f in files:
-      assert f.urls and all(u.startswith("https://") and u.endswith("/" + f.filename)
-                            for u in f.urls), f
+      assert f.urls and all(
+        u.startswith("https://") and u.endswith("/" + f.filename) for u in f.urls
+      ), f
       assert re.fullmatch(r"[0-9a-f]{64}", f.sha256), f
       assert f.md5 is None or re.fullmatch(r"[0-9a-f]{32}", f.md5), f
       assert isinstance(f.size, int) and f.size > 0, f
@@ -377,21 +397,20 @@ def hostile_zip(path, name, kind, target=""):
 
 # (format, kind, member name, reason the message must give)
 HOSTILE = [
-    ("tar", "dotdot", "../evil", "'..' in path"),
-    ("tar", "dotdot-deep", "a/../../evil", "'..' in path"),
-    ("tar", "backslash", "a\\..\\..\\evil", "'..' in path"),
-    ("tar", "absolute", None, "absolute path"),
-    ("tar", "symlink", "link", "symlink"),
-    ("tar", "hardlink", "link", "hard link"),
-    ("tar", "fifo", "pipe", "device, fifo"),
-    ("zip", "dotdot", "../evil", "'..' in path"),
-    ("zip", "absolute", None, "absolute path"),
-    ("zip", "symlink", "link", "symlink"),
+  ("tar", "dotdot", "../evil", "'..' in path"),
+  ("tar", "dotdot-deep", "a/../../evil", "'..' in path"),
+  ("tar", "backslash", "a\\..\\..\\evil", "'..' in path"),
+  ("tar", "absolute", None, "absolute path"),
+  ("tar", "symlink", "link", "symlink"),
+  ("tar", "hardlink", "link", "hard link"),
+  ("tar", "fifo", "pipe", "device, fifo"),
+  ("zip", "dotdot", "../evil", "'..' in path"),
+  ("zip", "absolute", None, "absolute path"),
+  ("zip", "symlink", "link", "symlink"),
 ]
 
 
-@pytest.mark.parametrize("fmt,kind,name,reason", HOSTILE,
-                         ids=[f"{h[0]}-{h[1]}" for h in HOSTILE])
+@pytest.mark.parametrize("fmt,kind,name,reason", HOSTILE, ids=[f"{h[0]}-{h[1]}" for h in HOSTILE])
 def test_unsafe_archive_is_refused_and_nothing_is_written(tmp_path, fmt, kind, name, reason):
   outside = tmp_path / "outside"
   outside.mkdir()
@@ -420,12 +439,15 @@ def test_download_refuses_an_archive_with_a_dotdot_member(server, tmp_path):
   raw = tmp_path / "raw"
 
   with pytest.raises(DownloadError, match=r"unsafe member 'cifar-10-batches-bin/\.\./\.\./evil'"):
-    download.download("cifar10", raw, sources=[remote(server, "cifar-10-binary.tar.gz")],
-                      log=lambda line: None)
+    download.download(
+      "cifar10", raw, sources=[remote(server, "cifar-10-binary.tar.gz")], log=lambda line: None
+    )
 
   # Only the verified archive is on disk; nothing was extracted, in raw or above it.
-  assert files_under(tmp_path) == ["raw/cifar10/cifar-10-binary.tar.gz",
-                                   "www/cifar-10-binary.tar.gz"]
+  assert files_under(tmp_path) == [
+    "raw/cifar10/cifar-10-binary.tar.gz",
+    "www/cifar-10-binary.tar.gz",
+  ]
 
 
 def test_extract_archive_does_not_overwrite_unless_forced(tmp_path):
@@ -479,8 +501,9 @@ def test_partial_install_is_refused_before_downloading(server, tmp_path):
   (raw / "catdog" / "train" / "cat").mkdir(parents=True)
 
   with pytest.raises(DownloadError, match=r"train: exists but test/ does not.*--force"):
-    download.download("catdog", raw, sources=[remote(server, "kagglecatsanddogs_5340.zip")],
-                      log=lambda line: None)
+    download.download(
+      "catdog", raw, sources=[remote(server, "kagglecatsanddogs_5340.zip")], log=lambda line: None
+    )
   assert server.requests == []
 
 
@@ -489,9 +512,15 @@ def test_partial_install_is_refused_before_downloading(server, tmp_path):
 
 def run_cli(*args):
   env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-  return subprocess.run([sys.executable, "-m", "preprocess.download", *map(str, args)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-                        check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "preprocess.download", *map(str, args)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
 
 
 def closed_port():
@@ -502,8 +531,14 @@ def closed_port():
 
 def test_cli_unreachable_url_exits_nonzero_with_one_line(tmp_path):
   port = closed_port()
-  result = run_cli("--dataset", "mnist", "--raw-dir", tmp_path / "raw",
-                   "--mirror", f"http://127.0.0.1:{port}/mnist")
+  result = run_cli(
+    "--dataset",
+    "mnist",
+    "--raw-dir",
+    tmp_path / "raw",
+    "--mirror",
+    f"http://127.0.0.1:{port}/mnist",
+  )
 
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
@@ -523,8 +558,9 @@ def test_cli_usage_errors_and_help():
 
 def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   mnist_files(server.root)
-  local = dataclasses.replace(datasets.get("mnist"),
-                              sources=tuple(remote(server, n) for n in MNIST_NAMES))
+  local = dataclasses.replace(
+    datasets.get("mnist"), sources=tuple(remote(server, n) for n in MNIST_NAMES)
+  )
   monkeypatch.setitem(datasets._REGISTRY, "mnist", local)  # pylint: disable=protected-access
   raw = tmp_path / "raw"
 

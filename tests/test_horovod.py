@@ -5,12 +5,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN
+from tests.conftest import ROOT
 
 
 def test_check_build_lists_tensorflow_and_gloo():
-  out = subprocess.run([str(BIN / "horovodrun"), "--check-build"], capture_output=True,
-                       text=True, check=True).stdout
+  out = subprocess.run(
+    [str(BIN / "horovodrun"), "--check-build"], capture_output=True, text=True, check=True
+  ).stdout
   assert "[X] TensorFlow" in out
   assert "[X] Gloo" in out
 

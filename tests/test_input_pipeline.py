@@ -33,14 +33,34 @@ CIFAR_TEST_BIN = "cifar10/cifar-10-batches-bin/test_batch.bin"
 def data(tmp_path_factory):
   """Sample CIFAR-10 and MNIST raw data, converted by the Beam job into 4 shards a split."""
   from preprocess import sample_data  # pylint: disable=g-import-not-at-top
+
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
   sample_data.generate(str(raw), names=("cifar10", "mnist"), seed=0)
   for dataset, validation in (("cifar10", 0), ("mnist", 500)):
-    cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset, "--raw-dir",
-           raw, "--out-dir", out, "--num-shards", "4", "--validation-size", validation]
-    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=300,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    cmd = [
+      sys.executable,
+      "-m",
+      "pipeline.build_tfrecords",
+      "--dataset",
+      dataset,
+      "--raw-dir",
+      raw,
+      "--out-dir",
+      out,
+      "--num-shards",
+      "4",
+      "--validation-size",
+      validation,
+    ]
+    subprocess.run(
+      [str(c) for c in cmd],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
   return {"raw": raw, "cifar10": out / "cifar10", "mnist": out / "mnist"}
 
 
@@ -68,13 +88,13 @@ def _take(dataset, n):
 # --- augmentation ops --------------------------------------------------------
 
 STEPS = [
-    {"op": "random_crop", "height": 24, "width": 24},
-    {"op": "central_crop", "height": 24, "width": 24},
-    {"op": "random_flip_left_right"},
-    {"op": "random_brightness", "max_delta": 63.0},
-    {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
-    {"op": "per_image_standardization"},
-    {"op": "scale", "factor": 1.0 / 255.0},
+  {"op": "random_crop", "height": 24, "width": 24},
+  {"op": "central_crop", "height": 24, "width": 24},
+  {"op": "random_flip_left_right"},
+  {"op": "random_brightness", "max_delta": 63.0},
+  {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
+  {"op": "per_image_standardization"},
+  {"op": "scale", "factor": 1.0 / 255.0},
 ]
 
 
@@ -90,23 +110,27 @@ def test_the_tests_cover_every_op():
 def test_op_gives_the_same_pixels_eagerly_and_inside_dataset_map(step):
   images = np.stack([_image(i) for i in range(3)])
   seeds = np.array([[1, 2], [1, 3], [7, 2]], np.int64)
-  eager = np.stack([ip.apply_policy(tf.constant(x), [step], tf.constant(s)).numpy()
-                    for x, s in zip(images, seeds)])
+  eager = np.stack(
+    [ip.apply_policy(tf.constant(x), [step], tf.constant(s)).numpy() for x, s in zip(images, seeds)]
+  )
   mapped = tf.data.Dataset.from_tensor_slices((images, seeds)).map(
-      lambda x, s: ip.apply_policy(x, [step], s), num_parallel_calls=2)
+    lambda x, s: ip.apply_policy(x, [step], s), num_parallel_calls=2
+  )
   np.testing.assert_array_equal(np.stack(list(mapped.as_numpy_iterator())), eager)
   assert eager.shape[1:] == augment.output_shape([step], (32, 32, 3))
 
 
-@pytest.mark.parametrize("step", [s for s in STEPS if augment.OPS[s["op"]].random],
-                         ids=lambda s: s["op"])
+@pytest.mark.parametrize(
+  "step", [s for s in STEPS if augment.OPS[s["op"]].random], ids=lambda s: s["op"]
+)
 def test_random_op_is_a_function_of_its_seed(step):
   image = tf.constant(_image())
   first = ip.apply_policy(image, [step], tf.constant([5, 6], tf.int64)).numpy()
   again = ip.apply_policy(image, [step], tf.constant([5, 6], tf.int64)).numpy()
   np.testing.assert_array_equal(first, again)
-  others = [ip.apply_policy(image, [step], tf.constant([5, s], tf.int64)).numpy()
-            for s in range(7, 15)]
+  others = [
+    ip.apply_policy(image, [step], tf.constant([5, s], tf.int64)).numpy() for s in range(7, 15)
+  ]
   assert any(not np.array_equal(first, o) for o in others)
 
 
@@ -116,7 +140,7 @@ def test_ops_match_their_definitions():
   apply = lambda step: ip.apply_policy(tf.constant(x), [step], seed).numpy()
   # A random crop is some 24x24 window of the input.
   crop = apply(STEPS[0])
-  assert any(np.array_equal(crop, x[i:i + 24, j:j + 24]) for i in range(9) for j in range(9))
+  assert any(np.array_equal(crop, x[i : i + 24, j : j + 24]) for i in range(9) for j in range(9))
   np.testing.assert_array_equal(apply(STEPS[1]), x[4:28, 4:28])
   flipped = apply(STEPS[2])
   assert np.array_equal(flipped, x) or np.array_equal(flipped, x[:, ::-1])
@@ -158,8 +182,17 @@ def test_serving_preprocess_equals_the_eval_policy_per_image(dataset):
 
 def test_cifar10_train_and_eval_shapes_and_types(cifar):
   data_dir, meta = cifar
-  train = ip.make_dataset(data_dir, meta, "train", rank=0, size=1, batch_size=64, training=True,
-                          seed=0, image_shape=(24, 24, 3))
+  train = ip.make_dataset(
+    data_dir,
+    meta,
+    "train",
+    rank=0,
+    size=1,
+    batch_size=64,
+    training=True,
+    seed=0,
+    image_shape=(24, 24, 3),
+  )
   assert train.element_spec[0].shape == (64, 24, 24, 3)  # static: drop_remainder
   assert train.element_spec[0].dtype == tf.float32 and train.element_spec[1].dtype == tf.int32
   # 2,500 records, batch 64: the batches straddling epoch ends are full too.
@@ -167,17 +200,20 @@ def test_cifar10_train_and_eval_shapes_and_types(cifar):
     assert images.shape == (64, 24, 24, 3) and labels.shape == (64,)
   assert abs(float(tf.reduce_mean(images))) < 1e-3  # standardized per image
   assert set(labels.numpy()) <= set(range(10))
-  test = ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=64, training=False,
-                         seed=0)
+  test = ip.make_dataset(
+    data_dir, meta, "test", rank=0, size=1, batch_size=64, training=False, seed=0
+  )
   sizes = [int(labels.shape[0]) for _, labels in test]
   assert sizes == [64] * 7 + [500 - 7 * 64]  # one pass, short last batch kept
 
 
 def test_eval_images_equal_a_hand_computation_from_the_raw_bytes(data, cifar):
   data_dir, meta = cifar
-  images, labels, ids = _read_all(ip.make_dataset(
-      data_dir, meta, "test", rank=0, size=1, batch_size=100, training=False, seed=0,
-      with_ids=True))
+  images, labels, ids = _read_all(
+    ip.make_dataset(
+      data_dir, meta, "test", rank=0, size=1, batch_size=100, training=False, seed=0, with_ids=True
+    )
+  )
   raw = np.frombuffer((data["raw"] / CIFAR_TEST_BIN).read_bytes(), np.uint8)
   raw = raw.reshape(-1, cifar10.RECORD_BYTES)
   for image, label, source_id in zip(images, labels, ids):
@@ -195,9 +231,21 @@ def test_mnist_images_are_28x28x1_in_unit_range(data):
   meta = ip.load_metadata(data["mnist"])
   assert meta.splits["validation"].num_examples == 500
   for split, training in (("train", True), ("validation", False)):
-    images, labels = next(iter(ip.make_dataset(
-        str(data["mnist"]), meta, split, rank=0, size=1, batch_size=50, training=training, seed=0,
-        image_shape=(28, 28, 1))))
+    images, labels = next(
+      iter(
+        ip.make_dataset(
+          str(data["mnist"]),
+          meta,
+          split,
+          rank=0,
+          size=1,
+          batch_size=50,
+          training=training,
+          seed=0,
+          image_shape=(28, 28, 1),
+        )
+      )
+    )
     assert images.shape == (50, 28, 28, 1) and images.dtype == tf.float32
     pixels = images.numpy()
     assert pixels.min() >= 0 and pixels.max() <= 1 and pixels.max() > 0.5
@@ -207,8 +255,9 @@ def test_mnist_images_are_28x28x1_in_unit_range(data):
 
 def test_same_seed_gives_the_same_batches_and_another_seed_others(cifar):
   data_dir, meta = cifar
-  make = lambda seed: ip.make_dataset(data_dir, meta, "train", rank=0, size=1, batch_size=32,
-                                      training=True, seed=seed, with_ids=True)
+  make = lambda seed: ip.make_dataset(
+    data_dir, meta, "train", rank=0, size=1, batch_size=32, training=True, seed=seed, with_ids=True
+  )
   first, again, other = _take(make(0), 5), _take(make(0), 5), _take(make(1), 5)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)
@@ -218,20 +267,49 @@ def test_same_seed_gives_the_same_batches_and_another_seed_others(cifar):
 def test_each_epoch_is_a_fresh_permutation_with_fresh_augmentation(cifar):
   data_dir, meta = cifar
   # The 500 test records, trained on: batches 0-9 are epoch 0, 10-19 epoch 1.
-  images, _, ids = _take(ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=50,
-                                         training=True, seed=0, with_ids=True), 20)
+  images, _, ids = _take(
+    ip.make_dataset(
+      data_dir, meta, "test", rank=0, size=1, batch_size=50, training=True, seed=0, with_ids=True
+    ),
+    20,
+  )
   epochs = [(images[:500], ids[:500]), (images[500:], ids[500:])]
-  everything = set(_read_all(ip.make_dataset(data_dir, meta, "test", rank=0, size=1,
-                                             batch_size=100, training=False, seed=0,
-                                             with_ids=True))[2])
+  everything = set(
+    _read_all(
+      ip.make_dataset(
+        data_dir,
+        meta,
+        "test",
+        rank=0,
+        size=1,
+        batch_size=100,
+        training=False,
+        seed=0,
+        with_ids=True,
+      )
+    )[2]
+  )
   for _, epoch_ids in epochs:
     assert len(set(epoch_ids)) == 500 and set(epoch_ids) == everything
   assert not np.array_equal(epochs[0][1], epochs[1][1])  # reshuffled
   by_id = [dict(zip(epoch_ids, epoch_images)) for epoch_images, epoch_ids in epochs]
   assert all(not np.allclose(by_id[0][i], by_id[1][i]) for i in everything)
   # A resumed run can start at epoch 1 and get exactly what epoch 1 was.
-  resumed = _take(ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=50,
-                                  training=True, seed=0, with_ids=True, first_epoch=1), 10)
+  resumed = _take(
+    ip.make_dataset(
+      data_dir,
+      meta,
+      "test",
+      rank=0,
+      size=1,
+      batch_size=50,
+      training=True,
+      seed=0,
+      with_ids=True,
+      first_epoch=1,
+    ),
+    10,
+  )
   np.testing.assert_array_equal(resumed[2], ids[500:])
   np.testing.assert_array_equal(resumed[0], images[500:])
 
@@ -243,15 +321,29 @@ def test_augmentation_depends_only_on_run_seed_example_and_epoch(data, cifar):
   raw = np.frombuffer((data["raw"] / CIFAR_TEST_BIN).read_bytes(), np.uint8)
   raw = raw.reshape(-1, cifar10.RECORD_BYTES)
   from preprocess import schema  # pylint: disable=g-import-not-at-top
+
   for rank, size in ((0, 1), (1, 2)):
-    images, _, ids = _take(ip.make_dataset(data_dir, meta, "test", rank=rank, size=size,
-                                           batch_size=8, training=True, seed=42, with_ids=True), 1)
+    images, _, ids = _take(
+      ip.make_dataset(
+        data_dir,
+        meta,
+        "test",
+        rank=rank,
+        size=size,
+        batch_size=8,
+        training=True,
+        seed=42,
+        with_ids=True,
+      ),
+      1,
+    )
     for image, source_id in zip(images, ids):
       index = int(source_id.decode().rsplit(":", 1)[1])
       pixels = raw[index, 1:].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.float32)
       seed = ip.example_seed(42, schema.augment_seed(source_id.decode()), 0)
-      np.testing.assert_allclose(image, ip.apply_policy(tf.constant(pixels), steps, seed),
-                                 atol=1e-5)
+      np.testing.assert_allclose(
+        image, ip.apply_policy(tf.constant(pixels), steps, seed), atol=1e-5
+      )
 
 
 # --- sharding ----------------------------------------------------------------
@@ -260,15 +352,29 @@ def test_augmentation_depends_only_on_run_seed_example_and_epoch(data, cifar):
 @pytest.mark.parametrize("size, by_records", [(2, False), (3, False), (5, True)])
 def test_ranks_eval_streams_are_disjoint_and_cover_the_split(cifar, size, by_records):
   data_dir, meta = cifar
-  everything = _read_all(ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=64,
-                                         training=False, seed=0, with_ids=True))[2]
+  everything = _read_all(
+    ip.make_dataset(
+      data_dir, meta, "test", rank=0, size=1, batch_size=64, training=False, seed=0, with_ids=True
+    )
+  )[2]
   assert len(set(everything)) == meta.splits["test"].num_examples == 500
   seen = []
   for rank in range(size):
     plan = ip.plan_shards(meta, "test", rank=rank, size=size, training=False)
     assert plan.by_records == by_records
-    ids = _read_all(ip.make_dataset(data_dir, meta, "test", rank=rank, size=size, batch_size=64,
-                                    training=False, seed=0, with_ids=True))[2]
+    ids = _read_all(
+      ip.make_dataset(
+        data_dir,
+        meta,
+        "test",
+        rank=rank,
+        size=size,
+        batch_size=64,
+        training=False,
+        seed=0,
+        with_ids=True,
+      )
+    )[2]
     assert len(ids) == plan.num_examples
     seen.append(set(ids))
   assert sum(len(s) for s in seen) == 500 and set.union(*seen) == set(everything)
@@ -283,8 +389,17 @@ def test_ranks_first_training_epochs_partition_the_split(cifar, size, by_records
   for rank in range(size):
     plan = ip.plan_shards(meta, "test", rank=rank, size=size, training=True)
     assert plan.by_records == by_records
-    dataset = ip.make_dataset(data_dir, meta, "test", rank=rank, size=size, batch_size=1,
-                              training=True, seed=0, with_ids=True)
+    dataset = ip.make_dataset(
+      data_dir,
+      meta,
+      "test",
+      rank=rank,
+      size=size,
+      batch_size=1,
+      training=True,
+      seed=0,
+      with_ids=True,
+    )
     ids = _take(dataset, plan.num_examples)[2]
     assert len(set(ids)) == plan.num_examples
     seen.append(set(ids))
@@ -305,15 +420,43 @@ def test_a_rank_without_records_fails_loudly(cifar):
 
 def test_image_shape_that_the_policy_does_not_produce_fails(cifar):
   data_dir, meta = cifar
-  with pytest.raises(ip.InputError,
-                     match="model expects 28x28x1 but the data's train policy produces 24x24x3"):
-    ip.make_dataset(data_dir, meta, "train", rank=0, size=1, batch_size=8, training=True, seed=0,
-                    image_shape=(28, 28, 1))
+  with pytest.raises(
+    ip.InputError, match="model expects 28x28x1 but the data's train policy produces 24x24x3"
+  ):
+    ip.make_dataset(
+      data_dir,
+      meta,
+      "train",
+      rank=0,
+      size=1,
+      batch_size=8,
+      training=True,
+      seed=0,
+      image_shape=(28, 28, 1),
+    )
   with pytest.raises(ip.InputError, match="model expects 32x32x3 but the data's eval policy"):
-    ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=8, training=False, seed=0,
-                    image_shape=(32, 32, 3))
-  ip.make_dataset(data_dir, meta, "test", rank=0, size=1, batch_size=8, training=False, seed=0,
-                  image_shape=(None, None, 3))
+    ip.make_dataset(
+      data_dir,
+      meta,
+      "test",
+      rank=0,
+      size=1,
+      batch_size=8,
+      training=False,
+      seed=0,
+      image_shape=(32, 32, 3),
+    )
+  ip.make_dataset(
+    data_dir,
+    meta,
+    "test",
+    rank=0,
+    size=1,
+    batch_size=8,
+    training=False,
+    seed=0,
+    image_shape=(None, None, 3),
+  )
 
 
 def test_steps_per_epoch(cifar):
@@ -344,14 +487,17 @@ def _edit_metadata(data_dir, edit):
 def test_missing_metadata_json(cifar_copy):
   (cifar_copy / "metadata.json").unlink()
   assert _error(cifar_copy) == (
-      f"{cifar_copy}/metadata.json not found: run make preprocess (the Beam job writes it last; "
-      "without it the shards are incomplete)")
+    f"{cifar_copy}/metadata.json not found: run make preprocess (the Beam job writes it last; "
+    "without it the shards are incomplete)"
+  )
 
 
 def test_deleted_shard(cifar_copy):
   (cifar_copy / "train-00002-of-00004.tfrecord").unlink()
-  assert _error(cifar_copy) == (f"{cifar_copy}/train-00002-of-00004.tfrecord: listed in "
-                                "metadata.json (split 'train') but missing")
+  assert _error(cifar_copy) == (
+    f"{cifar_copy}/train-00002-of-00004.tfrecord: listed in "
+    "metadata.json (split 'train') but missing"
+  )
 
 
 def test_shard_with_fewer_records_than_metadata_says(cifar_copy):
@@ -374,16 +520,21 @@ def test_shard_cut_inside_a_record(cifar_copy):
 def test_tampered_counts_in_metadata_json(cifar_copy):
   def shard_only(meta):
     meta["splits"]["train"]["shards"][1]["num_examples"] = 600
+
   _edit_metadata(cifar_copy, shard_only)
-  assert _error(cifar_copy) == (f"{cifar_copy}/metadata.json: the shards of split 'train' add up "
-                                "to 2475 records, but its num_examples is 2500")
+  assert _error(cifar_copy) == (
+    f"{cifar_copy}/metadata.json: the shards of split 'train' add up "
+    "to 2475 records, but its num_examples is 2500"
+  )
 
   def consistently(meta):  # sums agree, so only counting the records catches it
     meta["splits"]["train"]["num_examples"] = 2475
     meta["splits"]["train"]["label_counts"][0] -= 25
+
   _edit_metadata(cifar_copy, consistently)
-  assert _error(cifar_copy) == (f"{cifar_copy}/train-00001-of-00004.tfrecord: holds 625 records, "
-                                "but metadata.json says 600")
+  assert _error(cifar_copy) == (
+    f"{cifar_copy}/train-00001-of-00004.tfrecord: holds 625 records, but metadata.json says 600"
+  )
 
 
 def test_unknown_format_version(cifar_copy):

@@ -33,17 +33,34 @@ from tests.conftest import ROOT
 
 def run(module, *args, timeout=300, preexec_fn=None, check=False):
   """Runs `python -m module args` from the repository root; returns the CompletedProcess."""
-  result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  result = subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    preexec_fn=preexec_fn,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
   if check and result.returncode != 0:
     pytest.fail(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
 
 
 def build(raw, out, *flags, dataset="catdog", **kwargs):
-  return run("pipeline.build_tfrecords", "--dataset", dataset, "--raw-dir", raw, "--out-dir", out,
-             "--progress-seconds", "0", *flags, **kwargs)
+  return run(
+    "pipeline.build_tfrecords",
+    "--dataset",
+    dataset,
+    "--raw-dir",
+    raw,
+    "--out-dir",
+    out,
+    "--progress-seconds",
+    "0",
+    *flags,
+    **kwargs,
+  )
 
 
 def one_error_line(result):
@@ -57,8 +74,11 @@ def one_error_line(result):
 
 def leftovers(out_dir):
   """Temporary files a run must not leave behind."""
-  return [p.name for p in pathlib.Path(out_dir).rglob("*") if ".tmp-" in p.name or
-          p.name.startswith(".work-") or p.name.startswith(".extract-")]
+  return [
+    p.name
+    for p in pathlib.Path(out_dir).rglob("*")
+    if ".tmp-" in p.name or p.name.startswith(".work-") or p.name.startswith(".extract-")
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +124,13 @@ def hostile_catdog(raw, tmp_path_factory):
 
 
 HOSTILE_REASONS = {
-    "train/dog/loop": "loops back",
-    "train/dog/again": "already listed as 'train/cat'",
-    "train/dog/dangling.jpg": "dangling symlink",
-    "train/dog/self.jpg": "symlink loop",
-    "train/dog/fifo.jpg": "a fifo",
-    "train/dog/null.jpg": "a character device",
-    "train/dog/dog.\\xff\\xfe.jpg": "not valid UTF-8",
+  "train/dog/loop": "loops back",
+  "train/dog/again": "already listed as 'train/cat'",
+  "train/dog/dangling.jpg": "dangling symlink",
+  "train/dog/self.jpg": "symlink loop",
+  "train/dog/fifo.jpg": "a fifo",
+  "train/dog/null.jpg": "a character device",
+  "train/dog/dog.\\xff\\xfe.jpg": "not valid UTF-8",
 }
 
 
@@ -129,8 +149,18 @@ def test_listing_follows_folder_symlinks_and_ledgers_every_unreadable_entry(host
 
 def test_hostile_folder_converts_with_an_exact_ledger_and_quiet_output(hostile_catdog, tmp_path):
   raw_dir, cats = hostile_catdog
-  result = build(raw_dir, tmp_path, "--image-size", "16", "--image-format", "png",
-                 "--max-reject-fraction", "1", check=True, timeout=120)
+  result = build(
+    raw_dir,
+    tmp_path,
+    "--image-size",
+    "16",
+    "--image-format",
+    "png",
+    "--max-reject-fraction",
+    "1",
+    check=True,
+    timeout=120,
+  )
   for noise in ("apitools", "Logging handler", "Load pipeline options", "oneDNN", "absl"):
     assert noise not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 2, result.stderr
@@ -141,8 +171,12 @@ def test_hostile_folder_converts_with_an_exact_ledger_and_quiet_output(hostile_c
   assert meta["splits"]["train"]["label_counts"][0] == cats
   ledger = [json.loads(l) for l in (tmp_path / "catdog" / "rejects.jsonl").read_text().splitlines()]
   assert {r["file"] for r in ledger} == set(HOSTILE_REASONS)
-  assert run("pipeline.build_tfrecords", "--verify-data", "--dataset", "catdog",
-             "--out-dir", tmp_path).returncode == 0
+  assert (
+    run(
+      "pipeline.build_tfrecords", "--verify-data", "--dataset", "catdog", "--out-dir", tmp_path
+    ).returncode
+    == 0
+  )
 
 
 # --- 2: the CIFAR-10 archive is verified before anything is extracted ---
@@ -181,8 +215,9 @@ def test_intact_archive_is_extracted_then_converted(raw, tmp_path):
 
 def test_official_file_with_the_right_size_but_another_digest_is_refused(raw, tmp_path):
   archive = _cifar_archive(raw, tmp_path / "a")
-  official = download.RemoteFile(archive.name, ("https://example.invalid/x",), sha256="0" * 64,
-                                 size=archive.stat().st_size)
+  official = download.RemoteFile(
+    archive.name, ("https://example.invalid/x",), sha256="0" * 64, size=archive.stat().st_size
+  )
   with pytest.raises(download.DownloadError, match="sha256 mismatch.*damaged"):
     download.verify_archive(archive, [official])
   download.verify_archive(archive, [])  # Not the official file: the gzip CRC alone passes.
@@ -211,10 +246,19 @@ def test_split_over_the_reject_fraction_fails_and_under_it_passes(raw, tmp_path)
   line = one_error_line(build(tmp_path / "raw", tmp_path / "a", "--image-size", "16"))
   assert "split 'test' lost 9 of 60 records" in line and "--max-reject-fraction 0.1" in line
   assert not (tmp_path / "a" / "catdog" / "metadata.json").exists()
-  build(tmp_path / "raw", tmp_path / "b", "--image-size", "16", "--max-reject-fraction", "0.2",
-        check=True)
-  assert json.loads((tmp_path / "b" / "catdog" / "metadata.json").read_text())["records"][
-      "rejected"] == 9
+  build(
+    tmp_path / "raw",
+    tmp_path / "b",
+    "--image-size",
+    "16",
+    "--max-reject-fraction",
+    "0.2",
+    check=True,
+  )
+  assert (
+    json.loads((tmp_path / "b" / "catdog" / "metadata.json").read_text())["records"]["rejected"]
+    == 9
+  )
 
 
 def test_split_emptied_while_listing_fails_with_one_line(raw, tmp_path):
@@ -249,15 +293,35 @@ def test_unwritable_output_is_one_line_naming_the_shard(raw, tmp_path):
 
 def _start(raw, out):
   return subprocess.Popen(
-      [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", "cifar10", "--raw-dir",
-       str(raw), "--out-dir", str(out), "--progress-seconds", "0", "--num-shards", "16"],
-      cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True,
-      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    [
+      sys.executable,
+      "-m",
+      "pipeline.build_tfrecords",
+      "--dataset",
+      "cifar10",
+      "--raw-dir",
+      str(raw),
+      "--out-dir",
+      str(out),
+      "--progress-seconds",
+      "0",
+      "--num-shards",
+      "16",
+    ],
+    cwd=ROOT,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
 
 
 def _workers(proc):
-  return [c for c in psutil.Process(proc.pid).children(recursive=True)
-          if "sdk_worker_main" in " ".join(c.cmdline()) and "python" in c.cmdline()[0]]
+  return [
+    c
+    for c in psutil.Process(proc.pid).children(recursive=True)
+    if "sdk_worker_main" in " ".join(c.cmdline()) and "python" in c.cmdline()[0]
+  ]
 
 
 def _wait_for_workers(proc):
@@ -297,15 +361,18 @@ def test_killed_worker_ends_the_run_with_one_line(raw, tmp_path):
 
 def test_root_cause_finds_the_projects_line_in_a_beam_traceback():
   from pipeline import build_tfrecords  # pylint: disable=g-import-not-at-top
+
   wrapped = RuntimeError(
-      "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
-      "pipeline.convert.ShardFailure: /data/a.bin: cannot read: Permission denied "
-      "[while running 'ConvertShards/ParDo(ConvertShardFn)']\n")
+    "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+    "pipeline.convert.ShardFailure: /data/a.bin: cannot read: Permission denied "
+    "[while running 'ConvertShards/ParDo(ConvertShardFn)']\n"
+  )
   assert build_tfrecords.root_cause(wrapped) == "/data/a.bin: cannot read: Permission denied"
   other = RuntimeError("Traceback (most recent call last):\n  File \"y\"\nValueError: boom\n")
   assert build_tfrecords.root_cause(other) == "ValueError: boom"
   assert build_tfrecords.root_cause(PermissionError(13, "Permission denied", "/o")) == (
-      "/o: Permission denied")
+    "/o: Permission denied"
+  )
 
 
 # --- 5 and 6: damaged or foreign shards and metadata that disagrees with them ---
@@ -317,8 +384,15 @@ def _copy(catdog_out, tmp_path):
 
 
 def _verify(data_dir):
-  result = run("pipeline.build_tfrecords", "--verify-data", "--dataset", "catdog",
-               "--out-dir", data_dir.parent, timeout=60)
+  result = run(
+    "pipeline.build_tfrecords",
+    "--verify-data",
+    "--dataset",
+    "catdog",
+    "--out-dir",
+    data_dir.parent,
+    timeout=60,
+  )
   return one_error_line(result) if result.returncode else None
 
 
@@ -362,20 +436,31 @@ def _edit(data_dir, edit):
   path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(image_shape=[32, 32, 3]), "record 0 is 16x16x3 but metadata.json says "
-                                                  "image_shape [32, 32, 3]"),
+@pytest.mark.parametrize(
+  "edit, message",
+  [
+    (
+      lambda m: m.update(image_shape=[32, 32, 3]),
+      "record 0 is 16x16x3 but metadata.json says image_shape [32, 32, 3]",
+    ),
     (lambda m: m.update(num_classes=3), "num_classes is 3 but class_names has 2 names"),
-    (lambda m: m.update(num_classes=3, class_names=["cat", "dog", "cow"]),
-     "label_counts has 2 entries but num_classes is 3"),
+    (
+      lambda m: m.update(num_classes=3, class_names=["cat", "dog", "cow"]),
+      "label_counts has 2 entries but num_classes is 3",
+    ),
     (lambda m: m["splits"]["train"].pop("shards"), "missing key splits.train.shards"),
     (lambda m: m.update(splits=[1, 2]), "splits must be an object, got list"),
-    (lambda m: m["splits"]["test"]["shards"][0].pop("sha256"),
-     "missing key splits.test.shards[0].sha256"),
-    (lambda m: m["splits"]["test"]["shards"][0].update(file="../x.tfrecord"),
-     "must be a plain file name"),
+    (
+      lambda m: m["splits"]["test"]["shards"][0].pop("sha256"),
+      "missing key splits.test.shards[0].sha256",
+    ),
+    (
+      lambda m: m["splits"]["test"]["shards"][0].update(file="../x.tfrecord"),
+      "must be a plain file name",
+    ),
     (lambda m: m.update(image_format="gif"), "image_format must be one of png, jpeg"),
-])
+  ],
+)
 def test_edited_metadata_gives_one_line(catdog_out, tmp_path, edit, message):
   data_dir = _copy(catdog_out, tmp_path)
   _edit(data_dir, edit)
@@ -405,26 +490,47 @@ def test_check_record_reads_examples_without_tensorflow(catdog_out):
 # --- 7: every flag of every data-side command is checked at parse time ---
 
 
-@pytest.mark.parametrize("module, args, message", [
-    ("pipeline.build_tfrecords", ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o",
-                                  "--progress-seconds", "nan"], "--progress-seconds"),
-    ("pipeline.build_tfrecords", ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o",
-                                  "--max-reject-fraction", "1.5"], "--max-reject-fraction"),
-    ("pipeline.build_tfrecords", ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o",
-                                  "--max-reject-fraction", "nan"], "--max-reject-fraction"),
-    ("pipeline.build_tfrecords", ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "FILE"],
-     "exists and is not a folder"),
+@pytest.mark.parametrize(
+  "module, args, message",
+  [
+    (
+      "pipeline.build_tfrecords",
+      ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o", "--progress-seconds", "nan"],
+      "--progress-seconds",
+    ),
+    (
+      "pipeline.build_tfrecords",
+      ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o", "--max-reject-fraction", "1.5"],
+      "--max-reject-fraction",
+    ),
+    (
+      "pipeline.build_tfrecords",
+      ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "o", "--max-reject-fraction", "nan"],
+      "--max-reject-fraction",
+    ),
+    (
+      "pipeline.build_tfrecords",
+      ["--dataset", "catdog", "--raw-dir", "r", "--out-dir", "FILE"],
+      "exists and is not a folder",
+    ),
     ("pipeline.build_tfrecords", ["--dataset", "catdog", "--out-dir", "o"], "--raw-dir"),
-    ("preprocess.download", ["--dataset", "mnist", "--raw-dir", "r", "--mirror", "not a url"],
-     "not an http://"),
-    ("preprocess.download", ["--dataset", "mnist", "--raw-dir", "r", "--deadline-seconds", "-1"],
-     "positive number of seconds"),
+    (
+      "preprocess.download",
+      ["--dataset", "mnist", "--raw-dir", "r", "--mirror", "not a url"],
+      "not an http://",
+    ),
+    (
+      "preprocess.download",
+      ["--dataset", "mnist", "--raw-dir", "r", "--deadline-seconds", "-1"],
+      "positive number of seconds",
+    ),
     ("preprocess.download", ["--dataset", "mnist", "--raw-dir", "FILE"], "not a folder"),
     ("preprocess.sample_data", ["--out-dir", "FILE"], "is a file, not a folder"),
     ("preprocess.sample_data", ["--out-dir", "FILE/sub"], "is a file, not a folder"),
     ("preprocess.sample_data", ["--out-dir", "o", "--seed", "-1"], "non-negative"),
     ("preprocess.sample_data", ["--out-dir", "o", "--seed", str(2**64)], "below 2**63"),
-])
+  ],
+)
 def test_bad_flags_are_one_line_before_any_work(tmp_path, module, args, message):
   (tmp_path / "FILE").write_text("x")
   args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
@@ -496,9 +602,18 @@ def test_help_answers_without_importing_beam():
   assert result.returncode == 0 and "--max-reject-fraction" in result.stdout
   assert "--verify-data" in result.stdout and result.stderr == ""
   assert time.monotonic() - started < 3
-  probe = subprocess.run([sys.executable, "-c", "import sys, pipeline.build_tfrecords; "
-                          "print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+  probe = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "import sys, pipeline.build_tfrecords; "
+      "print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert probe.stdout.strip() == "[]", probe.stderr
 
 
@@ -508,6 +623,13 @@ def test_sample_mnist_converts_and_verifies_with_every_default(tmp_path):
   sample_data.generate(str(tmp_path / "raw"), names=("mnist",), seed=0)
   result = build(tmp_path / "raw", tmp_path / "out", dataset="mnist", check=True)
   assert "rejected 0" in result.stderr
-  verified = run("pipeline.build_tfrecords", "--verify-data", "--dataset", "mnist", "--out-dir",
-                 tmp_path / "out", check=True)
+  verified = run(
+    "pipeline.build_tfrecords",
+    "--verify-data",
+    "--dataset",
+    "mnist",
+    "--out-dir",
+    tmp_path / "out",
+    check=True,
+  )
   assert "mnist: verified" in verified.stderr

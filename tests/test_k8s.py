@@ -49,14 +49,29 @@ IMAGE = "cnn-pipeline"  # the name every container uses; kustomization.yaml maps
 DATA_CLAIM, RUNS_CLAIM = "cnn-data", "cnn-runs"
 BUILD_TFRECORDS = "pipeline.build_tfrecords"
 # MPIJob kubeflow.org/v2beta1 fields (mpi-operator pkg/apis/kubeflow/v2beta1/types.go).
-MPIJOB_SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "runPolicy", "mpiReplicaSpecs",
-                      "sshAuthMountPath", "launcherCreationPolicy", "mpiImplementation"}
-MPIJOB_RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds",
-                            "backoffLimit", "schedulingPolicy", "suspend", "managedBy"}
+MPIJOB_SPEC_FIELDS = {
+  "slotsPerWorker",
+  "runLauncherAsWorker",
+  "runPolicy",
+  "mpiReplicaSpecs",
+  "sshAuthMountPath",
+  "launcherCreationPolicy",
+  "mpiImplementation",
+}
+MPIJOB_RUN_POLICY_FIELDS = {
+  "cleanPodPolicy",
+  "ttlSecondsAfterFinished",
+  "activeDeadlineSeconds",
+  "backoffLimit",
+  "schedulingPolicy",
+  "suspend",
+  "managedBy",
+}
 MPIJOB_REPLICA_FIELDS = {"replicas", "template", "restartPolicy"}
 
 
 # ---- loading the manifests ---------------------------------------------------
+
 
 def _load(path):
   return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -100,9 +115,13 @@ def _json_patch(doc, ops):
 
 def _matches(doc, target):
   group = doc["apiVersion"].rpartition("/")[0]
-  return all([target.get("kind", doc["kind"]) == doc["kind"],
-              target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"],
-              target.get("group", group) == group])
+  return all(
+    [
+      target.get("kind", doc["kind"]) == doc["kind"],
+      target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"],
+      target.get("group", group) == group,
+    ]
+  )
 
 
 def _render(kustomization):
@@ -121,7 +140,7 @@ def _render(kustomization):
   return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_rendered():
   """Every distinct object any kustomization creates (an overlay's copy of a base object once)."""
   seen = {}
@@ -140,8 +159,10 @@ def _pods(doc):
   if doc["kind"] in ("Job", "Deployment"):
     return [(doc["metadata"]["name"], doc["spec"]["template"])]
   if doc["kind"] == "MPIJob":
-    return [(f"{doc['metadata']['name']}/{role}", rs["template"])
-            for role, rs in doc["spec"]["mpiReplicaSpecs"].items()]
+    return [
+      (f"{doc['metadata']['name']}/{role}", rs["template"])
+      for role, rs in doc["spec"]["mpiReplicaSpecs"].items()
+    ]
   return []
 
 
@@ -155,11 +176,16 @@ def _argv(container):
 
 
 def _all_containers():
-  return [(f"{label}/{c['name']}", pod, c) for doc in _all_rendered()
-          for label, pod in _pods(doc) for c in _containers(pod)]
+  return [
+    (f"{label}/{c['name']}", pod, c)
+    for doc in _all_rendered()
+    for label, pod in _pods(doc)
+    for c in _containers(pod)
+  ]
 
 
 # ---- commands ------------------------------------------------------------------
+
 
 def _comment_commands(text):
   """Example command lines in '#' comments ('#   python ...', '\\' continues a line)."""
@@ -208,7 +234,7 @@ def _all_commands():
     argv = _argv(c)
     if argv[0] == "horovodrun":  # its own flags, then the program it starts on every rank
       rank = _rank_command(argv)
-      found.append((where, _program(argv[:len(argv) - len(rank)])))
+      found.append((where, _program(argv[: len(argv) - len(rank)])))
       found.append((where + " (ranks)", _program(rank)))
     elif _program(argv) is not None:
       found.append((where, _program(argv)))
@@ -262,25 +288,51 @@ def probe():
     and `beam_errors` its parser's verdict on each (None: accepted).
   """
   commands = _all_commands()
-  programs = sorted({(kind, name) for _, (kind, name, _) in commands
-                     if kind != "bin" or (not name.startswith("/") and (BIN / name).exists())})
-  paths = {"module": lambda n: None, "script": lambda n: str(ROOT / n), "bin": lambda n: str(BIN / n)}
-  beam_argvs = [flags for _, (kind, name, flags) in commands if (kind, name) == ("module", BUILD_TFRECORDS)]
-  request = {"programs": [(kind, name, paths[kind](name)) for kind, name in programs],
-             "beam_argvs": beam_argvs}
+  programs = sorted(
+    {
+      (kind, name)
+      for _, (kind, name, _) in commands
+      if kind != "bin" or (not name.startswith("/") and (BIN / name).exists())
+    }
+  )
+  paths = {
+    "module": lambda n: None,
+    "script": lambda n: str(ROOT / n),
+    "bin": lambda n: str(BIN / n),
+  }
+  beam_argvs = [
+    flags for _, (kind, name, flags) in commands if (kind, name) == ("module", BUILD_TFRECORDS)
+  ]
+  request = {
+    "programs": [(kind, name, paths[kind](name)) for kind, name in programs],
+    "beam_argvs": beam_argvs,
+  }
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=env, input=json.dumps(request),
-                          capture_output=True, text=True, timeout=600, check=False)
+  result = subprocess.run(
+    [sys.executable, "-c", _PROBE],
+    cwd=ROOT,
+    env=env,
+    input=json.dumps(request),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.splitlines()[-1])
   helps = {}
   for kind, name in programs:
     entry = out["helps"][f"{kind}:{name}"]
     assert entry["code"] in (0, None) and "--help" in entry["text"], (
-        f"{name} --help failed (exit {entry['code']}):\n{result.stderr[-2000:]}")
+      f"{name} --help failed (exit {entry['code']}):\n{result.stderr[-2000:]}"
+    )
     helps[(kind, name)] = entry["text"]
-  return {"helps": helps, "beam_options": set(out["beam_options"]), "beam_argvs": beam_argvs,
-          "beam_errors": out["errors"]}
+  return {
+    "helps": helps,
+    "beam_options": set(out["beam_options"]),
+    "beam_argvs": beam_argvs,
+    "beam_errors": out["errors"],
+  }
 
 
 def _long_flags(help_text):
@@ -288,7 +340,10 @@ def _long_flags(help_text):
 
 
 def _choices(help_text):
-  return {flag: set(values.split(",")) for flag, values in re.findall(r"(--[\w-]+) \{([^}]+)\}", help_text)}
+  return {
+    flag: set(values.split(","))
+    for flag, values in re.findall(r"(--[\w-]+) \{([^}]+)\}", help_text)
+  }
 
 
 def _flag_values(tokens):
@@ -305,8 +360,17 @@ def _flag_values(tokens):
 
 # ---- quantities ----------------------------------------------------------------
 
-_UNITS = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_UNITS = {
+  "m": 1e-3,
+  "k": 1e3,
+  "M": 1e6,
+  "G": 1e9,
+  "T": 1e12,
+  "Ki": 2**10,
+  "Mi": 2**20,
+  "Gi": 2**30,
+  "Ti": 2**40,
+}
 
 
 def _quantity(value):
@@ -315,6 +379,7 @@ def _quantity(value):
 
 
 # ---- the manifests -------------------------------------------------------------
+
 
 def test_every_document_parses_and_names_itself():
   paths = sorted(K8S.rglob("*.yaml"))
@@ -335,7 +400,8 @@ def test_kustomization_lists_exactly_the_manifests():
   base = _load(BASE / "kustomization.yaml")[0]
   assert sorted(base["resources"]) == sorted(p.name for p in _manifest_files())
   assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == [
-      "base/kustomization.yaml"] + sorted(f"overlays/{d}/kustomization.yaml" for d in _overlay_names())
+    "base/kustomization.yaml"
+  ] + sorted(f"overlays/{d}/kustomization.yaml" for d in _overlay_names())
   for path in _kustomizations():
     for resource in _load(path)[0]["resources"]:
       assert (path.parent / resource).exists(), f"{path}: missing resource {resource}"
@@ -368,12 +434,20 @@ def test_only_the_base_names_the_image_and_labels():
 
 def test_data_set_overlays_change_only_names_and_data_set():
   base = {(d["kind"], d["metadata"]["name"]): d for d in _render(BASE / "kustomization.yaml")}
-  assert {kind for kind, _ in base} == {"PersistentVolumeClaim", "Job", "MPIJob", "Deployment", "Service"}
+  assert {kind for kind, _ in base} == {
+    "PersistentVolumeClaim",
+    "Job",
+    "MPIJob",
+    "Deployment",
+    "Service",
+  }
   datasets = [n for n in _overlay_names() if n != REHEARSAL]
   assert datasets == ["catdog", "cifar10", "mnist"]
   for dataset in datasets:
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in
-            _render(K8S / "overlays" / dataset / "kustomization.yaml")}
+    docs = {
+      (d["kind"], d["metadata"]["name"]): d
+      for d in _render(K8S / "overlays" / dataset / "kustomization.yaml")
+    }
     own = {("MPIJob", f"train-{dataset}"), ("Job", f"eval-{dataset}")}
     assert own <= set(docs), f"{dataset}: no train-{dataset}/eval-{dataset}"
     # Everything else is the base's own object, unchanged, so overlays applied
@@ -410,14 +484,18 @@ def test_every_command_exists():
   for where, (kind, name, _) in commands:
     if kind == "module":
       path = ROOT / name.replace(".", "/")
-      assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), f"{where}: {name}"
+      assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), (
+        f"{where}: {name}"
+      )
     elif kind == "script":
       assert (ROOT / name).is_file(), f"{where}: {name} is not in the repository"
     else:  # a tool from the venv (horovodrun, tensorboard) or the image's system
       assert (BIN / name).exists() or name.startswith("/"), f"{where}: unknown program {name}"
   for dockerfile in DOCKERFILES:
     for word, rest in _instructions(dockerfile):
-      for module in re.findall(r"\bpython[\d.]* -m ([\w.]+)", rest if word in ("RUN", "CMD", "ENTRYPOINT") else ""):
+      for module in re.findall(
+        r"\bpython[\d.]* -m ([\w.]+)", rest if word in ("RUN", "CMD", "ENTRYPOINT") else ""
+      ):
         in_repo = (ROOT / module.replace(".", "/")).with_suffix(".py").is_file()
         assert in_repo or importlib.util.find_spec(module), f"{dockerfile.name}: no module {module}"
 
@@ -445,8 +523,12 @@ def test_beam_job_command_lines_parse_with_its_own_parser(probe):
 
 
 def test_beam_workers_match_the_cpu_request():
-  (job,) = [d for d in _base_docs() if d["kind"] == "Job" and
-            any(BUILD_TFRECORDS in _argv(c) for c in _containers(d["spec"]["template"]))]
+  (job,) = [
+    d
+    for d in _base_docs()
+    if d["kind"] == "Job"
+    and any(BUILD_TFRECORDS in _argv(c) for c in _containers(d["spec"]["template"]))
+  ]
   (c,) = [c for c in _containers(job["spec"]["template"]) if BUILD_TFRECORDS in _argv(c)]
   flags = dict(_flag_values(_argv(c)))
   assert flags["--direct_running_mode"] == "multi_processing"
@@ -461,26 +543,33 @@ def test_mpijob_world_size_matches_workers_and_gpus(probe):
   for job in mpijobs:
     name, spec = job["metadata"]["name"], job["spec"]
     assert job["apiVersion"] == "kubeflow.org/v2beta1"
-    assert set(spec) <= MPIJOB_SPEC_FIELDS, f"{name}: unknown fields {set(spec) - MPIJOB_SPEC_FIELDS}"
+    assert set(spec) <= MPIJOB_SPEC_FIELDS, (
+      f"{name}: unknown fields {set(spec) - MPIJOB_SPEC_FIELDS}"
+    )
     assert set(spec["runPolicy"]) <= MPIJOB_RUN_POLICY_FIELDS
     launcher, worker = spec["mpiReplicaSpecs"]["Launcher"], spec["mpiReplicaSpecs"]["Worker"]
     assert set(launcher) <= MPIJOB_REPLICA_FIELDS and set(worker) <= MPIJOB_REPLICA_FIELDS
     # A failed rank must end the job: bounded retries, and the workers released.
     assert spec["runPolicy"]["cleanPodPolicy"] in ("Running", "All")
-    assert isinstance(spec["runPolicy"]["backoffLimit"], int) and spec["runPolicy"]["backoffLimit"] >= 0
+    assert (
+      isinstance(spec["runPolicy"]["backoffLimit"], int) and spec["runPolicy"]["backoffLimit"] >= 0
+    )
     assert launcher["replicas"] == 1
 
     (launch,) = launcher["template"]["spec"]["containers"]
     argv = _argv(launch)
     assert argv[0] == "horovodrun", f"{name}: launcher runs {argv[0]}"
-    own = argv[:argv.index(_rank_command(argv)[0])]
+    own = argv[: argv.index(_rank_command(argv)[0])]
     assert own[own.index("--hostfile") + 1] == "/etc/mpi/hostfile"
     horovodrun_flags = _long_flags(probe["helps"][("bin", "horovodrun")]) | {"-np"}
     assert {t for t in own if t.startswith("-")} <= horovodrun_flags
-    gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+    gpus = int(
+      worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+    )
     assert spec["slotsPerWorker"] == gpus or not gpus, f"{name}: one slot per GPU"
     assert int(own[own.index("-np") + 1]) == worker["replicas"] * spec["slotsPerWorker"], (
-        f"{name}: -np must be Worker.replicas x slotsPerWorker")
+      f"{name}: -np must be Worker.replicas x slotsPerWorker"
+    )
 
     # Workers run sshd for horovodrun as the image's user, on the unprivileged
     # port its config names, and are ready only once it listens; horovodrun
@@ -491,7 +580,9 @@ def test_mpijob_world_size_matches_workers_and_gpus(probe):
     assert " ".join(argv).startswith("/usr/sbin/sshd -D")
     sshd_config = argv[argv.index("-f") + 1]
     assert sshd_config == "/etc/ssh/sshd_config_mpi"
-    image_sshd = re.search(r"cat > /etc/ssh/sshd_config_mpi <<'CONF'\n(.*?)\nCONF", SSH_SETUP.read_text(), re.S)
+    image_sshd = re.search(
+      r"cat > /etc/ssh/sshd_config_mpi <<'CONF'\n(.*?)\nCONF", SSH_SETUP.read_text(), re.S
+    )
     config = dict(line.split(None, 1) for line in image_sshd.group(1).splitlines())
     ssh_port = {p["name"]: p["containerPort"] for p in work["ports"]}["ssh"]
     assert ssh_port == int(config["Port"]) == int(own[own.index("--ssh-port") + 1]) == 2222
@@ -517,7 +608,9 @@ def _mounts(pod, container):
 
 
 def _claim_at(mounts, path):
-  hits = [(mp, v) for mp, v in mounts.items() if path == mp or path.startswith(mp.rstrip("/") + "/")]
+  hits = [
+    (mp, v) for mp, v in mounts.items() if path == mp or path.startswith(mp.rstrip("/") + "/")
+  ]
   assert hits, f"{path} is on no mounted volume"
   return max(hits, key=lambda h: len(h[0]))[1]
 
@@ -547,8 +640,9 @@ def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
       runner = (worker, worker["spec"]["containers"][0])
       argv = _rank_command(_argv(launcher["spec"]["containers"][0]))
       waiter = (launcher, launcher["spec"]["initContainers"][0])
-    elif doc["kind"] == "Job" and any(a.startswith("trainers/") for c in _containers(
-        doc["spec"]["template"]) for a in _argv(c)):
+    elif doc["kind"] == "Job" and any(
+      a.startswith("trainers/") for c in _containers(doc["spec"]["template"]) for a in _argv(c)
+    ):
       pod = doc["spec"]["template"]
       runner = (pod, pod["spec"]["containers"][0])
       argv = _argv(runner[1])
@@ -564,7 +658,9 @@ def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
     # The wait-for init container waits for this run's own file, on the same volume.
     wait_for = {e["name"]: e["value"] for e in waiter[1]["env"]}["WAIT_FOR"]
     mode = flags.get("--mode", "train_and_eval")
-    expected = f"{model_dir}/export/saved_model.pb" if mode == "eval" else f"{data_dir}/metadata.json"
+    expected = (
+      f"{model_dir}/export/saved_model.pb" if mode == "eval" else f"{data_dir}/metadata.json"
+    )
     assert wait_for == expected, f"{doc['metadata']['name']}: waits for {wait_for}"
     assert _claim_at(_mounts(*waiter), wait_for)[0] == _claim_at(mounts, wait_for)[0]
   assert checked == 7  # train and eval, for cifar10, mnist and catdog; the rehearsal's training
@@ -596,8 +692,13 @@ def test_kustomize_builds_what_the_tests_check():
   (image,) = base["images"]
   for path in _kustomizations():
     # Default load restrictions: what `kubectl apply -k`, Argo CD and Flux use.
-    result = subprocess.run(["kubectl", "kustomize", str(path.parent)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+      ["kubectl", "kustomize", str(path.parent)],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+    )
     assert result.returncode == 0, f"{path}: {result.stderr}"
     built = [d for d in yaml.safe_load_all(result.stdout) if d]
     names = sorted((d["kind"], d["metadata"]["name"]) for d in built)
@@ -615,8 +716,10 @@ def test_kustomize_builds_what_the_tests_check():
 
 
 def test_paths_named_in_docs_and_comments_exist():
-  pattern = re.compile(r"(?<![\w/.-])((?:docker|k8s|scripts|trainers|pipeline|preprocess|tests)"
-                       r"/[\w.-]+(?:/[\w.-]+)*)(:\d)?")
+  pattern = re.compile(
+    r"(?<![\w/.-])((?:docker|k8s|scripts|trainers|pipeline|preprocess|tests)"
+    r"/[\w.-]+(?:/[\w.-]+)*)(:\d)?"
+  )
   texts = [K8S / "README.md"] + _manifest_files() + _kustomizations() + sorted(DOCKER.iterdir())
   checked = 0
   for path in texts:
@@ -630,6 +733,7 @@ def test_paths_named_in_docs_and_comments_exist():
 
 # ---- what a cluster admits ----------------------------------------------------
 
+
 def _strict(schema):
   """The schema with unknown fields refused, as kubectl's strict field validation does."""
   if isinstance(schema, list):
@@ -637,13 +741,16 @@ def _strict(schema):
   if not isinstance(schema, dict):
     return schema
   out = {k: _strict(v) for k, v in schema.items()}
-  if ("properties" in schema and "additionalProperties" not in schema
-      and not schema.get("x-kubernetes-preserve-unknown-fields")):
+  if (
+    "properties" in schema
+    and "additionalProperties" not in schema
+    and not schema.get("x-kubernetes-preserve-unknown-fields")
+  ):
     out["additionalProperties"] = False
   return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mpijob_validator():
   jsonschema = pytest.importorskip("jsonschema")
   schema = _strict(json.loads((SCHEMAS / "mpi-operator-v2beta1-mpijob.json").read_text()))
@@ -655,7 +762,9 @@ def _kubernetes_validate():
   try:
     import kubernetes_validate  # pylint: disable=import-outside-toplevel
   except ImportError:
-    pytest.fail("kubernetes-validate is not installed: `make install` (requirements.txt) installs it")
+    pytest.fail(
+      "kubernetes-validate is not installed: `make install` (requirements.txt) installs it"
+    )
   return kubernetes_validate
 
 
@@ -667,10 +776,14 @@ def test_every_object_passes_the_kubernetes_schemas_in_strict_mode():
     if doc["kind"] == "MPIJob":
       errors = sorted(_mpijob_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
       assert not errors, f"{where} vs the mpi-operator v2beta1 CRD: " + "; ".join(
-          f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+      )
       # The CRD leaves metadata open; hold it to what the API server accepts.
-      kv.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
-                  KUBERNETES_VERSIONS[-1], strict=True)
+      kv.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
+        KUBERNETES_VERSIONS[-1],
+        strict=True,
+      )
     else:
       for version in KUBERNETES_VERSIONS:
         try:
@@ -684,15 +797,26 @@ def test_every_object_passes_the_kubernetes_schemas_in_strict_mode():
 def test_the_mpijob_schema_check_refuses_what_the_operator_refuses():
   (job,) = [d for d in _render(BASE / "kustomization.yaml") if d["kind"] == "MPIJob"]
   assert not list(_mpijob_validator().iter_errors(job))
-  for path, value in [("/spec/mpiImplementation", "OpenMPI4"), ("/spec/slotsPerWorkers", 2),
-                      ("/spec/mpiReplicaSpecs/Worker/template/spec/containers/0/portz", [])]:
+  for path, value in [
+    ("/spec/mpiImplementation", "OpenMPI4"),
+    ("/spec/slotsPerWorkers", 2),
+    ("/spec/mpiReplicaSpecs/Worker/template/spec/containers/0/portz", []),
+  ]:
     broken = _json_patch(job, [{"op": "add", "path": path, "value": value}])
     assert list(_mpijob_validator().iter_errors(broken)), f"schema accepts {path}={value!r}"
 
 
 # Pod Security Standards, "restricted" profile (Kubernetes 1.29+), field by field.
-_PSS_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                     "persistentVolumeClaim", "projected", "secret"}
+_PSS_VOLUME_TYPES = {
+  "configMap",
+  "csi",
+  "downwardAPI",
+  "emptyDir",
+  "ephemeral",
+  "persistentVolumeClaim",
+  "projected",
+  "secret",
+}
 
 
 def _restricted_violations(pod):
@@ -741,11 +865,27 @@ def test_every_pod_meets_pod_security_restricted():
     spec = pod["spec"]
     # Beyond the profile: no API token in pods that never call the API, and
     # the volumes writable by the image's user (uid 1000, docker/configure_ssh.sh).
-    assert spec.get("automountServiceAccountToken") is False, f"{where}: mounts a service-account token"
-    assert spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["fsGroup"] == 1000, where
+    assert spec.get("automountServiceAccountToken") is False, (
+      f"{where}: mounts a service-account token"
+    )
+    assert (
+      spec["securityContext"]["runAsUser"] == 1000 and spec["securityContext"]["fsGroup"] == 1000
+    ), where
   # The check itself: a root pod with the defaults fails it on every count.
-  assert len(_restricted_violations({"spec": {"containers": [{"name": "c"}], "hostNetwork": True,
-                                              "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}})) == 6
+  assert (
+    len(
+      _restricted_violations(
+        {
+          "spec": {
+            "containers": [{"name": "c"}],
+            "hostNetwork": True,
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+          }
+        }
+      )
+    )
+    == 6
+  )
 
 
 def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them():
@@ -753,14 +893,26 @@ def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them():
   for doc in _all_rendered():
     for label, pod in _pods(doc):
       spec = pod["spec"]
-      gpus = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in _containers(pod))
-      terms = (spec.get("affinity", {}).get("nodeAffinity", {})
-               .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+      gpus = any(
+        "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in _containers(pod)
+      )
+      terms = (
+        spec.get("affinity", {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms", [])
+      )
       off_gpu = bool(terms) and all(
-          {"key": GPU_NODE_LABEL, "operator": "NotIn", "values": ["true"]} in t["matchExpressions"] for t in terms)
+        {"key": GPU_NODE_LABEL, "operator": "NotIn", "values": ["true"]} in t["matchExpressions"]
+        for t in terms
+      )
       if gpus:
-        assert spec["nodeSelector"] == {GPU_NODE_LABEL: "true"}, f"{label}: GPU pod without node selector"
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["nodeSelector"] == {GPU_NODE_LABEL: "true"}, (
+          f"{label}: GPU pod without node selector"
+        )
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+          "tolerations"
+        ]
         assert not off_gpu
       else:
         assert off_gpu, f"{label}: CPU-only pod may land on a GPU node"
@@ -779,8 +931,10 @@ def test_pods_that_can_wait_forever_have_a_deadline():
       assert doc["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0, name
   # Evaluation waits for training: its deadline outlasts training's.
   base = {(d["kind"], d["metadata"]["name"]): d for d in _render(BASE / "kustomization.yaml")}
-  assert (base[("Job", "eval-cifar10")]["spec"]["activeDeadlineSeconds"] >
-          base[("MPIJob", "train-cifar10")]["spec"]["runPolicy"]["activeDeadlineSeconds"])
+  assert (
+    base[("Job", "eval-cifar10")]["spec"]["activeDeadlineSeconds"]
+    > base[("MPIJob", "train-cifar10")]["spec"]["runPolicy"]["activeDeadlineSeconds"]
+  )
 
 
 def test_the_rehearsal_runs_the_rendered_commands_not_copies():
@@ -789,8 +943,14 @@ def test_the_rehearsal_runs_the_rendered_commands_not_copies():
   assert 'OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal"' in script
   tokens = {t for _, _, c in _all_containers() for t in _argv(c) if "=" in t or "/" in t}
   rehearsal = _render(K8S / "overlays" / REHEARSAL / "kustomization.yaml")
-  tokens |= {t for doc in rehearsal for _, pod in _pods(doc) for c in _containers(pod)
-             for t in _argv(c) if "=" in t or "/" in t}
+  tokens |= {
+    t
+    for doc in rehearsal
+    for _, pod in _pods(doc)
+    for c in _containers(pod)
+    for t in _argv(c)
+    if "=" in t or "/" in t
+  }
   assert len(tokens) >= 20
   # The hostfile's path is the operator's (it mounts its ConfigMap there), and so the script's too.
   copied = sorted(t for t in tokens - {"/etc/mpi/hostfile"} if t in script)
@@ -801,6 +961,7 @@ def test_the_rehearsal_runs_the_rendered_commands_not_copies():
 
 
 # ---- the images ----------------------------------------------------------------
+
 
 def _instructions(dockerfile):
   """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -840,11 +1001,15 @@ def test_horovod_patch_lives_only_in_install_script():
   assert "xla_mpi_ops" in (ROOT / "scripts" / "install.sh").read_text()
   for path in DOCKER.iterdir():
     for patched in ("xla_mpi_ops", "AsGpuStreamValue"):
-      assert patched not in path.read_text(), f"{path.name} patches Horovod outside scripts/install.sh"
+      assert patched not in path.read_text(), (
+        f"{path.name} patches Horovod outside scripts/install.sh"
+      )
 
 
 def _args(dockerfile):
-  return dict(rest.split("=", 1) for word, rest in _instructions(dockerfile) if word == "ARG" and "=" in rest)
+  return dict(
+    rest.split("=", 1) for word, rest in _instructions(dockerfile) if word == "ARG" and "=" in rest
+  )
 
 
 def _stages(dockerfile):
@@ -863,7 +1028,9 @@ def test_images_use_the_python_of_setup_py():
   # The base is a build argument whose default is the public image.
   assert _args(DOCKER / "Dockerfile.cpu")["BASE"] == f"python:{version}-slim-bookworm"
   assert [rest for word, rest in _instructions(DOCKER / "Dockerfile.cpu") if word == "FROM"] == [
-      "${BASE} AS build", "${BASE}"]
+    "${BASE} AS build",
+    "${BASE}",
+  ]
   gpu = _instructions(DOCKER / "Dockerfile")
   assert ("ARG", f"PYTHON=python{version}") in gpu
 
@@ -871,9 +1038,13 @@ def test_images_use_the_python_of_setup_py():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_build_in_one_stage_and_run_non_root_without_a_compiler(dockerfile):
   build, runtime = _stages(dockerfile)
-  apt = lambda stage: " ".join(rest for word, rest in stage if word == "RUN" and "apt-get install" in rest)
+  apt = lambda stage: " ".join(
+    rest for word, rest in stage if word == "RUN" and "apt-get install" in rest
+  )
   # Everything Horovod's build needs (cmake comes from pip, requirements.txt).
-  assert {"g++", "make"} <= set(apt(build).split()), f"{dockerfile.name}: build stage lacks g++/make"
+  assert {"g++", "make"} <= set(apt(build).split()), (
+    f"{dockerfile.name}: build stage lacks g++/make"
+  )
   assert re.search(r"^cmake\b", (ROOT / "requirements.txt").read_text(), re.M)
   # The runtime stage installs no compiler and takes the build's venv.
   tools = {"g++", "gcc", "make", "cmake", "build-essential", "clang"}
@@ -883,9 +1054,14 @@ def test_images_build_in_one_stage_and_run_non_root_without_a_compiler(dockerfil
   # manifests run as; sshd for the MPI Operator comes with the user.
   users = [rest for word, rest in runtime if word == "USER"]
   assert users == ["1000:1000"], f"{dockerfile.name}: USER {users}"
-  assert "openssh-server" in apt(runtime) and ("RUN", "sh /tmp/configure_ssh.sh && rm /tmp/configure_ssh.sh") in runtime
+  assert (
+    "openssh-server" in apt(runtime)
+    and ("RUN", "sh /tmp/configure_ssh.sh && rm /tmp/configure_ssh.sh") in runtime
+  )
   # The CA bundle for pip is a build secret, never a file in a layer.
-  assert "ca-certificates.crt" not in " ".join(rest for word, rest in _instructions(dockerfile) if word != "RUN")
+  assert "ca-certificates.crt" not in " ".join(
+    rest for word, rest in _instructions(dockerfile) if word != "RUN"
+  )
   for word, rest in _instructions(dockerfile):
     if word == "RUN" and "install.sh" in rest:
       assert "--mount=type=secret,id=pip_ca" in rest and "PIP_CERT=/run/secrets/pip_ca" in rest
@@ -900,10 +1076,15 @@ def test_gpu_image_cuda_matches_the_pinned_cuda_libraries():
   assert froms == ["${BUILD_BASE} AS build", "${RUNTIME_BASE}"]
   assert args["BUILD_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${BASE_OS}"
   assert args["RUNTIME_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${BASE_OS}"
-  pins = dict(line.split("==") for line in (DOCKER / "constraints-gpu.txt").read_text().splitlines()
-              if line and not line.startswith("#"))
+  pins = dict(
+    line.split("==")
+    for line in (DOCKER / "constraints-gpu.txt").read_text().splitlines()
+    if line and not line.startswith("#")
+  )
   for package in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cublas-cu12"):
-    assert pins[package].startswith(cuda_minor + "."), f"{package} {pins[package]} vs CUDA {cuda_minor}"
+    assert pins[package].startswith(cuda_minor + "."), (
+      f"{package} {pins[package]} vs CUDA {cuda_minor}"
+    )
   env = " ".join(rest for word, rest in steps if word == "ENV")
   assert "HOROVOD_GPU_OPERATIONS=NCCL" in env
 
@@ -915,13 +1096,17 @@ def test_gpu_requirements_swap_only_tensorflow(tmp_path):
   original = (ROOT / "requirements.txt").read_text()
   (tmp_path / "requirements.txt").write_text(original)
   for _ in range(2):  # the Dockerfile runs it after each COPY; a second run changes nothing
-    subprocess.run(["bash", str(tmp_path / "docker" / "gpu_requirements.sh")], check=True, timeout=60)
+    subprocess.run(
+      ["bash", str(tmp_path / "docker" / "gpu_requirements.sh")], check=True, timeout=60
+    )
   rewritten = (tmp_path / "requirements.txt").read_text()
 
   def requirements(text):
     return [l.split("#")[0].strip() for l in text.splitlines() if l.split("#")[0].strip()]
+
   before, after = requirements(original), requirements(rewritten)
   (cpu,) = [r for r in before if r.startswith("tensorflow-cpu==")]
   version = cpu.split("==")[1]
   assert after == [f"tensorflow[and-cuda]=={version}" if r == cpu else r for r in before] + [
-      "-c docker/constraints-gpu.txt"]
+    "-c docker/constraints-gpu.txt"
+  ]

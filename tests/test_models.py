@@ -29,48 +29,64 @@ def bn(c):
 
 def cifar10_count(classes):
   # 24 -> pool1 (3x3/2 SAME) 12 -> pool2 6; 6 * 6 * 64 = 2304 features.
-  return (conv(5, 3, 64) + conv(5, 64, 64) + dense(6 * 6 * 64, 384)
-          + dense(384, 192) + dense(192, classes))
+  return (
+    conv(5, 3, 64)
+    + conv(5, 64, 64)
+    + dense(6 * 6 * 64, 384)
+    + dense(384, 192)
+    + dense(192, classes)
+  )
 
 
-RESNET = (conv(2, 1, 64)
-          + conv(1, 64, 64) + conv(3, 64, 64) + conv(1, 64, 256)
-          + conv(1, 64, 256, bias=False)
-          + 2 * (conv(1, 256, 64) + conv(3, 64, 64) + conv(1, 64, 256))
-          + dense(7 * 7 * 256, 1024) + dense(1024, 10))
+RESNET = (
+  conv(2, 1, 64)
+  + conv(1, 64, 64)
+  + conv(3, 64, 64)
+  + conv(1, 64, 256)
+  + conv(1, 64, 256, bias=False)
+  + 2 * (conv(1, 256, 64) + conv(3, 64, 64) + conv(1, 64, 256))
+  + dense(7 * 7 * 256, 1024)
+  + dense(1024, 10)
+)
 
 # Name -> (build kwargs, expected parameter count).
 SPECS = {
-    "cifar10_tutorial": (dict(num_classes=10, input_shape=(24, 24, 3)),
-                         cifar10_count(10)),
-    "cifar10_cookbook": (dict(num_classes=10, input_shape=(24, 24, 3)),
-                         cifar10_count(10)),
-    # 28 -> conv2 stride 2 -> 14 -> pool 2x2 VALID -> 7.
-    "mnist_basic": (dict(num_classes=10, input_shape=(28, 28, 1)),
-                    conv(3, 1, 16) + conv(3, 16, 32) + dense(7 * 7 * 32, 32)
-                    + dense(32, 10)),
-    # Stride-1 convs keep 28; pool -> 14. Convs/dense keep their biases.
-    "mnist_bn_dropout": (dict(num_classes=10, input_shape=(28, 28, 1)),
-                         conv(3, 1, 16) + bn(16) + conv(3, 16, 32) + bn(32)
-                         + dense(14 * 14 * 32, 32) + bn(32)
-                         + dense(32, 10) + bn(10)),
-    # conv1 stride 2: 28 -> 14; pool1 3x3/1 SAME keeps 14; pool2 -> 7.
-    # Conv block: three main convs + projection (no bias); identity blocks:
-    # three convs. No bias after any residual sum.
-    "mnist_resnet": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET),
-    # The recipe's failed first version: a 256-wide bias after each of 3 sums.
-    "mnist_resnet_sum_bias": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET + 3 * 256),
-    # 150 -> pool1 (2x2/2 SAME) 75 -> pool2 38; conv3 SAME keeps 38.
-    "catdog_lenet5": (dict(num_classes=2, input_shape=(150, 150, 3)),
-                      conv(5, 3, 6) + conv(5, 6, 16) + conv(5, 16, 120)
-                      + dense(38 * 38 * 120, 84) + dense(84, 2)),
-    # Conv 3x3 -> 8, global average pool, dense.
-    "tiny": (dict(num_classes=10, input_shape=(28, 28, 1)),
-             conv(3, 1, 8) + dense(8, 10)),
+  "cifar10_tutorial": (dict(num_classes=10, input_shape=(24, 24, 3)), cifar10_count(10)),
+  "cifar10_cookbook": (dict(num_classes=10, input_shape=(24, 24, 3)), cifar10_count(10)),
+  # 28 -> conv2 stride 2 -> 14 -> pool 2x2 VALID -> 7.
+  "mnist_basic": (
+    dict(num_classes=10, input_shape=(28, 28, 1)),
+    conv(3, 1, 16) + conv(3, 16, 32) + dense(7 * 7 * 32, 32) + dense(32, 10),
+  ),
+  # Stride-1 convs keep 28; pool -> 14. Convs/dense keep their biases.
+  "mnist_bn_dropout": (
+    dict(num_classes=10, input_shape=(28, 28, 1)),
+    conv(3, 1, 16)
+    + bn(16)
+    + conv(3, 16, 32)
+    + bn(32)
+    + dense(14 * 14 * 32, 32)
+    + bn(32)
+    + dense(32, 10)
+    + bn(10),
+  ),
+  # conv1 stride 2: 28 -> 14; pool1 3x3/1 SAME keeps 14; pool2 -> 7.
+  # Conv block: three main convs + projection (no bias); identity blocks:
+  # three convs. No bias after any residual sum.
+  "mnist_resnet": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET),
+  # The recipe's failed first version: a 256-wide bias after each of 3 sums.
+  "mnist_resnet_sum_bias": (dict(num_classes=10, input_shape=(28, 28, 1)), RESNET + 3 * 256),
+  # 150 -> pool1 (2x2/2 SAME) 75 -> pool2 38; conv3 SAME keeps 38.
+  "catdog_lenet5": (
+    dict(num_classes=2, input_shape=(150, 150, 3)),
+    conv(5, 3, 6) + conv(5, 6, 16) + conv(5, 16, 120) + dense(38 * 38 * 120, 84) + dense(84, 2),
+  ),
+  # Conv 3x3 -> 8, global average pool, dense.
+  "tiny": (dict(num_classes=10, input_shape=(28, 28, 1)), conv(3, 1, 8) + dense(8, 10)),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get(name):
   """Builds each model once per test session (the large ones take ~1 s)."""
   keras.utils.set_random_seed(0)
@@ -79,8 +95,7 @@ def get(name):
 
 def images(name, batch=2):
   shape = SPECS[name][0]["input_shape"]
-  return np.random.default_rng(0).uniform(
-      0, 1, (batch,) + shape).astype(np.float32)
+  return np.random.default_rng(0).uniform(0, 1, (batch,) + shape).astype(np.float32)
 
 
 def test_specs_cover_every_registered_recipe():
@@ -166,12 +181,27 @@ def assert_bias(layer, value):
 def test_cifar10_tutorial_layers():
   model = get("cifar10_tutorial")
   names = [layer.name for layer in model.layers]
-  assert names == ["images", "conv1", "pool1", "norm1", "conv2", "norm2",
-                   "pool2", "flatten", "local3", "local4", "softmax_linear"]
+  assert names == [
+    "images",
+    "conv1",
+    "pool1",
+    "norm1",
+    "conv2",
+    "norm2",
+    "pool2",
+    "flatten",
+    "local3",
+    "local4",
+    "softmax_linear",
+  ]
   for name in ("conv1", "conv2"):
     c = cfg(model, name)
     assert (c["kernel_size"], c["strides"], c["padding"], c["activation"]) == (
-        (5, 5), (1, 1), "same", "relu")
+      (5, 5),
+      (1, 1),
+      "same",
+      "relu",
+    )
   for name in ("pool1", "pool2"):
     c = cfg(model, name)
     assert (c["pool_size"], c["strides"], c["padding"]) == ((3, 3), (2, 2), "same")
@@ -179,9 +209,13 @@ def test_cifar10_tutorial_layers():
     c = cfg(model, name)
     assert (c["depth_radius"], c["bias"], c["beta"]) == (4, 1.0, 0.75)
     assert c["alpha"] == pytest.approx(0.001 / 9)
-  for name, stddev, bias in [("conv1", 5e-2, 0.0), ("conv2", 5e-2, 0.1),
-                             ("local3", 0.04, 0.1), ("local4", 0.04, 0.1),
-                             ("softmax_linear", 1 / 192, 0.0)]:
+  for name, stddev, bias in [
+    ("conv1", 5e-2, 0.0),
+    ("conv2", 5e-2, 0.1),
+    ("local3", 0.04, 0.1),
+    ("local4", 0.04, 0.1),
+    ("softmax_linear", 1 / 192, 0.0),
+  ]:
     assert_truncated_normal(model.get_layer(name), stddev)
     assert_bias(model.get_layer(name), bias)
   assert cfg(model, "local3")["activation"] == "relu"
@@ -194,8 +228,9 @@ def test_cifar10_tutorial_weight_decay_is_half_l2_in_model_losses():
   model(images("cifar10_tutorial"))
   # The tutorial's term: wd * tf.nn.l2_loss(W) = wd * sum(W**2) / 2.
   expected = sorted(
-      0.004 * np.sum(weights(model.get_layer(n).kernel).astype(np.float64) ** 2) / 2
-      for n in ("local3", "local4"))
+    0.004 * np.sum(weights(model.get_layer(n).kernel).astype(np.float64) ** 2) / 2
+    for n in ("local3", "local4")
+  )
   actual = sorted(float(loss) for loss in model.losses)
   np.testing.assert_allclose(actual, expected, rtol=1e-5)
 
@@ -208,17 +243,31 @@ def test_other_models_have_no_weight_decay(name):
 def test_cifar10_cookbook_layers():
   model = get("cifar10_cookbook")
   names = [layer.name for layer in model.layers]
-  assert names == ["images", "conv1", "pool1", "norm1", "conv2", "pool2",
-                   "norm2", "flatten", "full1", "full2", "final"]
+  assert names == [
+    "images",
+    "conv1",
+    "pool1",
+    "norm1",
+    "conv2",
+    "pool2",
+    "norm2",
+    "flatten",
+    "full1",
+    "full2",
+    "final",
+  ]
   for stage in ("1", "2"):
     c = cfg(model, "conv" + stage)
     assert (c["filters"], c["kernel_size"], c["padding"], c["activation"]) == (
-        64, (5, 5), "same", "relu")
+      64,
+      (5, 5),
+      "same",
+      "relu",
+    )
     c = cfg(model, "pool" + stage)
     assert (c["pool_size"], c["strides"], c["padding"]) == ((3, 3), (2, 2), "same")
     c = cfg(model, "norm" + stage)
-    assert (c["depth_radius"], c["bias"], c["alpha"], c["beta"]) == (
-        5, 2.0, 1e-3, 0.75)
+    assert (c["depth_radius"], c["bias"], c["alpha"], c["beta"]) == (5, 2.0, 1e-3, 0.75)
   for name in ("conv1", "conv2", "full1", "full2", "final"):
     assert_truncated_normal(model.get_layer(name), 0.05)
     assert_bias(model.get_layer(name), 0.0)
@@ -227,11 +276,10 @@ def test_cifar10_cookbook_layers():
 def test_lrn_matches_formula():
   # b = a / (bias + alpha * sum of a**2 over channels c-r..c+r) ** beta,
   # alpha not divided by the window size (TensorFlow's convention).
-  layer = layers.LocalResponseNormalization(depth_radius=2, bias=2.0,
-                                            alpha=1e-1, beta=0.75)
+  layer = layers.LocalResponseNormalization(depth_radius=2, bias=2.0, alpha=1e-1, beta=0.75)
   x = np.random.default_rng(1).normal(size=(2, 3, 3, 7)).astype(np.float32)
   sq = x.astype(np.float64) ** 2
-  window = np.stack([sq[..., max(0, c - 2):c + 3].sum(-1) for c in range(7)], -1)
+  window = np.stack([sq[..., max(0, c - 2) : c + 3].sum(-1) for c in range(7)], -1)
   expected = x / (2.0 + 1e-1 * window) ** 0.75
   np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5)
 
@@ -240,9 +288,17 @@ def test_mnist_basic_layers():
   model = get("mnist_basic")
   c1, c2 = cfg(model, "conv1"), cfg(model, "conv2")
   assert (c1["filters"], c1["kernel_size"], c1["strides"], c1["padding"]) == (
-      16, (3, 3), (1, 1), "same")
+    16,
+    (3, 3),
+    (1, 1),
+    "same",
+  )
   assert (c2["filters"], c2["kernel_size"], c2["strides"], c2["padding"]) == (
-      32, (3, 3), (2, 2), "same")
+    32,
+    (3, 3),
+    (2, 2),
+    "same",
+  )
   assert c1["activation"] == c2["activation"] == "relu"
   pool = cfg(model, "pool1")
   assert (pool["pool_size"], pool["padding"]) == ((2, 2), "valid")
@@ -253,14 +309,26 @@ def test_mnist_bn_dropout_layers():
   model = get("mnist_bn_dropout")
   kinds = [type(layer).__name__ for layer in model.layers]
   assert kinds == [
-      "InputLayer", "Conv2D", "BatchNormalization", "Activation",
-      "Conv2D", "BatchNormalization", "Activation", "MaxPooling2D", "Dropout",
-      "Flatten", "Dense", "BatchNormalization", "Activation", "Dropout",
-      "Dense", "BatchNormalization"]
+    "InputLayer",
+    "Conv2D",
+    "BatchNormalization",
+    "Activation",
+    "Conv2D",
+    "BatchNormalization",
+    "Activation",
+    "MaxPooling2D",
+    "Dropout",
+    "Flatten",
+    "Dense",
+    "BatchNormalization",
+    "Activation",
+    "Dropout",
+    "Dense",
+    "BatchNormalization",
+  ]
   bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
   assert [l.momentum for l in bns] == [0.9] * 4
-  assert [cfg(model, n)["activation"] for n in ("selu1", "selu2", "selu3")] == (
-      ["selu"] * 3)
+  assert [cfg(model, n)["activation"] for n in ("selu1", "selu2", "selu3")] == (["selu"] * 3)
   assert cfg(model, "conv2")["strides"] == (1, 1)
   assert cfg(model, "pool1")["padding"] == "valid"
   assert [cfg(model, n)["rate"] for n in ("dropout1", "dropout2")] == [0.25, 0.5]
@@ -279,21 +347,33 @@ def test_mnist_resnet_layers():
   model = get("mnist_resnet")
   c = cfg(model, "conv1")
   assert (c["filters"], c["kernel_size"], c["strides"], c["padding"]) == (
-      64, (2, 2), (2, 2), "same")
+    64,
+    (2, 2),
+    (2, 2),
+    "same",
+  )
   c = cfg(model, "pool1")
   assert (c["pool_size"], c["strides"], c["padding"]) == ((3, 3), (1, 1), "same")
   c = cfg(model, "pool2")
   assert (c["pool_size"], c["strides"]) == ((2, 2), (2, 2))
   c = cfg(model, "conv_block_shortcut")
   assert (c["filters"], c["kernel_size"], c["strides"], c["use_bias"]) == (
-      256, (1, 1), (1, 1), False)
+    256,
+    (1, 1),
+    (1, 1),
+    False,
+  )
   for block in ("conv_block", "identity_block1", "identity_block2"):
-    shapes = [(cfg(model, f"{block}_conv{i}")["filters"],
-               cfg(model, f"{block}_conv{i}")["kernel_size"],
-               cfg(model, f"{block}_conv{i}")["activation"]) for i in (1, 2, 3)]
+    shapes = [
+      (
+        cfg(model, f"{block}_conv{i}")["filters"],
+        cfg(model, f"{block}_conv{i}")["kernel_size"],
+        cfg(model, f"{block}_conv{i}")["activation"],
+      )
+      for i in (1, 2, 3)
+    ]
     # The recipe's code keeps a ReLU after the third convolution.
-    assert shapes == [(64, (1, 1), "relu"), (64, (3, 3), "relu"),
-                      (256, (1, 1), "relu")]
+    assert shapes == [(64, (1, 1), "relu"), (64, (3, 3), "relu"), (256, (1, 1), "relu")]
   assert cfg(model, "dropout")["rate"] == 0.5
 
 
@@ -326,8 +406,7 @@ def test_mnist_resnet_sum_bias_adds_a_bias_after_each_sum():
 def test_mnist_resnet_has_no_bias_after_residual_sum():
   model = get("mnist_resnet")
   adds = [l for l in model.layers if isinstance(l, keras.layers.Add)]
-  assert [a.name for a in adds] == [
-      "conv_block_add", "identity_block1_add", "identity_block2_add"]
+  assert [a.name for a in adds] == ["conv_block_add", "identity_block1_add", "identity_block2_add"]
   for add in adds:
     consumers = [l for l in model.layers if l.input is add.output]
     assert len(consumers) == 1
@@ -346,7 +425,11 @@ def test_catdog_lenet5_layers():
   for name, filters in [("conv1", 6), ("conv2", 16), ("conv3", 120)]:
     c = cfg(model, name)
     assert (c["filters"], c["kernel_size"], c["padding"], c["activation"]) == (
-        filters, (5, 5), "same", "relu")
+      filters,
+      (5, 5),
+      "same",
+      "relu",
+    )
   for name in ("pool1", "pool2"):
     assert isinstance(model.get_layer(name), keras.layers.AveragePooling2D)
     c = cfg(model, name)
@@ -360,7 +443,9 @@ def test_catdog_lenet5_layers():
 # Keras 3.15's own saving code calls np.array on TF variables, which NumPy 2
 # flags; nothing in the models to fix.
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-@pytest.mark.parametrize("name", ["cifar10_tutorial", "cifar10_cookbook", "mnist_resnet_sum_bias", "tiny"])
+@pytest.mark.parametrize(
+  "name", ["cifar10_tutorial", "cifar10_cookbook", "mnist_resnet_sum_bias", "tiny"]
+)
 def test_save_and_reload_in_safe_mode(name, tmp_path):
   model = get(name)
   path = str(tmp_path / f"{name}.keras")
@@ -368,8 +453,7 @@ def test_save_and_reload_in_safe_mode(name, tmp_path):
   restored = keras.models.load_model(path)  # safe_mode=True by default.
   assert [l.name for l in restored.layers] == [l.name for l in model.layers]
   x = images(name)
-  np.testing.assert_array_equal(restored(x, training=False),
-                                model(x, training=False))
+  np.testing.assert_array_equal(restored(x, training=False), model(x, training=False))
   if "cifar10" in name:
     norm = restored.get_layer("norm1")
     assert isinstance(norm, layers.LocalResponseNormalization)

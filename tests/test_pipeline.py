@@ -16,7 +16,6 @@ import sys
 import tarfile
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -24,25 +23,41 @@ from preprocess import sample_data
 from tests.conftest import ROOT
 
 STANDARD_KEYS = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/format": tf.io.FixedLenFeature([], tf.string),
-    "image/height": tf.io.FixedLenFeature([], tf.int64),
-    "image/width": tf.io.FixedLenFeature([], tf.int64),
-    "image/channels": tf.io.FixedLenFeature([], tf.int64),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/class/text": tf.io.FixedLenFeature([], tf.string),
-    "image/source_id": tf.io.FixedLenFeature([], tf.string),
-    "image/key/sha256": tf.io.FixedLenFeature([], tf.string),
-    "augment/seed": tf.io.FixedLenFeature([], tf.int64),
+  "image/encoded": tf.io.FixedLenFeature([], tf.string),
+  "image/format": tf.io.FixedLenFeature([], tf.string),
+  "image/height": tf.io.FixedLenFeature([], tf.int64),
+  "image/width": tf.io.FixedLenFeature([], tf.int64),
+  "image/channels": tf.io.FixedLenFeature([], tf.int64),
+  "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+  "image/class/text": tf.io.FixedLenFeature([], tf.string),
+  "image/source_id": tf.io.FixedLenFeature([], tf.string),
+  "image/key/sha256": tf.io.FixedLenFeature([], tf.string),
+  "augment/seed": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
 def build(raw, out, *flags, dataset="cifar10", check=True):
   """Runs `python -m pipeline.build_tfrecords` and returns the CompletedProcess."""
-  cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset,
-         "--raw-dir", str(raw), "--out-dir", str(out), *flags]
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  cmd = [
+    sys.executable,
+    "-m",
+    "pipeline.build_tfrecords",
+    "--dataset",
+    dataset,
+    "--raw-dir",
+    str(raw),
+    "--out-dir",
+    str(out),
+    *flags,
+  ]
+  result = subprocess.run(
+    cmd,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+  )
   if check and result.returncode != 0:
     pytest.fail(f"pipeline failed ({result.returncode}):\n{result.stderr[-3000:]}")
   return result
@@ -92,8 +107,10 @@ def test_cifar10_shards_hold_every_record_with_exact_pixels(raw, cifar_out):
   out, result = cifar_out
   meta = json.loads((out / "metadata.json").read_text())
   batches = raw / "cifar10" / "cifar-10-batches-bin"
-  for split, files in (("train", [f"data_batch_{i}.bin" for i in range(1, 6)]),
-                       ("test", ["test_batch.bin"])):
+  for split, files in (
+    ("train", [f"data_batch_{i}.bin" for i in range(1, 6)]),
+    ("test", ["test_batch.bin"]),
+  ):
     rows = read_split(out, split)
     expected = 0
     for fname in files:
@@ -125,10 +142,18 @@ def test_cifar10_metadata_describes_policy_schema_and_sources(raw, cifar_out):
   assert meta["image_shape"] == [32, 32, 3]
   assert set(meta["feature_spec"]) == set(STANDARD_KEYS)
   ops = [step["op"] for step in meta["augmentation"]["train"]]
-  assert ops == ["random_crop", "random_flip_left_right", "random_brightness",
-                 "random_contrast", "per_image_standardization"]
+  assert ops == [
+    "random_crop",
+    "random_flip_left_right",
+    "random_brightness",
+    "random_contrast",
+    "per_image_standardization",
+  ]
   assert meta["augmentation"]["train"][2]["max_delta"] == 63
-  assert [s["op"] for s in meta["augmentation"]["eval"]] == ["central_crop", "per_image_standardization"]
+  assert [s["op"] for s in meta["augmentation"]["eval"]] == [
+    "central_crop",
+    "per_image_standardization",
+  ]
   batches = raw / "cifar10" / "cifar-10-batches-bin"
   assert len(meta["sources"]) == 7  # six batch files and batches.meta.txt
   for rel, entry in meta["sources"].items():
@@ -137,14 +162,16 @@ def test_cifar10_metadata_describes_policy_schema_and_sources(raw, cifar_out):
   rows = read_split(out, "test")
   data = (batches / "test_batch.bin").read_bytes()
   row = rows["cifar-10-batches-bin/test_batch.bin:7"]
-  assert row["image/key/sha256"].decode() == hashlib.sha256(data[7 * 3073:8 * 3073]).hexdigest()
+  assert row["image/key/sha256"].decode() == hashlib.sha256(data[7 * 3073 : 8 * 3073]).hexdigest()
   seeds = [r["augment/seed"] for r in rows.values()]
   assert len(set(seeds)) == len(seeds) and min(seeds) >= 0
 
 
 def test_same_inputs_give_byte_identical_output_on_any_runner_setting(raw, cifar_out, tmp_path):
   out, _ = cifar_out
-  build(raw, tmp_path, "--num-shards", "3", "--direct_num_workers=1", "--direct_running_mode=in_memory")
+  build(
+    raw, tmp_path, "--num-shards", "3", "--direct_num_workers=1", "--direct_running_mode=in_memory"
+  )
   again = tmp_path / "cifar10"
   names = sorted(p.name for p in out.iterdir())
   assert names == sorted(p.name for p in again.iterdir())
@@ -157,7 +184,9 @@ def test_mnist_validation_is_the_first_training_records_and_splits_are_disjoint(
   out = tmp_path / "mnist"
   meta = json.loads((out / "metadata.json").read_text())
   mnist = raw / "mnist"
-  labels, images = raw_mnist(mnist / "train-images-idx3-ubyte.gz", mnist / "train-labels-idx1-ubyte.gz")
+  labels, images = raw_mnist(
+    mnist / "train-images-idx3-ubyte.gz", mnist / "train-labels-idx1-ubyte.gz"
+  )
   splits = {s: read_split(out, s) for s in ("train", "validation", "test")}
   ids = {s: set(rows) for s, rows in splits.items()}
   assert ids["validation"] == {f"train-images-idx3-ubyte.gz:{i}" for i in range(500)}
@@ -202,8 +231,12 @@ def test_catdog_resizes_every_image_and_ledgers_bad_files(raw, tmp_path):
   # The validation split mixes classes (hash order), it is not all cats.
   assert 0 not in meta["splits"]["validation"]["label_counts"]
   ledger = [json.loads(l) for l in (out / "rejects.jsonl").read_text().splitlines()]
-  assert {r["file"] for r in ledger} == {"train/cat/empty.jpg", "train/cat/cut.jpg",
-                                          "train/cat/notes.txt", "test/bird/bird.1.jpg"}
+  assert {r["file"] for r in ledger} == {
+    "train/cat/empty.jpg",
+    "train/cat/cut.jpg",
+    "train/cat/notes.txt",
+    "test/bird/bird.1.jpg",
+  }
   assert all(r["reason"] for r in ledger)
   assert meta["records"] == {"read": good + 4, "written": good, "rejected": 4}
 
@@ -231,8 +264,9 @@ def test_bad_cifar_labels_are_rejected_and_the_rest_kept(raw, tmp_path):
   out = tmp_path / "out" / "cifar10"
   ledger = [json.loads(l) for l in (out / "rejects.jsonl").read_text().splitlines()]
   assert [(r["file"], r["index"], r["split"]) for r in ledger] == [
-      ("cifar-10-batches-bin/data_batch_2.bin", 5, "train"),
-      ("cifar-10-batches-bin/data_batch_2.bin", 9, "train")]
+    ("cifar-10-batches-bin/data_batch_2.bin", 5, "train"),
+    ("cifar-10-batches-bin/data_batch_2.bin", 9, "train"),
+  ]
   assert "12" in ledger[0]["reason"]
   meta = json.loads((out / "metadata.json").read_text())
   assert meta["records"] == {"read": 3000, "written": 2998, "rejected": 2}
@@ -258,14 +292,19 @@ def _truncate(path, size):
 
 
 def test_structural_problems_stop_the_run_with_one_line(raw, tmp_path):
-  line = _broken(raw, tmp_path / "a", "cifar10", lambda d: _truncate(
-      d / "cifar-10-batches-bin" / "data_batch_3.bin", 3073 * 10 + 1))
+  line = _broken(
+    raw,
+    tmp_path / "a",
+    "cifar10",
+    lambda d: _truncate(d / "cifar-10-batches-bin" / "data_batch_3.bin", 3073 * 10 + 1),
+  )
   assert "data_batch_3.bin" in line and "3073" in line
 
 
 def test_truncated_gzip_and_bad_magic_stop_mnist(raw, tmp_path):
-  line = _broken(raw, tmp_path / "a", "mnist", lambda d: _truncate(
-      d / "train-images-idx3-ubyte.gz", 5000))
+  line = _broken(
+    raw, tmp_path / "a", "mnist", lambda d: _truncate(d / "train-images-idx3-ubyte.gz", 5000)
+  )
   assert "train-images-idx3-ubyte.gz" in line
 
   def bad_magic(d):
@@ -273,6 +312,7 @@ def test_truncated_gzip_and_bad_magic_stop_mnist(raw, tmp_path):
     data = bytearray(gzip.decompress(path.read_bytes()))
     data[3] = 0x99
     path.write_bytes(gzip.compress(bytes(data)))
+
   line = _broken(raw, tmp_path / "b", "mnist", bad_magic)
   assert "t10k-labels-idx1-ubyte.gz" in line and "magic" in line
 
@@ -292,13 +332,16 @@ def test_overwrite_replaces_output_with_a_different_sharding(raw, tmp_path):
   assert names == [f"train-{i:05d}-of-00005.tfrecord" for i in range(5)]
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--direct_running_mode=multi_threading"], "loses records"),
     (["--no_such_beam_flag=1"], "unrecognized arguments: --no_such_beam_flag"),
     (["--num-shards", "0"], "--num-shards must be at least 1"),
     (["--num-shards", "99999"], "more than the"),
     (["--validation-size", "99999"], "--validation-size"),
-])
+  ],
+)
 def test_bad_flags_get_one_line_errors(raw, tmp_path, flags, message):
   result = build(raw, tmp_path, *flags, check=False)
   assert result.returncode != 0
@@ -311,7 +354,11 @@ def test_progress_lines_report_shards_and_records(raw, tmp_path):
   progress = [l for l in result.stderr.splitlines() if l.endswith(" records read")]
   assert progress
   for line in progress:  # 8 train + 8 test shards; 2,500 + 500 records
-    assert line.startswith("cifar10: ") and "/16 shards, " in line and line.endswith("/3000 records read")
+    assert (
+      line.startswith("cifar10: ")
+      and "/16 shards, " in line
+      and line.endswith("/3000 records read")
+    )
   counts = [int(l.split(": ")[1].split("/")[0]) for l in progress]
   assert counts == sorted(counts)  # shards done only ever grow
 

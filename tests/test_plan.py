@@ -14,8 +14,20 @@ def _ids(ranges):
   return [(s.name, i) for s, start, stop in ranges for i in range(start, stop)]
 
 
-@pytest.mark.parametrize("n, shards", [(1, 1), (3, 3), (4, 4), (500, 4), (16384, 4), (16385, 8),
-                                       (50000, 16), (60000, 16), (10**6, 256)])
+@pytest.mark.parametrize(
+  "n, shards",
+  [
+    (1, 1),
+    (3, 3),
+    (4, 4),
+    (500, 4),
+    (16384, 4),
+    (16385, 8),
+    (50000, 16),
+    (60000, 16),
+    (10**6, 256),
+  ],
+)
 def test_default_num_shards(n, shards):
   assert plan.default_num_shards(n) == shards
 

@@ -43,24 +43,71 @@ def logdir(tmp_path_factory):
   run = root / "cifar10-tutorial"
   # First process: steps 10..40, then killed; the resumed one restarts from the
   # step-20 checkpoint and writes steps 30 and 40 again, with other values.
-  _write(run / "train", [(s, {"cross_entropy": 2.0 - s / 100, "total_loss": 2.5 - s / 100,
-                              "cross_entropy_avg": 2.1 - s / 100, "accuracy": s / 100,
-                              "learning_rate": 0.1}) for s in (10, 20, 30, 40)])
-  _write(run / "train", [(s, {"cross_entropy": 1.5 - s / 100, "total_loss": 2.0 - s / 100,
-                              "cross_entropy_avg": 1.6 - s / 100, "accuracy": s / 80,
-                              "learning_rate": 0.1}) for s in (30, 40, 50, 60)])
+  _write(
+    run / "train",
+    [
+      (
+        s,
+        {
+          "cross_entropy": 2.0 - s / 100,
+          "total_loss": 2.5 - s / 100,
+          "cross_entropy_avg": 2.1 - s / 100,
+          "accuracy": s / 100,
+          "learning_rate": 0.1,
+        },
+      )
+      for s in (10, 20, 30, 40)
+    ],
+  )
+  _write(
+    run / "train",
+    [
+      (
+        s,
+        {
+          "cross_entropy": 1.5 - s / 100,
+          "total_loss": 2.0 - s / 100,
+          "cross_entropy_avg": 1.6 - s / 100,
+          "accuracy": s / 80,
+          "learning_rate": 0.1,
+        },
+      )
+      for s in (30, 40, 50, 60)
+    ],
+  )
   with tf.summary.create_file_writer(str(run / "train")).as_default():
     tf.summary.histogram("weights/conv1", tf.range(10.0), step=60)  # not a scalar: ignored
-  _write(run / "eval", [(20, {"validation_precision_at_1": 0.3, "validation_loss": 1.8}),
-                        (40, {"validation_precision_at_1": 0.5, "validation_loss": 1.4})])
-  _write(run / "eval", [(40, {"validation_precision_at_1": 0.55, "validation_loss": 1.3}),
-                        (60, {"validation_precision_at_1": 0.7, "validation_loss": 1.0,
-                              "test_precision_at_1": 0.68, "test_loss": 1.05})])
+  _write(
+    run / "eval",
+    [
+      (20, {"validation_precision_at_1": 0.3, "validation_loss": 1.8}),
+      (40, {"validation_precision_at_1": 0.5, "validation_loss": 1.4}),
+    ],
+  )
+  _write(
+    run / "eval",
+    [
+      (40, {"validation_precision_at_1": 0.55, "validation_loss": 1.3}),
+      (
+        60,
+        {
+          "validation_precision_at_1": 0.7,
+          "validation_loss": 1.0,
+          "test_precision_at_1": 0.68,
+          "test_loss": 1.05,
+        },
+      ),
+    ],
+  )
 
   # No weight decay: total_loss equals cross_entropy, so only one loss curve.
-  _write(root / "demo" / "cifar10-tutorial" / "train",
-         [(s, {"cross_entropy": 3.0 / s, "total_loss": 3.0 / s, "accuracy": 1 - 1.0 / s})
-          for s in range(1, 21)])
+  _write(
+    root / "demo" / "cifar10-tutorial" / "train",
+    [
+      (s, {"cross_entropy": 3.0 / s, "total_loss": 3.0 / s, "accuracy": 1 - 1.0 / s})
+      for s in range(1, 21)
+    ],
+  )
 
   with tf.summary.create_file_writer(str(root / "demo" / "broken" / "train")).as_default():
     tf.summary.histogram("weights/conv1", tf.range(10.0), step=1)
@@ -68,9 +115,14 @@ def logdir(tmp_path_factory):
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "trainers.plots"] + [str(a) for a in args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT)))
+  return subprocess.run(
+    [sys.executable, "-m", "trainers.plots"] + [str(a) for a in args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT)),
+  )
 
 
 def _pixels_near(image, colour, tolerance=10):
@@ -93,8 +145,13 @@ def _check_png(path):
 
 def test_read_scalars_keeps_last_value_per_step(logdir):
   train = plots.read_scalars(logdir / "cifar10-tutorial" / "train")
-  assert sorted(train) == ["accuracy", "cross_entropy", "cross_entropy_avg", "learning_rate",
-                           "total_loss"]  # the histogram is not a scalar
+  assert sorted(train) == [
+    "accuracy",
+    "cross_entropy",
+    "cross_entropy_avg",
+    "learning_rate",
+    "total_loss",
+  ]  # the histogram is not a scalar
   ce = train["cross_entropy"]
   assert ce.steps.tolist() == [10, 20, 30, 40, 50, 60]
   # 10 and 20 from the first process; 30 onwards from the resumed one.
@@ -109,9 +166,10 @@ def test_read_scalars_keeps_last_value_per_step(logdir):
 
 def test_find_runs_searches_recursively(logdir):
   assert plots.find_runs(str(logdir)) == [
-      ("cifar10-tutorial", str(logdir / "cifar10-tutorial")),
-      (os.path.join("demo", "broken"), str(logdir / "demo" / "broken")),
-      (os.path.join("demo", "cifar10-tutorial"), str(logdir / "demo" / "cifar10-tutorial"))]
+    ("cifar10-tutorial", str(logdir / "cifar10-tutorial")),
+    (os.path.join("demo", "broken"), str(logdir / "demo" / "broken")),
+    (os.path.join("demo", "cifar10-tutorial"), str(logdir / "demo" / "cifar10-tutorial")),
+  ]
   # A run given directly is named after its directory.
   run = logdir / "cifar10-tutorial"
   assert plots.find_runs(str(run)) == [("cifar10-tutorial", str(run))]

@@ -13,13 +13,18 @@ import struct
 import warnings
 
 import numpy as np
+from PIL import Image
+from PIL import ImageFile
 import pytest
-from PIL import Image, ImageFile
 
-from preprocess import datasets, fileio, imagefolder
-from preprocess.datasets import cifar10, mnist
+from preprocess import datasets
+from preprocess import fileio
+from preprocess import imagefolder
+from preprocess.datasets import cifar10
+from preprocess.datasets import mnist
 from preprocess.errors import DataFormatError
-from preprocess.schema import Record, Reject
+from preprocess.schema import Record
+from preprocess.schema import Reject
 
 CIFAR_NAMES = list(datasets.get("cifar10").class_names)
 CIFAR_LAYOUT = datasets.get("cifar10").layout
@@ -40,7 +45,7 @@ class _NonSeekable(io.RawIOBase):
   def readinto(self, buf):
     n = len(buf) if self._max_read is None else min(len(buf), self._max_read)
     chunk = self._data.read(n)
-    buf[:len(chunk)] = chunk
+    buf[: len(chunk)] = chunk
     return len(chunk)
 
 
@@ -92,21 +97,36 @@ def test_cifar_pixels_labels_ids_and_hashes_are_exact(tmp_path):
   assert [type(r) for r in out] == [Record] * 3
   assert [r.label for r in out] == [3, 0, 9]
   assert [r.source_id for r in out] == [
-      f"cifar-10-batches-bin/data_batch_1.bin:{i}" for i in range(3)]
+    f"cifar-10-batches-bin/data_batch_1.bin:{i}" for i in range(3)
+  ]
   for rec, raw_bytes in zip(out, raw):
     assert rec.image.dtype == np.uint8 and rec.image.shape == (32, 32, 3)
     assert rec.content_sha256 == hashlib.sha256(raw_bytes).hexdigest()
     # Byte 1 + c*1024 + row*32 + col is channel c of pixel (row, col).
-    for row, col, channel in [(0, 0, 0), (0, 1, 0), (1, 0, 0), (0, 0, 1), (0, 0, 2),
-                              (5, 17, 1), (31, 30, 2), (30, 31, 0)]:
+    for row, col, channel in [
+      (0, 0, 0),
+      (0, 1, 0),
+      (1, 0, 0),
+      (0, 0, 1),
+      (0, 0, 2),
+      (5, 17, 1),
+      (31, 30, 2),
+      (30, 31, 0),
+    ]:
       assert rec.image[row, col, channel] == raw_bytes[1 + channel * 1024 + row * 32 + col]
-    expected = np.array([[[raw_bytes[1 + c * 1024 + r * 32 + x] for c in range(3)]
-                          for x in range(32)] for r in range(32)], dtype=np.uint8)
+    expected = np.array(
+      [
+        [[raw_bytes[1 + c * 1024 + r * 32 + x] for c in range(3)] for x in range(32)]
+        for r in range(32)
+      ],
+      dtype=np.uint8,
+    )
     np.testing.assert_array_equal(rec.image, expected)
 
 
-@pytest.mark.parametrize("opener", [fileio.open_rb, non_seekable_opener],
-                         ids=["seekable", "non-seekable"])
+@pytest.mark.parametrize(
+  "opener", [fileio.open_rb, non_seekable_opener], ids=["seekable", "non-seekable"]
+)
 def test_cifar_range_reads_equal_slices_of_full_read(tmp_path, opener):
   path = tmp_path / "b.bin"
   write_cifar(path, [i % 10 for i in range(300)])  # More than one 256-record read.
@@ -126,12 +146,16 @@ def test_cifar_bad_label_is_rejected_and_the_rest_still_come_through(tmp_path):
   path = tmp_path / "b.bin"
   write_cifar(path, [1, 12, 2, 255])
   out = list(cifar10.read_records(str(path), "dir/b.bin"))
-  assert out[1] == Reject(file="dir/b.bin", index=1,
-                          reason="label byte 12 is not a CIFAR-10 class (0-9)")
-  assert out[3] == Reject(file="dir/b.bin", index=3,
-                          reason="label byte 255 is not a CIFAR-10 class (0-9)")
-  assert [(r.source_id, r.label) for r in (out[0], out[2])] == [("dir/b.bin:0", 1),
-                                                                ("dir/b.bin:2", 2)]
+  assert out[1] == Reject(
+    file="dir/b.bin", index=1, reason="label byte 12 is not a CIFAR-10 class (0-9)"
+  )
+  assert out[3] == Reject(
+    file="dir/b.bin", index=3, reason="label byte 255 is not a CIFAR-10 class (0-9)"
+  )
+  assert [(r.source_id, r.label) for r in (out[0], out[2])] == [
+    ("dir/b.bin:0", 1),
+    ("dir/b.bin:2", 2),
+  ]
 
 
 def test_cifar_count_records_checks_size(tmp_path):
@@ -140,8 +164,10 @@ def test_cifar_count_records_checks_size(tmp_path):
   with pytest.raises(DataFormatError) as err:
     cifar10.count_records(path, 30731)
   assert_one_line_naming(err, path)
-  assert ("size 30731 bytes is not a multiple of the 3073-byte CIFAR-10 record "
-          "(10 whole records + 1 byte)") in str(err.value)
+  assert (
+    "size 30731 bytes is not a multiple of the 3073-byte CIFAR-10 record "
+    "(10 whole records + 1 byte)"
+  ) in str(err.value)
   with pytest.raises(DataFormatError) as err:
     cifar10.count_records(path, 0)
   assert_one_line_naming(err, path)
@@ -175,8 +201,9 @@ def test_cifar_class_names(tmp_path):
 
 def test_cifar_reads_through_the_given_opener_only():
   raw = cifar_record(4, 0) + cifar_record(5, 1)
-  opener = memory_opener({"gs://bucket/b.bin": raw, "gs://bucket/meta":
-                          "\n".join(CIFAR_NAMES).encode()})
+  opener = memory_opener(
+    {"gs://bucket/b.bin": raw, "gs://bucket/meta": "\n".join(CIFAR_NAMES).encode()}
+  )
   out = list(cifar10.read_records("gs://bucket/b.bin", "b.bin", 1, 2, opener=opener))
   assert [(r.source_id, r.label) for r in out] == [("b.bin:1", 5)]
   assert cifar10.read_class_names("gs://bucket/meta", opener=opener) == CIFAR_NAMES
@@ -197,8 +224,10 @@ def write_mnist(tmp_path, n, gz, labels=None, seed=0, prefix="train"):
   suffix = ".gz" if gz else ""
   images_path = tmp_path / f"{prefix}-images-idx3-ubyte{suffix}"
   labels_path = tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}"
-  for path, data in [(images_path, idx_bytes(2051, (n, 28, 28), pixels.tobytes())),
-                     (labels_path, idx_bytes(2049, (n,), labels.tobytes()))]:
+  for path, data in [
+    (images_path, idx_bytes(2051, (n, 28, 28), pixels.tobytes())),
+    (labels_path, idx_bytes(2049, (n,), labels.tobytes())),
+  ]:
     path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0) if gz else data)
   return str(images_path), str(labels_path), pixels, labels
 
@@ -214,8 +243,10 @@ def test_mnist_valid_files(tmp_path, gz):
   for i, rec in enumerate(out):
     assert rec.image.dtype == np.uint8 and rec.image.shape == (28, 28, 1)
     np.testing.assert_array_equal(rec.image[:, :, 0], pixels[i])
-    assert rec.content_sha256 == hashlib.sha256(
-        pixels[i].tobytes() + bytes([label_values[i]])).hexdigest()
+    assert (
+      rec.content_sha256
+      == hashlib.sha256(pixels[i].tobytes() + bytes([label_values[i]])).hexdigest()
+    )
 
 
 def test_mnist_compression_is_decided_by_magic_bytes_not_name(tmp_path):
@@ -284,7 +315,7 @@ def test_mnist_truncated_or_corrupt_gzip_is_a_data_format_error(tmp_path):
   images, labels, _, _ = write_mnist(tmp_path, 20, gz=True)
   data = open(images, "rb").read()
   truncated = tmp_path / "truncated.gz"
-  truncated.write_bytes(data[:len(data) // 2])
+  truncated.write_bytes(data[: len(data) // 2])
   corrupt = tmp_path / "corrupt.gz"
   corrupt.write_bytes(data[:40] + bytes(b ^ 0x5A for b in data[40:200]) + data[200:])
   bad_crc = tmp_path / "bad_crc.gz"
@@ -307,8 +338,7 @@ def test_mnist_short_or_long_plain_file_is_a_data_format_error(tmp_path):
   long.write_bytes(data + b"\0")
   header_only = tmp_path / "header_only"
   header_only.write_bytes(data[:10])
-  for path, words in [(short, "truncated"), (long, "1 unexpected byte"),
-                      (header_only, "header")]:
+  for path, words in [(short, "truncated"), (long, "1 unexpected byte"), (header_only, "header")]:
     with pytest.raises(DataFormatError, match=words) as err:
       mnist.check_files(str(path), labels)
     assert_one_line_naming(err, path)
@@ -325,15 +355,25 @@ def test_mnist_images_must_be_28x28(tmp_path):
 
 
 def test_mnist_find_split_files():
-  both = {"train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
-          "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte.gz"}
-  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["train"]) == ("train-images-idx3-ubyte.gz",
-                                                   "train-labels-idx1-ubyte")
-  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["test"]) == ("t10k-images-idx3-ubyte",
-                                                  "t10k-labels-idx1-ubyte.gz")
+  both = {
+    "train-images-idx3-ubyte",
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte.gz",
+  }
+  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["train"]) == (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte",
+  )
+  assert mnist.find_split_files(both, MNIST_LAYOUT.splits["test"]) == (
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte.gz",
+  )
   with pytest.raises(DataFormatError) as err:
-    mnist.find_split_files({"t10k-images-idx3-ubyte.gz"}, MNIST_LAYOUT.splits["test"],
-                           directory="gs://b/mnist")
+    mnist.find_split_files(
+      {"t10k-images-idx3-ubyte.gz"}, MNIST_LAYOUT.splits["test"], directory="gs://b/mnist"
+    )
   assert "gs://b/mnist/t10k-labels-idx1-ubyte" in str(err.value)
 
 
@@ -341,8 +381,9 @@ def test_mnist_find_split_files():
 
 
 def encode(array_or_image, fmt, **kwargs):
-  image = (array_or_image if isinstance(array_or_image, Image.Image)
-           else Image.fromarray(array_or_image))
+  image = (
+    array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+  )
   buf = io.BytesIO()
   image.save(buf, format=fmt, **kwargs)
   return buf.getvalue()
@@ -367,12 +408,29 @@ def assert_rejected(out, *words):
 
 
 def test_list_split_class_folders():
-  paths = ["dog/dog.2.jpg", "Cat/cat.1.JPG", "cat/a.jpeg", "dog/puppies/p.png",
-           "bird/b.jpg", "cat/notes.txt", ".DS_Store", "cat/Thumbs.db",
-           "cat/._cat.1.jpg", "dog/x.gif", "cat/y.BMP", "PetImages/Cat/1.jpg"]
+  paths = [
+    "dog/dog.2.jpg",
+    "Cat/cat.1.JPG",
+    "cat/a.jpeg",
+    "dog/puppies/p.png",
+    "bird/b.jpg",
+    "cat/notes.txt",
+    ".DS_Store",
+    "cat/Thumbs.db",
+    "cat/._cat.1.jpg",
+    "dog/x.gif",
+    "cat/y.BMP",
+    "PetImages/Cat/1.jpg",
+  ]
   candidates, rejects = imagefolder.list_split(paths, ["cat", "dog"])
-  assert candidates == [("Cat/cat.1.JPG", 0), ("cat/a.jpeg", 0), ("cat/y.BMP", 0),
-                        ("dog/dog.2.jpg", 1), ("dog/puppies/p.png", 1), ("dog/x.gif", 1)]
+  assert candidates == [
+    ("Cat/cat.1.JPG", 0),
+    ("cat/a.jpeg", 0),
+    ("cat/y.BMP", 0),
+    ("dog/dog.2.jpg", 1),
+    ("dog/puppies/p.png", 1),
+    ("dog/x.gif", 1),
+  ]
   reasons = {r.file: r.reason for r in rejects}
   assert all(r.index is None for r in rejects)
   assert reasons["bird/b.jpg"] == "unknown class 'bird' (expected one of cat, dog)"
@@ -387,8 +445,9 @@ def test_list_split_flat_layout():
   candidates, rejects = imagefolder.list_split(paths, ["cat", "dog"])
   assert candidates == [("Cat.2.PNG", 0), ("cat.1.jpg", 0), ("dog.45.jpg", 1)]
   assert [(r.file, r.reason) for r in rejects] == [
-      ("bird.3.jpg", "unknown class 'bird' (expected one of cat, dog)"),
-      ("readme.txt", "not an image file (extension '.txt')")]
+    ("bird.3.jpg", "unknown class 'bird' (expected one of cat, dog)"),
+    ("readme.txt", "not an image file (extension '.txt')"),
+  ]
 
 
 def test_load_image_record(tmp_path):
@@ -405,12 +464,12 @@ def test_load_image_rejects_empty_truncated_and_garbage_files(tmp_path):
   rgb = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
   jpeg = encode(rgb, "JPEG", quality=90)
   assert_rejected(load(tmp_path, b"", 16, name="cat/empty.jpg"), "empty")
-  assert_rejected(load(tmp_path, jpeg[:len(jpeg) // 2], 16), "cannot decode image",
-                  "truncated")
+  assert_rejected(load(tmp_path, jpeg[: len(jpeg) // 2], 16), "cannot decode image", "truncated")
   assert ImageFile.LOAD_TRUNCATED_IMAGES is False
   garbage = load(tmp_path, b"this is not a jpeg" * 50, 16, name="dog/g.jpg")
-  assert garbage == Reject(file="dog/g.jpg", index=None,
-                           reason="cannot decode image: not a recognised image format")
+  assert garbage == Reject(
+    file="dog/g.jpg", index=None, reason="cannot decode image: not a recognised image format"
+  )
 
 
 def test_load_image_rejects_decompression_bombs(tmp_path, monkeypatch):
@@ -423,9 +482,9 @@ def test_load_image_rejects_decompression_bombs(tmp_path, monkeypatch):
 
 def test_load_image_composites_alpha_over_white(tmp_path):
   rgba = np.zeros((8, 8, 4), np.uint8)
-  rgba[:, :4] = (255, 0, 0, 0)      # Transparent, red underneath.
-  rgba[:, 4:6] = (0, 0, 255, 255)   # Opaque blue.
-  rgba[:, 6:] = (0, 0, 0, 128)      # Half-transparent black.
+  rgba[:, :4] = (255, 0, 0, 0)  # Transparent, red underneath.
+  rgba[:, 4:6] = (0, 0, 255, 255)  # Opaque blue.
+  rgba[:, 6:] = (0, 0, 0, 128)  # Half-transparent black.
   out = load(tmp_path, encode(rgba, "PNG"), 8)
   assert isinstance(out, Record)
   np.testing.assert_array_equal(out.image[:, :4], 255)
@@ -509,8 +568,13 @@ def test_load_image_applies_exif_orientation(tmp_path):
 
 def test_load_image_reads_through_the_given_opener():
   data = encode(np.full((4, 4, 3), 9, np.uint8), "PNG")
-  out = imagefolder.load_image("gs://b/train/cat/1.png", "cat/1.png", 0, 4,
-                               opener=memory_opener({"gs://b/train/cat/1.png": data}))
+  out = imagefolder.load_image(
+    "gs://b/train/cat/1.png",
+    "cat/1.png",
+    0,
+    4,
+    opener=memory_opener({"gs://b/train/cat/1.png": data}),
+  )
   assert out.source_id == "cat/1.png" and int(out.image.max()) == 9
 
 
@@ -529,6 +593,7 @@ def test_readers_accept_beams_file_system_opener(tmp_path):
   # The pipeline passes FileSystems.open, whose file objects differ from io's:
   # `seekable` is a property, and .gz files come back already gunzipped.
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / "b.bin"
   write_cifar(path, [i % 10 for i in range(20)])
   via_beam = list(cifar10.read_records(str(path), "b", 12, 15, opener=FileSystems.open))

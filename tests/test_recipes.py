@@ -40,8 +40,9 @@ def test_the_registry_is_the_files_of_trainers_recipes():
 def test_every_recipe_field_is_read_by_the_trainer():
   # Each field must be read as `recipe.<field>` (or `self.<field>` inside the
   # Recipe's own methods) somewhere in the trainer: no unused fields.
-  sources = "".join((ROOT / "trainers" / f).read_text() for f in ("train.py", "config.py",
-                                                                   "export.py", "state.py"))
+  sources = "".join(
+    (ROOT / "trainers" / f).read_text() for f in ("train.py", "config.py", "export.py", "state.py")
+  )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:
     if field == "name" or field == "dataset":
@@ -67,26 +68,71 @@ def test_recipe_files_set_only_known_fields():
     assert recipe.eval_on in ("validation", "test")
     if recipe.early_stopping_patience:
       assert recipe.eval_every > 0
-    for policy in ([recipe.serving_augmentation] if recipe.serving_augmentation else []):
+    for policy in [recipe.serving_augmentation] if recipe.serving_augmentation else []:
       assert all(not s["op"].startswith("random") for s in policy)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("cifar10_tutorial", dict(optimizer="sgd", learning_rate=0.1, lr_decay_rate=0.1,
-                              lr_decay_epochs=350, batch_size=128, max_steps=1_000_000,
-                              ema_decay=0.9999, weight_decay=0.004, eval_on="test")),
-    ("cifar10_cookbook", dict(optimizer="sgd", learning_rate=0.1, lr_decay_rate=1.0,
-                              lr_decay_steps=None, batch_size=128, max_steps=20_000,
-                              eval_on="test", eval_every=500, eval_batches=1, log_every=50)),
-    ("mnist_basic", dict(optimizer="adam", learning_rate=0.001, batch_size=100, max_steps=5_500,
-                         eval_on="validation", validation_size=5_000)),
-    ("mnist_bn_dropout", dict(optimizer="adam", learning_rate=0.01, batch_size=100,
-                              max_steps=11_000, eval_every=10, early_stopping_patience=2_000,
-                              eval_output="fc2", eval_on="validation")),
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    (
+      "cifar10_tutorial",
+      dict(
+        optimizer="sgd",
+        learning_rate=0.1,
+        lr_decay_rate=0.1,
+        lr_decay_epochs=350,
+        batch_size=128,
+        max_steps=1_000_000,
+        ema_decay=0.9999,
+        weight_decay=0.004,
+        eval_on="test",
+      ),
+    ),
+    (
+      "cifar10_cookbook",
+      dict(
+        optimizer="sgd",
+        learning_rate=0.1,
+        lr_decay_rate=1.0,
+        lr_decay_steps=None,
+        batch_size=128,
+        max_steps=20_000,
+        eval_on="test",
+        eval_every=500,
+        eval_batches=1,
+        log_every=50,
+      ),
+    ),
+    (
+      "mnist_basic",
+      dict(
+        optimizer="adam",
+        learning_rate=0.001,
+        batch_size=100,
+        max_steps=5_500,
+        eval_on="validation",
+        validation_size=5_000,
+      ),
+    ),
+    (
+      "mnist_bn_dropout",
+      dict(
+        optimizer="adam",
+        learning_rate=0.01,
+        batch_size=100,
+        max_steps=11_000,
+        eval_every=10,
+        early_stopping_patience=2_000,
+        eval_output="fc2",
+        eval_on="validation",
+      ),
+    ),
     ("mnist_resnet", dict(optimizer="adam", learning_rate=0.001, batch_size=10, max_steps=3_001)),
     ("mnist_resnet_sum_bias", dict(batch_size=10, max_steps=3_001)),
     ("catdog_lenet5", dict(optimizer="adam", batch_size=32, eval_on="test")),
-])
+  ],
+)
 def test_recipe_numbers(name, expected):
   recipe = recipes.get(name)
   assert {k: getattr(recipe, k) for k in expected} == expected
@@ -95,20 +141,37 @@ def test_recipe_numbers(name, expected):
 def test_cookbook_crops_the_centre_and_distorts_test_images_too():
   recipe = recipes.get("cifar10_cookbook")
   train_ops = [s["op"] for s in recipe.augmentation["train"]]
-  assert train_ops == ["central_crop", "random_flip_left_right", "random_brightness",
-                       "random_contrast", "per_image_standardization"]
+  assert train_ops == [
+    "central_crop",
+    "random_flip_left_right",
+    "random_brightness",
+    "random_contrast",
+    "per_image_standardization",
+  ]
   assert recipe.augmentation["eval"] == recipe.augmentation["train"]
   # The export serves only the deterministic ops.
-  assert [s["op"] for s in recipe.serving_augmentation] == ["central_crop",
-                                                            "per_image_standardization"]
+  assert [s["op"] for s in recipe.serving_augmentation] == [
+    "central_crop",
+    "per_image_standardization",
+  ]
 
 
 def test_cookbook_learning_rate_is_constant_and_the_texts_decay_is_a_flag():
   constant = config_lib.parse("cifar10", ["--recipe", "cifar10_cookbook", "--no-scale-lr"])
   schedule = train.create_learning_rate_fn(constant, num_workers=1, steps_per_epoch=390)
   assert [float(schedule(s)) for s in (0, 249, 250, 10_000, 19_999)] == pytest.approx([0.1] * 5)
-  text = config_lib.parse("cifar10", ["--recipe", "cifar10_cookbook", "--no-scale-lr",
-                                      "--lr-decay-rate", "0.9", "--lr-decay-steps", "250"])
+  text = config_lib.parse(
+    "cifar10",
+    [
+      "--recipe",
+      "cifar10_cookbook",
+      "--no-scale-lr",
+      "--lr-decay-rate",
+      "0.9",
+      "--lr-decay-steps",
+      "250",
+    ],
+  )
   schedule = train.create_learning_rate_fn(text, num_workers=1, steps_per_epoch=390)
   # 0.1 * 0.9^(step // 250), staircase.
   for step in (0, 249, 250, 499, 500, 2_600):
@@ -125,15 +188,32 @@ def test_tutorial_decays_every_350_epochs():
 
 def test_each_entry_script_offers_its_recipes_and_tiny():
   assert recipes.for_dataset("cifar10") == ["cifar10_cookbook", "cifar10_tutorial", "tiny"]
-  assert recipes.for_dataset("mnist") == ["mnist_basic", "mnist_bn_dropout", "mnist_resnet",
-                                          "mnist_resnet_sum_bias", "tiny"]
+  assert recipes.for_dataset("mnist") == [
+    "mnist_basic",
+    "mnist_bn_dropout",
+    "mnist_resnet",
+    "mnist_resnet_sum_bias",
+    "tiny",
+  ]
   assert recipes.for_dataset("catdog") == ["catdog_lenet5", "tiny"]
 
 
 def test_overrides_replace_recipe_fields_and_each_value_exists_once():
-  config = config_lib.parse("mnist", ["--recipe", "mnist_bn_dropout", "--batch-size", "16",
-                                      "--max-steps", "7", "--early-stopping-patience", "0",
-                                      "--log-every", "3"])
+  config = config_lib.parse(
+    "mnist",
+    [
+      "--recipe",
+      "mnist_bn_dropout",
+      "--batch-size",
+      "16",
+      "--max-steps",
+      "7",
+      "--early-stopping-patience",
+      "0",
+      "--log-every",
+      "3",
+    ],
+  )
   assert config.recipe.batch_size == 16 and config.recipe.max_steps == 7
   assert config.recipe.early_stopping_patience is None and config.recipe.log_every == 3
   assert recipes.get("mnist_bn_dropout").batch_size == 100  # the registry is untouched
@@ -145,16 +225,19 @@ def test_overrides_replace_recipe_fields_and_each_value_exists_once():
   assert config.model_dir == "runs/mnist_bn_dropout"
 
 
-@pytest.mark.parametrize("step, every, first, last, expected", [
+@pytest.mark.parametrize(
+  "step, every, first, last, expected",
+  [
     (10, 10, None, None, True),
     (11, 10, None, None, False),
     (0, 10, None, None, True),
-    (5, 0, None, None, False),      # 0: never
-    (5, None, None, None, False),   # None: never
-    (1, 100, 1, None, True),        # first step of a run
-    (37, 100, None, 37, True),      # last step
-    (37, 0, None, 37, False),       # never stays never, even on the last step
-])
+    (5, 0, None, None, False),  # 0: never
+    (5, None, None, None, False),  # None: never
+    (1, 100, 1, None, True),  # first step of a run
+    (37, 100, None, 37, True),  # last step
+    (37, 0, None, 37, False),  # never stays never, even on the last step
+  ],
+)
 def test_due(step, every, first, last, expected):
   assert train.due(step, every, first=first, last=last) is expected
 
@@ -177,7 +260,8 @@ def test_bn_dropout_precision_is_taken_before_the_final_batch_norm():
   assert (correct, count) == (64, 64)  # precision on the pre-BN logits
   # The loss stays on the post-BN logits (the model's output), as in training.
   expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")(
-      labels, post)
+    labels, post
+  )
   assert loss == pytest.approx(float(expected), rel=1e-5)
   # Without eval_output the same step would score the post-BN logits: 0 correct.
   plain = train.make_eval_step(train.make_eval_model(model))

@@ -57,9 +57,11 @@ SPEC_MODULE = textwrap.dedent('''
 ''')
 
 # Imported by the driver and by every Beam worker process, as a plugin would be.
-LOADER = ("import runpy, sys; import {module}; "
-          "sys.argv[0] = 'python -m pipeline.build_tfrecords'; "
-          "runpy.run_module('pipeline.build_tfrecords', run_name='__main__')")
+LOADER = (
+  "import runpy, sys; import {module}; "
+  "sys.argv[0] = 'python -m pipeline.build_tfrecords'; "
+  "runpy.run_module('pipeline.build_tfrecords', run_name='__main__')"
+)
 
 
 IDX_SPEC_MODULE = textwrap.dedent('''
@@ -142,7 +144,9 @@ def test_builtin_specs_are_registered_once_each():
 
 
 def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, tmp_path):
-  from preprocess import download, sample_data  # pylint: disable=import-outside-toplevel
+  from preprocess import download  # pylint: disable=import-outside-toplevel
+  from preprocess import sample_data  # pylint: disable=import-outside-toplevel
+
   assert "shapes_test" in datasets.names()
 
   # Download: the CLI offers it, and the spec's layout decides what "installed" is.
@@ -152,21 +156,48 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
   assert sorted(p.name for p in (raw / "shapes_test").iterdir()) == ["test", "train"]
   lines = []
   assert download.download("shapes_test", raw, log=lines.append) == [
-      raw / "shapes_test" / "train", raw / "shapes_test" / "test"]
+    raw / "shapes_test" / "train",
+    raw / "shapes_test" / "test",
+  ]
   assert "already in" in lines[0]
   with pytest.raises(SystemExit):
     download._parse_args(["--dataset", "nope", "--raw-dir", str(raw)])  # pylint: disable=protected-access
-  assert download._parse_args(  # pylint: disable=protected-access
-      ["--dataset", "shapes_test", "--raw-dir", str(raw)]).dataset == "shapes_test"
+  assert (
+    download._parse_args(  # pylint: disable=protected-access
+      ["--dataset", "shapes_test", "--raw-dir", str(raw)]
+    ).dataset
+    == "shapes_test"
+  )
 
   # Beam job: converts it with the spec's classes, validation size and policy.
   out = tmp_path / "out"
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(spec_dir), ROOT]))
   run = subprocess.run(
-      [sys.executable, "-c", LOADER.format(module="shapes_test_spec"), "--dataset", "shapes_test", "--raw-dir", str(raw),
-       "--out-dir", str(out), "--image-size", "16", "--image-format", "png",
-       "--progress-seconds", "0", "--direct_num_workers=1"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys.executable,
+      "-c",
+      LOADER.format(module="shapes_test_spec"),
+      "--dataset",
+      "shapes_test",
+      "--raw-dir",
+      str(raw),
+      "--out-dir",
+      str(out),
+      "--image-size",
+      "16",
+      "--image-format",
+      "png",
+      "--progress-seconds",
+      "0",
+      "--direct_num_workers=1",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   meta = json.loads((out / "shapes_test" / "metadata.json").read_text())
   assert meta["dataset"] == "shapes_test" and meta["class_names"] == ["square", "disc"]
@@ -181,22 +212,45 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
 def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp_path):
   from preprocess import sample_data  # pylint: disable=import-outside-toplevel
   from preprocess.datasets import mnist  # pylint: disable=import-outside-toplevel
+
   assert "idx_test" in datasets.names() and "mnist" in datasets.names()
   assert isinstance(datasets.get("idx_test").layout, mnist.IdxLayout)
   raw = tmp_path / "raw"
   assert sample_data.generate(raw, names=("idx_test",), seed=0)["idx_test"]["counts"] == {
-      "train": 15, "test": 6}
+    "train": 15,
+    "test": 6,
+  }
 
   out = tmp_path / "out"
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(idx_spec_dir), ROOT]))
   run = subprocess.run(
-      [sys.executable, "-c", LOADER.format(module="idx_test_spec"), "--dataset", "idx_test",
-       "--raw-dir", str(raw), "--out-dir", str(out), "--progress-seconds", "0",
-       "--direct_num_workers=1"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys.executable,
+      "-c",
+      LOADER.format(module="idx_test_spec"),
+      "--dataset",
+      "idx_test",
+      "--raw-dir",
+      str(raw),
+      "--out-dir",
+      str(out),
+      "--progress-seconds",
+      "0",
+      "--direct_num_workers=1",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   meta = json.loads((out / "idx_test" / "metadata.json").read_text())
   assert meta["class_names"] == ["shirt", "shoe", "bag"] and meta["image_shape"] == [28, 28, 1]
   assert {s: meta["splits"][s]["num_examples"] for s in meta["splits"]} == {
-      "validation": 3, "train": 12, "test": 6}
+    "validation": 3,
+    "train": 12,
+    "test": 6,
+  }
   assert meta["records"] == {"read": 21, "written": 21, "rejected": 0}

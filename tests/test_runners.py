@@ -35,16 +35,27 @@ DATASETS = ("cifar10", "catdog")
 JOB_FLAGS = ("--num-shards", "5", "--validation-size", "40", "--progress-seconds", "0")
 # Outputs of the local default run, compared file by file with every other runner.
 EXPECTED_REJECTS = {
-    "cifar10": [("cifar-10-batches-bin/data_batch_2.bin", 5), ("cifar-10-batches-bin/data_batch_2.bin", 9)],
-    "catdog": [("test/bird/bird.1.jpg", None), ("train/cat/cut.jpg", None),
-               ("train/cat/empty.jpg", None), ("train/cat/notes.txt", None)],
+  "cifar10": [
+    ("cifar-10-batches-bin/data_batch_2.bin", 5),
+    ("cifar-10-batches-bin/data_batch_2.bin", 9),
+  ],
+  "catdog": [
+    ("test/bird/bird.1.jpg", None),
+    ("train/cat/cut.jpg", None),
+    ("train/cat/empty.jpg", None),
+    ("train/cat/notes.txt", None),
+  ],
 }
 
 
 def _env():
   # The worker pool starts SDK workers as plain `python`: it must be the venv's.
-  return dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{BIN}:{os.environ.get('PATH', '')}",
-              TF_CPP_MIN_LOG_LEVEL="2")
+  return dict(
+    os.environ,
+    PYTHONPATH=str(ROOT),
+    PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+    TF_CPP_MIN_LOG_LEVEL="2",
+  )
 
 
 def _free_port():
@@ -68,15 +79,23 @@ class _Processes:
 
   def start(self, name, cmd):
     log = open(self._log_dir / f"{name}.log", "wb")  # pylint: disable=consider-using-with
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=_env(), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+      [str(c) for c in cmd],
+      cwd=ROOT,
+      env=_env(),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
     log.close()
     self._procs.append((name, proc))
     return proc
 
   def logs(self):
-    return "\n".join(f"--- {name}\n{(self._log_dir / f'{name}.log').read_text()[-2000:]}"
-                     for name, _ in self._procs)
+    return "\n".join(
+      f"--- {name}\n{(self._log_dir / f'{name}.log').read_text()[-2000:]}"
+      for name, _ in self._procs
+    )
 
   def wait_until(self, what, ready, timeout=90):
     """Polls `ready()` until true; fails with the logs if it is not within `timeout` s."""
@@ -96,10 +115,8 @@ class _Processes:
       with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     for _, proc in self._procs:
-      try:
+      with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=15)
-      except subprocess.TimeoutExpired:
-        pass
       with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
@@ -109,10 +126,22 @@ def build(raw, out, *flags, check=True):
   """Runs the job on every data set of `raw` and returns the CompletedProcesses and wall time."""
   results, started = [], time.time()
   for dataset in DATASETS:
-    cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset,
-           "--raw-dir", str(raw), "--out-dir", str(out), *JOB_FLAGS, *flags]
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
-                            check=False)
+    cmd = [
+      sys.executable,
+      "-m",
+      "pipeline.build_tfrecords",
+      "--dataset",
+      dataset,
+      "--raw-dir",
+      str(raw),
+      "--out-dir",
+      str(out),
+      *JOB_FLAGS,
+      *flags,
+    ]
+    result = subprocess.run(
+      cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False
+    )
     if check and result.returncode != 0:
       pytest.fail(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     results.append(result)
@@ -162,14 +191,38 @@ def job_service(tmp_path_factory):
   procs = _Processes(tmp_path_factory.mktemp("portable-logs"))
   try:
     job_port, pool_port = _free_port(), _free_port()
-    procs.start("job_service", [sys.executable, "-m",
-                                "apache_beam.runners.portability.local_job_service_main",
-                                "--port", job_port])
-    procs.start("worker_pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                "--service_port", pool_port])
-    procs.wait_until("job service and worker pool", lambda: _listening(job_port) and _listening(pool_port))
-    yield procs, ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-                  "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
+    procs.start(
+      "job_service",
+      [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.portability.local_job_service_main",
+        "--port",
+        job_port,
+      ],
+    )
+    procs.start(
+      "worker_pool",
+      [
+        sys.executable,
+        "-m",
+        "apache_beam.runners.worker.worker_pool_main",
+        "--service_port",
+        pool_port,
+      ],
+    )
+    procs.wait_until(
+      "job service and worker pool", lambda: _listening(job_port) and _listening(pool_port)
+    )
+    yield (
+      procs,
+      [
+        "--runner=PortableRunner",
+        f"--job_endpoint=localhost:{job_port}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{pool_port}",
+      ],
+    )
   finally:
     procs.stop()
 
@@ -178,17 +231,33 @@ def job_service(tmp_path_factory):
 def dask_cluster(tmp_path_factory):
   """A `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields (client, address)."""
   from distributed import Client  # pylint: disable=g-import-not-at-top
+
   procs = _Processes(tmp_path_factory.mktemp("dask-logs"))
   client = None
   try:
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    procs.start("scheduler", [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port,
-                              "--no-dashboard"])
+    procs.start(
+      "scheduler",
+      [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+    )
     procs.wait_until("dask scheduler", lambda: _listening(port))
     for i in (1, 2):
-      procs.start(f"worker{i}", [BIN / "dask", "worker", f"tcp://{address}", "--host", "127.0.0.1",
-                                 "--nworkers", "1", "--nthreads", "1", "--no-dashboard"])
+      procs.start(
+        f"worker{i}",
+        [
+          BIN / "dask",
+          "worker",
+          f"tcp://{address}",
+          "--host",
+          "127.0.0.1",
+          "--nworkers",
+          "1",
+          "--nthreads",
+          "1",
+          "--no-dashboard",
+        ],
+      )
     client = Client(address, timeout=30)
     procs.wait_until("two dask workers", lambda: len(client.scheduler_info()["workers"]) == 2)
     client.get_task_stream()  # Installs the scheduler's task-stream plugin before the job runs.
@@ -211,12 +280,15 @@ def test_local_default_writes_shards_metadata_and_every_reject(local_out):
     assert shards == sorted(s["file"] for split in meta["splits"].values() for s in split["shards"])
     assert len(shards) == 15
     # No sidecars, work directories or temporary files are left behind.
-    assert sorted(p.name for p in out.iterdir()) == sorted(shards + ["metadata.json", "rejects.jsonl"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+      shards + ["metadata.json", "rejects.jsonl"]
+    )
 
 
 @pytest.mark.slow
-def test_portable_job_api_with_external_worker_pool_gives_identical_output(raw, local_out, job_service,
-                                                                            tmp_path):
+def test_portable_job_api_with_external_worker_pool_gives_identical_output(
+  raw, local_out, job_service, tmp_path
+):
   procs, flags = job_service
   results, seconds = build(raw, tmp_path, *flags)
   print(f"portable Job API + worker pool: {seconds:.1f} s")
@@ -227,7 +299,9 @@ def test_portable_job_api_with_external_worker_pool_gives_identical_output(raw, 
 
 
 @pytest.mark.slow
-def test_dask_cluster_gives_identical_output_and_uses_both_workers(raw, local_out, dask_cluster, tmp_path):
+def test_dask_cluster_gives_identical_output_and_uses_both_workers(
+  raw, local_out, dask_cluster, tmp_path
+):
   client, address = dask_cluster
   started = time.time()
   results, seconds = build(raw, tmp_path, "--runner=DaskRunner", f"--dask_client_address={address}")
@@ -243,10 +317,22 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
   """A task that cannot publish its shard fails the run; the other tasks' work files are removed."""
   out = tmp_path / "catdog"
   (out / "train-00002-of-00005.tfrecord").mkdir(parents=True)  # A directory where a shard must go.
-  cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", "catdog", "--raw-dir", str(raw),
-         "--out-dir", str(tmp_path), *JOB_FLAGS, "--overwrite"]
-  result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
-                          check=False)
+  cmd = [
+    sys.executable,
+    "-m",
+    "pipeline.build_tfrecords",
+    "--dataset",
+    "catdog",
+    "--raw-dir",
+    str(raw),
+    "--out-dir",
+    str(tmp_path),
+    *JOB_FLAGS,
+    "--overwrite",
+  ]
+  result = subprocess.run(
+    cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False
+  )
   assert result.returncode != 0
   assert result.stderr.splitlines()[-1].startswith("error: "), result.stderr[-3000:]
   left = sorted(p.name for p in out.iterdir())
@@ -258,13 +344,22 @@ def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
   """Sidecars of other shards and half-written temporaries are ignored; a missing one is left out."""
   from pipeline import convert  # pylint: disable=g-import-not-at-top
   from pipeline import plan  # pylint: disable=g-import-not-at-top
+
   tasks = [plan.ShardTask("train", i, 3, ()) for i in range(3)]
   for task in tasks[:2] + [plan.ShardTask("train", 0, 2, ())]:
-    stats = {"split": "train", "index": task.index, "file": task.filename, "read": 2, "written": 1,
-             "rejected": 1, "label_counts": [1, 0]}
+    stats = {
+      "split": "train",
+      "index": task.index,
+      "file": task.filename,
+      "read": 2,
+      "written": 1,
+      "rejected": 1,
+      "label_counts": [1, 0],
+    }
     rejects = [{"file": f"f{task.index}", "index": 7, "reason": "r", "split": "train"}]
     pathlib.Path(convert.sidecar_path(str(tmp_path), task.filename)).write_text(
-        json.dumps({"stats": stats, "rejects": rejects}))
+      json.dumps({"stats": stats, "rejects": rejects})
+    )
   (tmp_path / (tasks[2].filename + convert.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
   stats, rejects = build_tfrecords._read_sidecars(str(tmp_path), tasks)  # pylint: disable=protected-access
   assert [s["file"] for s in stats] == [tasks[0].filename, tasks[1].filename]
@@ -275,8 +370,9 @@ def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
 
 
 def _parse(*beam_flags):
-  return build_tfrecords.parse_args(["--dataset", "cifar10", "--raw-dir", "r", "--out-dir", "o",
-                                     *beam_flags])[1]
+  return build_tfrecords.parse_args(
+    ["--dataset", "cifar10", "--raw-dir", "r", "--out-dir", "o", *beam_flags]
+  )[1]
 
 
 def _parse_error(*beam_flags):
@@ -288,13 +384,16 @@ def _parse_error(*beam_flags):
   return err.getvalue()
 
 
-@pytest.mark.parametrize("runner", ["DaskRunner", "daskrunner", "dask",
-                                    "apache_beam.runners.dask.dask_runner.DaskRunner"])
+@pytest.mark.parametrize(
+  "runner", ["DaskRunner", "daskrunner", "dask", "apache_beam.runners.dask.dask_runner.DaskRunner"]
+)
 def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner):
   from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
   from apache_beam.runners.dask.dask_runner import DaskOptions  # pylint: disable=g-import-not-at-top
-  options = _parse(f"--runner={runner}", "--dask_client_address", "127.0.0.1:8786",
-                   "--dask_connection_timeout=30")
+
+  options = _parse(
+    f"--runner={runner}", "--dask_client_address", "127.0.0.1:8786", "--dask_connection_timeout=30"
+  )
   assert options.view_as(StandardOptions).runner == build_tfrecords.DASK_RUNNER
   dask = options.view_as(DaskOptions)
   assert (dask.address, dask.timeout, dask.partition_size) == ("127.0.0.1:8786", 30, 1)
@@ -302,34 +401,65 @@ def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner)
 
 def test_dask_partitioning_given_by_the_user_is_kept():
   from apache_beam.runners.dask.dask_runner import DaskOptions  # pylint: disable=g-import-not-at-top
+
   dask = _parse("--runner=DaskRunner", "--dask_npartitions=3").view_as(DaskOptions)
   assert (dask.npartitions, dask.partition_size) == (3, None)
 
 
-@pytest.mark.parametrize("flags", [
-    ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=EXTERNAL",
-     "--environment_config=localhost:50000", "--parallelism=4"],
-    ["--runner=SparkRunner", "--spark_master_url=spark://spark:7077", "--environment_type=EXTERNAL",
-     "--environment_config=localhost:50000"],
-    ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--artifact_endpoint=localhost:8098",
-     "--environment_type=EXTERNAL", "--environment_config=localhost:50000"],
-    ["--runner=DataflowRunner", "--project=p", "--region=europe-west1", "--temp_location=gs://b/tmp",
-     "--setup_file=./setup.py", "--sdk_container_image=registry/cnn-pipeline:beam"],
-])
+@pytest.mark.parametrize(
+  "flags",
+  [
+    [
+      "--runner=FlinkRunner",
+      "--flink_master=localhost:8081",
+      "--environment_type=EXTERNAL",
+      "--environment_config=localhost:50000",
+      "--parallelism=4",
+    ],
+    [
+      "--runner=SparkRunner",
+      "--spark_master_url=spark://spark:7077",
+      "--environment_type=EXTERNAL",
+      "--environment_config=localhost:50000",
+    ],
+    [
+      "--runner=PortableRunner",
+      "--job_endpoint=localhost:8099",
+      "--artifact_endpoint=localhost:8098",
+      "--environment_type=EXTERNAL",
+      "--environment_config=localhost:50000",
+    ],
+    [
+      "--runner=DataflowRunner",
+      "--project=p",
+      "--region=europe-west1",
+      "--temp_location=gs://b/tmp",
+      "--setup_file=./setup.py",
+      "--sdk_container_image=registry/cnn-pipeline:beam",
+    ],
+  ],
+)
 def test_cluster_runner_options_are_accepted(flags):
   from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+
   options = _parse(*flags)
   assert options.view_as(StandardOptions).runner == flags[0].split("=", 1)[1]
   given = options.get_all_options(drop_default=True)
   assert given["environment_type" if "Dataflow" not in flags[0] else "project"]
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--runner=NoSuchRunner"], "--runner=NoSuchRunner: unknown runner"),
     (["--runner=no_such_module.Runner"], "cannot import no_such_module"),
-    (["--runner=DaskRunner", "--dask_no_such_option=1"], "unrecognized arguments: --dask_no_such_option"),
+    (
+      ["--runner=DaskRunner", "--dask_no_such_option=1"],
+      "unrecognized arguments: --dask_no_such_option",
+    ),
     (["--direct_running_mode=multi_threading"], "loses records"),
-])
+  ],
+)
 def test_bad_runner_flags_are_one_line_errors(flags, message):
   assert message in _parse_error(*flags)
 
@@ -358,6 +488,7 @@ def _readme_commands():
 
 def test_readme_runner_commands_are_accepted_by_the_job_parser():
   from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+
   commands = _readme_commands()
   runners = set()
   for command in commands:
@@ -369,4 +500,10 @@ def test_readme_runner_commands_are_accepted_by_the_job_parser():
       except SystemExit:
         pytest.fail(f"README command refused: {command}\n{err.getvalue()}")
     runners.add(options.view_as(StandardOptions).runner.rsplit(".", 1)[-1])
-  assert {"FlinkRunner", "SparkRunner", "DataflowRunner", "PortableRunner", "DaskRunner"} <= runners, commands
+  assert {
+    "FlinkRunner",
+    "SparkRunner",
+    "DataflowRunner",
+    "PortableRunner",
+    "DaskRunner",
+  } <= runners, commands

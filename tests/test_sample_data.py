@@ -14,16 +14,28 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from preprocess import sample_data
 
 CIFAR_RECORD = 1 + 3 * 32 * 32
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-               "ship", "truck"]
-MNIST_NAMES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+CIFAR_NAMES = [
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+]
+MNIST_NAMES = {
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +65,10 @@ def read_mnist(root, split):
   magic, n_labels = struct.unpack(">ii", labels[:8])
   assert (magic, n_labels) == (2049, n)
   assert len(labels) == 8 + n
-  return (np.frombuffer(labels, np.uint8, offset=8),
-          np.frombuffer(images, np.uint8, offset=16).reshape(n, rows, cols))
+  return (
+    np.frombuffer(labels, np.uint8, offset=8),
+    np.frombuffer(images, np.uint8, offset=16).reshape(n, rows, cols),
+  )
 
 
 def all_files(root):
@@ -82,7 +96,8 @@ def test_cifar10_layout_counts_and_balance(raw):
   out, result = raw
   root = out / "cifar10" / "cifar-10-batches-bin"
   assert sorted(p.name for p in root.iterdir()) == sorted(
-      [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"])
+    [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
+  )
   for i in range(1, 6):
     path = root / f"data_batch_{i}.bin"
     assert path.stat().st_size == 500 * CIFAR_RECORD
@@ -203,8 +218,9 @@ def test_no_two_images_have_identical_pixels(raw):
   cifar = [read_cifar(p)[1] for p in sorted(root.glob("*.bin"))]
   pixels = [img.tobytes() for batch in cifar for img in batch]
   assert len(set(pixels)) == len(pixels) == 3000
-  mnist = [img.tobytes() for split in ("train", "test")
-           for img in read_mnist(out / "mnist", split)[1]]
+  mnist = [
+    img.tobytes() for split in ("train", "test") for img in read_mnist(out / "mnist", split)[1]
+  ]
   assert len(set(mnist)) == len(mnist) == 6500
   catdog = []
   for path in sorted((out / "catdog").rglob("*.*")):
@@ -224,8 +240,11 @@ def test_same_seed_same_bytes_across_processes_and_different_seed_differs(raw, t
   # Through the CLI in a fresh interpreter: also catches output that depends on
   # hash randomization or on anything else that varies between processes.
   again = tmp_path / "again"
-  subprocess.run([sys.executable, "-m", "preprocess.sample_data", "--out-dir", str(again),
-                  "--seed", "0"], check=True, capture_output=True)
+  subprocess.run(
+    [sys.executable, "-m", "preprocess.sample_data", "--out-dir", str(again), "--seed", "0"],
+    check=True,
+    capture_output=True,
+  )
   files = all_files(out)
   assert all_files(again) == files
   for rel in files:
@@ -266,8 +285,13 @@ def test_generate_rejects_unknown_data_sets_and_negative_seeds(tmp_path):
 
 
 def run_cli(*args, cwd=None):
-  return subprocess.run([sys.executable, "-m", "preprocess.sample_data", *args],
-                        capture_output=True, text=True, check=False, cwd=cwd)
+  return subprocess.run(
+    [sys.executable, "-m", "preprocess.sample_data", *args],
+    capture_output=True,
+    text=True,
+    check=False,
+    cwd=cwd,
+  )
 
 
 def test_cli_help():
@@ -277,12 +301,15 @@ def test_cli_help():
     assert flag in proc.stdout
 
 
-@pytest.mark.parametrize("args, mentions", [
+@pytest.mark.parametrize(
+  "args, mentions",
+  [
     (["--out-dir", "x", "--bogus"], "--bogus"),
     (["--out-dir", "x", "--dataset", "imagenet"], "imagenet"),
     (["--dataset", "mnist"], "--out-dir"),
     (["--out-dir", "x", "--seed", "-3"], "--seed"),
-])
+  ],
+)
 def test_cli_usage_errors_are_one_line(args, mentions, tmp_path):
   proc = run_cli(*args, cwd=tmp_path)
   assert proc.returncode == 2
@@ -303,7 +330,7 @@ def test_full_sizes_match_the_official_data_sets(tmp_path):
     for cls in ("cat", "dog"):
       assert len(list((tmp_path / "catdog" / split / cls).iterdir())) == per_class
   assert {k: v["counts"] for k, v in result.items()} == {
-      "cifar10": {"train": 50000, "test": 10000},
-      "mnist": {"train": 60000, "test": 10000},
-      "catdog": {"train": 4000, "test": 1000},
+    "cifar10": {"train": 50000, "test": 10000},
+    "mnist": {"train": 60000, "test": 10000},
+    "catdog": {"train": 4000, "test": 1000},
   }

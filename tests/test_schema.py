@@ -22,10 +22,14 @@ def _record(shape=(5, 7, 3), seed=0):
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31, 2**62, -1, -(2**63)])
 def test_int64_values_serialize_like_tensorflow(value):
   ours = schema.serialize_example({"k": value, "b": b"x" * 200})
-  theirs = tf.train.Example(features=tf.train.Features(feature={
-      "k": tf.train.Feature(int64_list=tf.train.Int64List(value=[value])),
-      "b": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x" * 200])),
-  })).SerializeToString(deterministic=True)
+  theirs = tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "k": tf.train.Feature(int64_list=tf.train.Int64List(value=[value])),
+        "b": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x" * 200])),
+      }
+    )
+  ).SerializeToString(deterministic=True)
   assert ours == theirs
 
 
@@ -50,7 +54,9 @@ def test_make_example_round_trips_through_tf_parsing():
 
 def test_encoding_is_deterministic_and_jpeg_decodes():
   record = _record(shape=(40, 30, 3), seed=1)
-  assert schema.make_example(record, ["a"] * 10, "jpeg") == schema.make_example(record, ["a"] * 10, "jpeg")
+  assert schema.make_example(record, ["a"] * 10, "jpeg") == schema.make_example(
+    record, ["a"] * 10, "jpeg"
+  )
   jpeg = schema.encode_image(record.image, "jpeg")
   assert tf.io.decode_jpeg(jpeg).shape == (40, 30, 3)
   gray = schema.encode_image(record.image[:, :, :1], "png")

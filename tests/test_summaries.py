@@ -14,11 +14,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import plugin_data_pb2
+import tensorflow as tf
 
-from tests.conftest import BIN, ROOT, run_trainer
+from tests.conftest import BIN
+from tests.conftest import ROOT
+from tests.conftest import run_trainer
 
 
 def _accumulator(path):
@@ -34,17 +36,45 @@ def _plugin(acc, tag):
 @pytest.fixture(scope="module")
 def run_dir(tfrecords, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("summaries")
-  run_trainer("cifar10", ["--recipe", "cifar10_tutorial", "--data-dir", tfrecords / "cifar10",
-                          "--model-dir", model_dir, "--max-steps", 20, "--batch-size", 16,
-                          "--summary-every", 5, "--histogram-every", 10, "--eval-every", 10,
-                          "--no-export"])
+  run_trainer(
+    "cifar10",
+    [
+      "--recipe",
+      "cifar10_tutorial",
+      "--data-dir",
+      tfrecords / "cifar10",
+      "--model-dir",
+      model_dir,
+      "--max-steps",
+      20,
+      "--batch-size",
+      16,
+      "--summary-every",
+      5,
+      "--histogram-every",
+      10,
+      "--eval-every",
+      10,
+      "--no-export",
+    ],
+  )
   return model_dir
 
 
 def test_train_scalars_cover_losses_rates_and_workers(run_dir):
   acc = _accumulator(run_dir / "train")
-  expected = {"cross_entropy", "total_loss", "cross_entropy_avg", "total_loss_avg", "accuracy",
-              "learning_rate", "images_per_sec", "images_per_sec_per_worker", "step_time", "workers"}
+  expected = {
+    "cross_entropy",
+    "total_loss",
+    "cross_entropy_avg",
+    "total_loss_avg",
+    "accuracy",
+    "learning_rate",
+    "images_per_sec",
+    "images_per_sec_per_worker",
+    "step_time",
+    "workers",
+  }
   tags = set(acc.Tags()["tensors"])
   assert expected <= tags
   for tag in expected:
@@ -59,7 +89,10 @@ def test_train_scalars_cover_losses_rates_and_workers(run_dir):
   workers = {float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("workers")}
   assert workers == {1.0}
   # The weight decay terms make the total loss larger than the cross-entropy.
-  last = {t: float(tf.make_ndarray(acc.Tensors(t)[-1].tensor_proto)) for t in ("cross_entropy", "total_loss")}
+  last = {
+    t: float(tf.make_ndarray(acc.Tensors(t)[-1].tensor_proto))
+    for t in ("cross_entropy", "total_loss")
+  }
   assert last["total_loss"] > last["cross_entropy"]
 
 
@@ -111,23 +144,47 @@ def test_eval_precision_curve_during_training_and_hparams(run_dir):
   assert [e.step for e in acc.Tensors("test_precision_at_1")] == [10, 20, 20]
   assert [e.step for e in acc.Tensors("train_batch_precision_at_1")] == [10, 20]
   final = float(tf.make_ndarray(acc.Tensors("test_precision_at_1")[-1].tensor_proto))
-  assert final == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["precision_at_1"])
+  assert final == pytest.approx(
+    json.loads((run_dir / "metrics.json").read_text())["precision_at_1"]
+  )
   root = _accumulator(run_dir)
   assert {_plugin(root, t) for t in root.Tags()["tensors"]} == {"hparams"}
   start = plugin_data_pb2.HParamsPluginData.FromString(
-      root.SummaryMetadata("_hparams_/session_start_info").plugin_data.content).session_start_info
+    root.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+  ).session_start_info
   assert start.hparams["recipe.name"].string_value == "cifar10_tutorial"
   assert start.hparams["recipe.batch_size"].number_value == 16
   experiment = plugin_data_pb2.HParamsPluginData.FromString(
-      root.SummaryMetadata("_hparams_/experiment").plugin_data.content).experiment
+    root.SummaryMetadata("_hparams_/experiment").plugin_data.content
+  ).experiment
   assert {m.name.tag for m in experiment.metric_infos} >= {"test_precision_at_1", "cross_entropy"}
 
 
 @pytest.mark.slow
 def test_only_rank_zero_writes_event_files(tfrecords, tmp_path):
-  run_trainer("mnist", ["--recipe", "mnist_basic", "--data-dir", tfrecords / "mnist", "--model-dir", tmp_path,
-                        "--max-steps", 6, "--batch-size", 8, "--summary-every", 2,
-                        "--histogram-every", 3, "--eval-every", 3, "--no-export"], np_=2)
+  run_trainer(
+    "mnist",
+    [
+      "--recipe",
+      "mnist_basic",
+      "--data-dir",
+      tfrecords / "mnist",
+      "--model-dir",
+      tmp_path,
+      "--max-steps",
+      6,
+      "--batch-size",
+      8,
+      "--summary-every",
+      2,
+      "--histogram-every",
+      3,
+      "--eval-every",
+      3,
+      "--no-export",
+    ],
+    np_=2,
+  )
   for sub in ("train", "eval", "."):
     files = list((tmp_path / sub).glob("events.out.tfevents.*"))
     assert len(files) == 1, (sub, files)
@@ -152,8 +209,19 @@ def _get_json(url):
 
 def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
   port = _free_port()
-  proc = subprocess.Popen([str(BIN / "tensorboard"), "--logdir", str(run_dir), "--host", "127.0.0.1",
-                           "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    [
+      str(BIN / "tensorboard"),
+      "--logdir",
+      str(run_dir),
+      "--host",
+      "127.0.0.1",
+      "--port",
+      str(port),
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   try:
     deadline, runs = time.time() + 90, None
     while time.time() < deadline:
@@ -168,7 +236,9 @@ def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
     tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
     assert {"cross_entropy", "learning_rate", "images_per_sec"} <= set(tags["train"])
     assert "test_precision_at_1" in tags["eval"]
-    values = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=train&tag=cross_entropy")
+    values = _get_json(
+      f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=train&tag=cross_entropy"
+    )
     assert [v[1] for v in values] == [1, 5, 10, 15, 20]
   finally:
     proc.terminate()
@@ -178,10 +248,12 @@ def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
 
 def test_make_plots_writes_png_figures_of_the_run(run_dir, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   logdir = tmp_path / "runs"
   shutil.copytree(run_dir, logdir / "cifar10-tutorial")
-  subprocess.run(["make", "plots", f"LOGDIR={logdir}"], cwd=ROOT, check=True, capture_output=True,
-                 timeout=300)
+  subprocess.run(
+    ["make", "plots", f"LOGDIR={logdir}"], cwd=ROOT, check=True, capture_output=True, timeout=300
+  )
   for name in ("cifar10-tutorial.png", "all_runs.png"):
     with Image.open(logdir / "plots" / name) as image:
       assert image.format == "PNG"

@@ -15,10 +15,24 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, run_trainer
+from tests.conftest import ROOT
+from tests.conftest import run_trainer
 
-TINY = ["--recipe", "tiny", "--batch-size", "16", "--eval-every", "0", "--log-every", "10",
-        "--summary-every", "0", "--histogram-every", "0", "--no-export"]
+TINY = [
+  "--recipe",
+  "tiny",
+  "--batch-size",
+  "16",
+  "--eval-every",
+  "0",
+  "--log-every",
+  "10",
+  "--summary-every",
+  "0",
+  "--histogram-every",
+  "0",
+  "--no-export",
+]
 
 
 def one_line_error(result, *needles):
@@ -35,7 +49,9 @@ def one_line_error(result, *needles):
 # --- flags, before TensorFlow ------------------------------------------------
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--epochs", "nan"], "--epochs must be a positive finite number, got nan"),
     (["--epochs", "inf"], "--epochs must be a positive finite number, got inf"),
     (["--epochs", "-1"], "--epochs must be a positive finite number"),
@@ -52,7 +68,8 @@ def one_line_error(result, *needles):
     (["--warmup-epochs", "nan"], "--warmup-epochs must be a non-negative finite number"),
     (["--model-dir", ""], "--model-dir must not be empty"),
     (["--data-dir", " "], "--data-dir must not be empty"),
-])
+  ],
+)
 def test_bad_flags_are_one_line_before_tensorflow(flags, message):
   """Rejected at parse time, in one line, without importing TensorFlow (so in well under 4 s)."""
   started = time.time()
@@ -67,10 +84,13 @@ def test_help_and_config_parsing_import_no_tensorflow():
   started = time.time()
   out = run_trainer("cifar10", ["--help"]).stdout
   assert time.time() - started < 2.0 and "--warmup-epochs" in out
-  code = ("import sys; from trainers import config; config.parse('cifar10', ['--recipe', 'tiny']); "
-          "print(sorted(m for m in ('tensorflow', 'horovod', 'keras.src') if m in sys.modules))")
-  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       check=True).stdout
+  code = (
+    "import sys; from trainers import config; config.parse('cifar10', ['--recipe', 'tiny']); "
+    "print(sorted(m for m in ('tensorflow', 'horovod', 'keras.src') if m in sys.modules))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
   assert out.strip() == "[]"
 
 
@@ -78,8 +98,10 @@ def test_help_and_config_parsing_import_no_tensorflow():
 
 
 def test_a_run_prints_no_library_banners(tfrecords, tmp_path):
-  result = run_trainer("mnist", ["--data-dir", tfrecords / "mnist", "--model-dir", tmp_path / "m",
-                                 "--max-steps", "3"] + TINY)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", tfrecords / "mnist", "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+  )
   for banner in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "To enable the following"):
     assert banner not in result.stderr + result.stdout, result.stderr
   assert "test precision@1" in result.stdout
@@ -99,7 +121,7 @@ def _record_offset(path, index):
     data = f.read()
   offset = 0
   for _ in range(index):
-    offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+    offset += 16 + int.from_bytes(data[offset : offset + 8], "little")
   return offset
 
 
@@ -110,8 +132,9 @@ def _flip(path, offset):
 
 
 @pytest.mark.parametrize("split, where", [("test", "data"), ("train", "data"), ("train", "length")])
-def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(tfrecords, tmp_path, split,
-                                                                       where):
+def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(
+  tfrecords, tmp_path, split, where
+):
   """One flipped byte (in a record's data or its length's CRC) in a shard that the record counts still
   accept: the run fails with the shard and the record's offset, never a 26-line DataLossError,
   and never exits 0 without its metrics."""
@@ -119,8 +142,11 @@ def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(tfrecords
   shard = data / f"{split}-00001-of-00004.tfrecord"
   offset = _record_offset(shard, 3)
   _flip(shard, offset + (12 + 50 if where == "data" else 9))
-  result = run_trainer("mnist", ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"]
-                       + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+    check=False,
+  )
   one_line_error(result, shard.name, "corrupted record 3", f"at byte {offset}")
   assert "DataLossError" not in result.stderr
   assert not (tmp_path / "m" / "metrics.json").exists()
@@ -128,6 +154,7 @@ def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(tfrecords
 
 def test_find_corruption_checks_every_record(tfrecords, tmp_path):
   from preprocess import schema  # pylint: disable=g-import-not-at-top
+
   data = _copy(tfrecords / "catdog", tmp_path / "data")
   shard = data / "train-00000-of-00004.tfrecord"
   assert schema.find_corruption(str(shard)) is None
@@ -135,17 +162,21 @@ def test_find_corruption_checks_every_record(tfrecords, tmp_path):
   _flip(shard, shard.stat().st_size - 1)  # the last record's data CRC
   found = schema.find_corruption(str(shard))
   assert found and found.offset > last and "CRC" in found.problem
-  shard.write_bytes(shard.read_bytes()[:last + 20])
+  shard.write_bytes(shard.read_bytes()[: last + 20])
   assert schema.find_corruption(str(shard)) == schema.Corruption(
-      5, last, "file ends inside the record: truncated")
+    5, last, "file ends inside the record: truncated"
+  )
 
 
 def test_a_truncated_shard_is_one_line_at_start_up(tfrecords, tmp_path):
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   shard = data / "train-00002-of-00004.tfrecord"
   shard.write_bytes(shard.read_bytes()[:-7])
-  result = run_trainer("mnist", ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"]
-                       + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+    check=False,
+  )
   one_line_error(result, shard.name, "truncated")
 
 
@@ -159,18 +190,24 @@ def _edit_metadata(data, edit):
   path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("edit, needles", [
+@pytest.mark.parametrize(
+  "edit, needles",
+  [
     (lambda m: m.update(image_shape=[32, 32, 1]), ["28x28x1 image", "32x32x1"]),
     (lambda m: m.update(image_shape=[28, 28, 3]), ["28x28x1 image", "28x28x3"]),
     (lambda m: m.update(class_names=list(reversed(m["class_names"]))), ["names class"]),
     (lambda m: m.update(num_classes=12, class_names=m["class_names"] + ["x", "y"]), []),
     (lambda m: m.update(num_classes=5, class_names=m["class_names"][:5]), []),
-])
+  ],
+)
 def test_metadata_edited_after_conversion_is_one_line(tfrecords, tmp_path, edit, needles):
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   _edit_metadata(data, edit)
-  result = run_trainer("mnist", ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"]
-                       + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+    check=False,
+  )
   one_line_error(result, *needles)
   assert "metadata.json" in result.stderr or ".tfrecord" in result.stderr
 
@@ -184,15 +221,18 @@ def test_a_foreign_shard_with_the_same_record_count_is_one_line(tfrecords, tmp_p
   for shard in sorted((tfrecords / "cifar10").glob("test-*.tfrecord")):
     blob = shard.read_bytes()
     for offset in _records(shard):
-      records += blob[offset:offset + 16 + int.from_bytes(blob[offset:offset + 8], "little")]
+      records += blob[offset : offset + 16 + int.from_bytes(blob[offset : offset + 8], "little")]
       if sum(1 for _ in _records_of(records)) == entry["num_examples"]:
         break
     else:
       continue
     break
   (data / entry["file"]).write_bytes(records)
-  result = run_trainer("mnist", ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"]
-                       + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+    check=False,
+  )
   one_line_error(result, entry["file"], "32x32x3 image but metadata.json says 28x28x1")
 
 
@@ -200,7 +240,7 @@ def _records_of(blob):
   offset = 0
   while offset < len(blob):
     yield offset
-    offset += 16 + int.from_bytes(blob[offset:offset + 8], "little")
+    offset += 16 + int.from_bytes(blob[offset : offset + 8], "little")
 
 
 def _records(path):
@@ -211,16 +251,30 @@ def _records(path):
 
 
 def _train(tfrecords, model_dir, dataset="mnist", steps=3, extra=()):
-  return run_trainer(dataset, ["--data-dir", tfrecords / dataset, "--model-dir", model_dir,
-                               "--max-steps", steps, "--checkpoint-every", 2] + TINY + list(extra),
-                     check=False)
+  return run_trainer(
+    dataset,
+    [
+      "--data-dir",
+      tfrecords / dataset,
+      "--model-dir",
+      model_dir,
+      "--max-steps",
+      steps,
+      "--checkpoint-every",
+      2,
+    ]
+    + TINY
+    + list(extra),
+    check=False,
+  )
 
 
 def test_a_model_dir_that_is_a_file_is_one_line(tfrecords, tmp_path):
   (tmp_path / "m").write_text("not a dir")
   one_line_error(_train(tfrecords, tmp_path / "m"), tmp_path / "m", "is a file")
-  one_line_error(_train(tfrecords, tmp_path / "m" / "sub"), tmp_path / "m" / "sub",
-                 "cannot be created")
+  one_line_error(
+    _train(tfrecords, tmp_path / "m" / "sub"), tmp_path / "m" / "sub", "cannot be created"
+  )
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not json", "a list", "a directory"])
@@ -230,7 +284,7 @@ def test_a_damaged_config_json_is_one_line(tfrecords, tmp_path, damage):
   saved = model_dir / "config.json"
   text = saved.read_text()
   if damage == "truncated":
-    saved.write_text(text[:len(text) // 2])
+    saved.write_text(text[: len(text) // 2])
   elif damage == "not json":
     saved.write_bytes(b"\xff\xfe garbage")
   elif damage == "a list":
@@ -245,7 +299,7 @@ def test_a_checkpoint_cut_short_is_one_line(tfrecords, tmp_path):
   model_dir = tmp_path / "m"
   assert _train(tfrecords, model_dir).returncode == 0
   data = sorted((model_dir / "checkpoints").glob("ckpt-3.data-*"))[0]
-  data.write_bytes(data.read_bytes()[:len(data.read_bytes()) // 2])
+  data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
   one_line_error(_train(tfrecords, model_dir, steps=5), "ckpt-3", "cannot be restored")
   index = model_dir / "checkpoints" / "ckpt-3.index"
   index.write_bytes(index.read_bytes()[:10])
@@ -256,16 +310,39 @@ def test_a_full_disk_is_one_line(tfrecords, tmp_path):
   """A model dir on a 1 MB tmpfs (root can mount one; else /dev/full stands for the full disk)."""
   mount = tmp_path / "small"
   mount.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                           capture_output=True, check=False).returncode == 0
+  mounted = (
+    subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+      capture_output=True,
+      check=False,
+    ).returncode
+    == 0
+  )
   try:
     model_dir = mount / "m"
     if not mounted:
       model_dir.mkdir()
       os.symlink("/dev/full", model_dir / "config.json.tmp")
-    result = run_trainer("cifar10", ["--data-dir", tfrecords / "cifar10", "--model-dir", model_dir,
-                                     "--max-steps", "2", "--batch-size", "16", "--eval-every", "0",
-                                     "--summary-every", "0", "--histogram-every", "0"], check=False)
+    result = run_trainer(
+      "cifar10",
+      [
+        "--data-dir",
+        tfrecords / "cifar10",
+        "--model-dir",
+        model_dir,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "0",
+        "--summary-every",
+        "0",
+        "--histogram-every",
+        "0",
+      ],
+      check=False,
+    )
     one_line_error(result, "No space left on device", model_dir)
   finally:
     if mounted:
@@ -279,17 +356,26 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
   model_dir = tmp_path / "m"
   assert _train(tfrecords, model_dir).returncode == 0
   saved = json.loads((model_dir / "config.json").read_text())
-  assert saved["data"] == {"image_shape": [28, 28, 1], "num_classes": 10,
-                           "class_names": saved["data"]["class_names"]}
+  assert saved["data"] == {
+    "image_shape": [28, 28, 1],
+    "num_classes": 10,
+    "class_names": saved["data"]["class_names"],
+  }
   # Another image size: the tiny recipe accepts any data set; the CIFAR-10 data are 32x32x3.
-  result = run_trainer("mnist", ["--data-dir", tfrecords / "cifar10", "--model-dir", model_dir,
-                                 "--max-steps", "5"] + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", tfrecords / "cifar10", "--model-dir", model_dir, "--max-steps", "5"] + TINY,
+    check=False,
+  )
   one_line_error(result, "config.json", "[28, 28, 1]", "[32, 32, 3]")
   # Other classes (same shape): class names renamed in a copy of the data.
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   _edit_metadata(data, lambda m: m.update(class_names=[f"c{i}" for i in range(10)]))
-  result = run_trainer("mnist", ["--data-dir", data, "--model-dir", model_dir, "--max-steps", "5",
-                                 "--mode", "eval"] + TINY, check=False)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", model_dir, "--max-steps", "5", "--mode", "eval"] + TINY,
+    check=False,
+  )
   one_line_error(result, "config.json", "class names")
 
 
@@ -299,6 +385,7 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
 def test_warmup_and_lr_scaling_rule(tmp_path):
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainers import train  # pylint: disable=g-import-not-at-top
+
   default = config_lib.parse("cifar10", [])
   assert train.warmup_steps(default, 1, 8, 1_000_000) == 0  # one worker: the recipe as written
   assert train.warmup_steps(default, 2, 8, 1_000_000) == 100  # 5 epochs = 40 < the 100-step floor
@@ -318,13 +405,31 @@ def test_warmup_and_lr_scaling_rule(tmp_path):
 def test_the_readme_command_trains_stably_with_two_workers(tfrecords, tmp_path):
   """`horovodrun -np 2 trainers/cifar10.py` with the defaults (only the length and paths set):
   diverged at step ~158-240 with the linear rule (0.2), trains at sqrt(2) x 0.1 with warmup."""
-  result = run_trainer("cifar10", ["--data-dir", tfrecords / "cifar10", "--model-dir", tmp_path / "m",
-                                   "--max-steps", "300", "--log-every", "50", "--no-export"], np_=2)
-  assert "learning rate 0.1414 (0.1 x 1.414 for 2 workers, --lr-scaling sqrt), warmed up over 75 steps" \
-      in result.stdout
+  result = run_trainer(
+    "cifar10",
+    [
+      "--data-dir",
+      tfrecords / "cifar10",
+      "--model-dir",
+      tmp_path / "m",
+      "--max-steps",
+      "300",
+      "--log-every",
+      "50",
+      "--no-export",
+    ],
+    np_=2,
+  )
+  assert (
+    "learning rate 0.1414 (0.1 x 1.414 for 2 workers, --lr-scaling sqrt), warmed up over 75 steps"
+    in result.stdout
+  )
   losses = [float(x) for x in re.findall(r"step \d+/300 loss ([0-9.e+-]+|nan|inf) ", result.stdout)]
   assert len(losses) == 6 and all(l < 2.5 for l in losses[1:]), losses
   assert json.loads((tmp_path / "m" / "metrics.json").read_text())["precision_at_1"] > 0.3
   for banner in ("oneDNN custom operations", "absl::InitializeLog"):
-    assert not [l for l in result.stdout.splitlines() + result.stderr.splitlines()
-                if banner in l and l.startswith("[")], "a rank printed a banner"
+    assert not [
+      l
+      for l in result.stdout.splitlines() + result.stderr.splitlines()
+      if banner in l and l.startswith("[")
+    ], "a rank printed a banner"

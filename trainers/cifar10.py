@@ -17,4 +17,5 @@ if __name__ == "__main__":
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   # Flags are parsed before TensorFlow is imported (trainers/entry.py).
   from trainers import entry  # pylint: disable=g-import-not-at-top
+
   sys.exit(entry.main("cifar10"))

@@ -11,7 +11,6 @@ checkpoint and summary cadence, seed) beside it. It is printed and saved as
 
 import dataclasses
 import math
-from typing import Optional
 
 from preprocess import cli
 from trainers import recipes
@@ -33,8 +32,16 @@ MIN_WARMUP_STEPS = 100
 MAX_SEED = 2**31 - 1
 
 # Flags that override a recipe field of the same name.
-RECIPE_FLAGS = ("batch_size", "max_steps", "learning_rate", "lr_decay_rate", "lr_decay_steps",
-                "eval_every", "early_stopping_patience", "log_every")
+RECIPE_FLAGS = (
+  "batch_size",
+  "max_steps",
+  "learning_rate",
+  "lr_decay_rate",
+  "lr_decay_steps",
+  "eval_every",
+  "early_stopping_patience",
+  "log_every",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +57,17 @@ class Config:
     eval_split: The split of the final evaluation and of --mode eval.
     (the others are the flags of the same name)
   """
+
   dataset: str
   recipe: recipes.Recipe
   data_dir: str
   model_dir: str
   mode: str
-  epochs: Optional[float]
+  epochs: float | None
   scale_lr: bool
   lr_scaling: str
-  warmup_steps: Optional[int]
-  warmup_epochs: Optional[float]
+  warmup_steps: int | None
+  warmup_epochs: float | None
   fp16_allreduce: bool
   eval_split: str
   checkpoint_every: int
@@ -71,7 +79,7 @@ class Config:
   export: bool
   # Speed (issue 11): how the step runs; none of these changes what is learned
   # beyond float rounding.
-  steps_per_call: Optional[int] = None
+  steps_per_call: int | None = None
   precision: str = "float32"
   xla: bool = False
 
@@ -86,92 +94,189 @@ def _parser(dataset):
   # No abbreviations: the retired `--model NAME` would otherwise be taken as
   # `--model-dir NAME` and train into a directory named after the recipe.
   p = cli.ArgumentParser(
-      prog=f"trainers/{dataset}.py", allow_abbrev=False,
-      description=(f"Train or evaluate a {dataset} model on the TFRecords of `make preprocess`. "
-                   f"One process per GPU: `horovodrun -np 4 trainers/{dataset}.py`; "
-                   f"`python trainers/{dataset}.py` runs one process. Flags marked (recipe) "
-                   f"override the recipe's value (trainers/recipes/<name>.py)."))
-  p.add_argument("--recipe", choices=recipes.for_dataset(dataset), default=recipes.DEFAULT[dataset],
-                 help="Recipe to train, a file of trainers/recipes/ ('tiny' is a few-hundred-"
-                      "parameter model for tests).")
-  p.add_argument("--data-dir", default=f"data/tfrecords/{dataset}",
-                 help="Output of the Beam job for this data set (holds metadata.json).")
-  p.add_argument("--model-dir", default=None,
-                 help="Checkpoints, summaries, config.json, metrics.json, export "
-                      "(default: runs/<recipe>).")
-  p.add_argument("--mode", choices=MODES, default="train_and_eval",
-                 help="train; eval (latest checkpoint, or the best one if early stopping kept one); "
-                      "or train then evaluate on --eval-split.")
-  p.add_argument("--batch-size", type=int, default=None,
-                 help="(recipe) Examples PER WORKER per step; the global batch is this times the "
-                      "number of workers.")
+    prog=f"trainers/{dataset}.py",
+    allow_abbrev=False,
+    description=(
+      f"Train or evaluate a {dataset} model on the TFRecords of `make preprocess`. "
+      f"One process per GPU: `horovodrun -np 4 trainers/{dataset}.py`; "
+      f"`python trainers/{dataset}.py` runs one process. Flags marked (recipe) "
+      f"override the recipe's value (trainers/recipes/<name>.py)."
+    ),
+  )
+  p.add_argument(
+    "--recipe",
+    choices=recipes.for_dataset(dataset),
+    default=recipes.DEFAULT[dataset],
+    help="Recipe to train, a file of trainers/recipes/ ('tiny' is a few-hundred-"
+    "parameter model for tests).",
+  )
+  p.add_argument(
+    "--data-dir",
+    default=f"data/tfrecords/{dataset}",
+    help="Output of the Beam job for this data set (holds metadata.json).",
+  )
+  p.add_argument(
+    "--model-dir",
+    default=None,
+    help="Checkpoints, summaries, config.json, metrics.json, export (default: runs/<recipe>).",
+  )
+  p.add_argument(
+    "--mode",
+    choices=MODES,
+    default="train_and_eval",
+    help="train; eval (latest checkpoint, or the best one if early stopping kept one); "
+    "or train then evaluate on --eval-split.",
+  )
+  p.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="(recipe) Examples PER WORKER per step; the global batch is this times the "
+    "number of workers.",
+  )
   steps = p.add_mutually_exclusive_group()
-  steps.add_argument("--max-steps", type=int, default=None,
-                     help="(recipe) Global steps to train for, counted from step 0 (a resumed run "
-                          "stops there too).")
-  steps.add_argument("--epochs", type=float, default=None,
-                     help="Train for this many passes over the training split instead of --max-steps.")
-  p.add_argument("--learning-rate", type=float, default=None,
-                 help="(recipe) Base learning rate for one worker.")
-  p.add_argument("--lr-decay-rate", type=float, default=None,
-                 help="(recipe) Staircase decay factor of the learning rate (1: constant).")
-  p.add_argument("--lr-decay-steps", type=int, default=None,
-                 help="(recipe) Decay the learning rate every N steps (replaces a decay period "
-                      "in epochs).")
-  p.add_argument("--no-scale-lr", dest="scale_lr", action="store_false",
-                 help="Do not scale the learning rate with the number of workers.")
-  p.add_argument("--lr-scaling", choices=LR_SCALINGS, default="sqrt",
-                 help="How the learning rate grows with N workers (N times the global batch): "
-                      "'sqrt' multiplies it by sqrt(N) (default: on the CIFAR-10 sample data the "
-                      "tutorial diverges at N x 0.1 for N = 2 even with warmup, and trains at "
-                      "sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et al.'s rule).")
+  steps.add_argument(
+    "--max-steps",
+    type=int,
+    default=None,
+    help="(recipe) Global steps to train for, counted from step 0 (a resumed run stops there too).",
+  )
+  steps.add_argument(
+    "--epochs",
+    type=float,
+    default=None,
+    help="Train for this many passes over the training split instead of --max-steps.",
+  )
+  p.add_argument(
+    "--learning-rate", type=float, default=None, help="(recipe) Base learning rate for one worker."
+  )
+  p.add_argument(
+    "--lr-decay-rate",
+    type=float,
+    default=None,
+    help="(recipe) Staircase decay factor of the learning rate (1: constant).",
+  )
+  p.add_argument(
+    "--lr-decay-steps",
+    type=int,
+    default=None,
+    help="(recipe) Decay the learning rate every N steps (replaces a decay period in epochs).",
+  )
+  p.add_argument(
+    "--no-scale-lr",
+    dest="scale_lr",
+    action="store_false",
+    help="Do not scale the learning rate with the number of workers.",
+  )
+  p.add_argument(
+    "--lr-scaling",
+    choices=LR_SCALINGS,
+    default="sqrt",
+    help="How the learning rate grows with N workers (N times the global batch): "
+    "'sqrt' multiplies it by sqrt(N) (default: on the CIFAR-10 sample data the "
+    "tutorial diverges at N x 0.1 for N = 2 even with warmup, and trains at "
+    "sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et al.'s rule).",
+  )
   warmup = p.add_mutually_exclusive_group()
-  warmup.add_argument("--warmup-epochs", type=float, default=None,
-                      help=f"Ramp the learning rate up linearly over this many epochs (0: no "
-                           f"warmup). Default: when the rate is scaled for N > 1 workers, "
-                           f"{DEFAULT_WARMUP_EPOCHS:g} epochs (Goyal et al.; Horovod's examples), "
-                           f"at most a quarter of the run's steps and at least "
-                           f"{MIN_WARMUP_STEPS} steps, from the one-worker rate up to the scaled one; "
-                           f"one worker or --no-scale-lr: none.")
-  warmup.add_argument("--warmup-steps", type=int, default=None,
-                      help="Ramp the learning rate up linearly over this many steps instead.")
-  p.add_argument("--fp16-allreduce", action="store_true",
-                 help="Send gradients as float16 in the allreduce (halves the traffic).")
-  p.add_argument("--eval-every", type=int, default=None,
-                 help="(recipe) Evaluate on the recipe's split (recipe.eval_on) every N steps "
-                      "during training (0: never).")
-  p.add_argument("--early-stopping-patience", type=int, default=None,
-                 help="(recipe) Stop after this many steps without a better validation precision, "
-                      "then restore the best checkpoint (0 disables).")
+  warmup.add_argument(
+    "--warmup-epochs",
+    type=float,
+    default=None,
+    help=f"Ramp the learning rate up linearly over this many epochs (0: no "
+    f"warmup). Default: when the rate is scaled for N > 1 workers, "
+    f"{DEFAULT_WARMUP_EPOCHS:g} epochs (Goyal et al.; Horovod's examples), "
+    f"at most a quarter of the run's steps and at least "
+    f"{MIN_WARMUP_STEPS} steps, from the one-worker rate up to the scaled one; "
+    f"one worker or --no-scale-lr: none.",
+  )
+  warmup.add_argument(
+    "--warmup-steps",
+    type=int,
+    default=None,
+    help="Ramp the learning rate up linearly over this many steps instead.",
+  )
+  p.add_argument(
+    "--fp16-allreduce",
+    action="store_true",
+    help="Send gradients as float16 in the allreduce (halves the traffic).",
+  )
+  p.add_argument(
+    "--eval-every",
+    type=int,
+    default=None,
+    help="(recipe) Evaluate on the recipe's split (recipe.eval_on) every N steps "
+    "during training (0: never).",
+  )
+  p.add_argument(
+    "--early-stopping-patience",
+    type=int,
+    default=None,
+    help="(recipe) Stop after this many steps without a better validation precision, "
+    "then restore the best checkpoint (0 disables).",
+  )
   p.add_argument("--log-every", type=int, default=None, help="(recipe) Log progress every N steps.")
-  p.add_argument("--checkpoint-every", type=int, default=1000, help="Save a checkpoint every N steps.")
+  p.add_argument(
+    "--checkpoint-every", type=int, default=1000, help="Save a checkpoint every N steps."
+  )
   p.add_argument("--keep-checkpoints", type=int, default=5, help="Checkpoints to keep.")
-  p.add_argument("--summary-every", type=int, default=100,
-                 help="Write scalar summaries every N steps (0: never).")
-  p.add_argument("--histogram-every", type=int, default=1000,
-                 help="Write histograms of weights, gradients and activations, and input images, "
-                      "every N steps (0: never).")
-  p.add_argument("--seed", type=int, default=0,
-                 help=f"Seed of initialization, shuffling and augmentation, in [0, {MAX_SEED}].")
-  p.add_argument("--eval-split", default="test", help="Split that --mode eval and the final evaluation use.")
-  p.add_argument("--overwrite", action="store_true",
-                 help="Start from scratch, deleting checkpoints in --model-dir, instead of resuming.")
-  p.add_argument("--no-export", dest="export", action="store_false",
-                 help="Do not export the serving model at the end of training.")
+  p.add_argument(
+    "--summary-every",
+    type=int,
+    default=100,
+    help="Write scalar summaries every N steps (0: never).",
+  )
+  p.add_argument(
+    "--histogram-every",
+    type=int,
+    default=1000,
+    help="Write histograms of weights, gradients and activations, and input images, "
+    "every N steps (0: never).",
+  )
+  p.add_argument(
+    "--seed",
+    type=int,
+    default=0,
+    help=f"Seed of initialization, shuffling and augmentation, in [0, {MAX_SEED}].",
+  )
+  p.add_argument(
+    "--eval-split", default="test", help="Split that --mode eval and the final evaluation use."
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="Start from scratch, deleting checkpoints in --model-dir, instead of resuming.",
+  )
+  p.add_argument(
+    "--no-export",
+    dest="export",
+    action="store_false",
+    help="Do not export the serving model at the end of training.",
+  )
   # --- speed: steps per call, precision, XLA (issue 11) ---
-  p.add_argument("--steps-per-call", type=int, default=None,
-                 help="Training steps per tf.function call, without a return to Python in between "
-                      "(as Keras's steps_per_execution); the non-finite check and the metric "
-                      "allreduce run once per call. Default: the greatest common divisor of the "
-                      "non-zero cadences (--log-every, --summary-every, --histogram-every, "
-                      "--checkpoint-every, --eval-every), at most 100, so no cadence moves. With "
-                      "an explicit value, each cadence is rounded UP to a multiple of it (the "
-                      "first step of a run and the last step stay exact).")
-  p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                 help="Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling; "
-                      "variables and the gradient allreduce stay float32 (see --fp16-allreduce).")
-  p.add_argument("--xla", action="store_true",
-                 help="Compile the forward and backward pass with XLA (jit_compile).")
+  p.add_argument(
+    "--steps-per-call",
+    type=int,
+    default=None,
+    help="Training steps per tf.function call, without a return to Python in between "
+    "(as Keras's steps_per_execution); the non-finite check and the metric "
+    "allreduce run once per call. Default: the greatest common divisor of the "
+    "non-zero cadences (--log-every, --summary-every, --histogram-every, "
+    "--checkpoint-every, --eval-every), at most 100, so no cadence moves. With "
+    "an explicit value, each cadence is rounded UP to a multiple of it (the "
+    "first step of a run and the last step stay exact).",
+  )
+  p.add_argument(
+    "--precision",
+    choices=PRECISIONS,
+    default="float32",
+    help="Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling; "
+    "variables and the gradient allreduce stay float32 (see --fp16-allreduce).",
+  )
+  p.add_argument(
+    "--xla",
+    action="store_true",
+    help="Compile the forward and backward pass with XLA (jit_compile).",
+  )
   return p
 
 
@@ -181,13 +286,24 @@ def _flag(name):
 
 def _check_flags(parser, a):
   """Every numeric flag in its range, at parse time (a usage error, one line)."""
-  for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "keep_checkpoints",
-               "lr_decay_steps"):
+  for name in (
+    "batch_size",
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "lr_decay_steps",
+  ):
     value = getattr(a, name)
     if value is not None and value < 1:
       parser.error(f"{_flag(name)} must be at least 1")
-  for name in ("eval_every", "warmup_steps", "early_stopping_patience", "summary_every",
-               "histogram_every"):
+  for name in (
+    "eval_every",
+    "warmup_steps",
+    "early_stopping_patience",
+    "summary_every",
+    "histogram_every",
+  ):
     if getattr(a, name) is not None and getattr(a, name) < 0:
       parser.error(f"{_flag(name)} must not be negative")
   # float flags: nan compares false to everything, so test finiteness first.
@@ -222,17 +338,32 @@ def parse(dataset, argv):
     overrides["early_stopping_patience"] = None
   recipe = dataclasses.replace(recipes.get(a.recipe), **overrides)
   if recipe.early_stopping_patience and recipe.eval_every == 0:
-    parser.error("early stopping needs evaluation: --eval-every 0 would disable it "
-                 "(add --early-stopping-patience 0 to train without it)")
+    parser.error(
+      "early stopping needs evaluation: --eval-every 0 would disable it "
+      "(add --early-stopping-patience 0 to train without it)"
+    )
   return Config(
-      dataset=dataset, recipe=recipe, data_dir=a.data_dir,
-      model_dir=a.model_dir or f"runs/{recipe.name}", mode=a.mode, epochs=a.epochs,
-      scale_lr=a.scale_lr, lr_scaling=a.lr_scaling, warmup_steps=a.warmup_steps, warmup_epochs=a.warmup_epochs,
-      fp16_allreduce=a.fp16_allreduce,
-      eval_split=a.eval_split, checkpoint_every=a.checkpoint_every,
-      keep_checkpoints=a.keep_checkpoints, summary_every=a.summary_every,
-      histogram_every=a.histogram_every, seed=a.seed, overwrite=a.overwrite, export=a.export,
-      **_speed(parser, a))
+    dataset=dataset,
+    recipe=recipe,
+    data_dir=a.data_dir,
+    model_dir=a.model_dir or f"runs/{recipe.name}",
+    mode=a.mode,
+    epochs=a.epochs,
+    scale_lr=a.scale_lr,
+    lr_scaling=a.lr_scaling,
+    warmup_steps=a.warmup_steps,
+    warmup_epochs=a.warmup_epochs,
+    fp16_allreduce=a.fp16_allreduce,
+    eval_split=a.eval_split,
+    checkpoint_every=a.checkpoint_every,
+    keep_checkpoints=a.keep_checkpoints,
+    summary_every=a.summary_every,
+    histogram_every=a.histogram_every,
+    seed=a.seed,
+    overwrite=a.overwrite,
+    export=a.export,
+    **_speed(parser, a),
+  )
 
 
 def _speed(parser, a):

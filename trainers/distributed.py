@@ -28,6 +28,7 @@ class Context:
     size: Number of worker processes.
     local_rank: Rank on this host; selects the GPU.
   """
+
   rank: int
   size: int
   local_rank: int
@@ -79,7 +80,9 @@ def average_gradients(grads, compression=False):
     return list(grads)
   present = [i for i, g in enumerate(grads) if g is not None]
   compressor = hvd.Compression.fp16 if compression else hvd.Compression.none
-  compressed, contexts = zip(*[compressor.compress(grads[i]) for i in present]) if present else ((), ())
+  compressed, contexts = (
+    zip(*[compressor.compress(grads[i]) for i in present]) if present else ((), ())
+  )
   reduced = hvd.grouped_allreduce(list(compressed), op=hvd.Average) if present else []
   out = list(grads)
   for i, r, ctx in zip(present, reduced, contexts):

@@ -19,13 +19,16 @@ import tempfile
 # printed once per process (so once per rank under horovodrun) and say nothing
 # the user can act on; TF_ENABLE_ONEDNN_OPTS is left as it is (oneDNN is faster).
 BANNERS = (
-    "All log messages before absl::InitializeLog() is called are written to STDERR",
-    "oneDNN custom operations are on",
-    "This TensorFlow binary is optimized to use available CPU instructions",
-    "To enable the following instructions",
-    "Unable to register cuDNN factory", "Unable to register cuFFT factory",
-    "Unable to register cuBLAS factory", "could not find cuda drivers",
-    "Could not find cuda drivers", "computation placer already registered",
+  "All log messages before absl::InitializeLog() is called are written to STDERR",
+  "oneDNN custom operations are on",
+  "This TensorFlow binary is optimized to use available CPU instructions",
+  "To enable the following instructions",
+  "Unable to register cuDNN factory",
+  "Unable to register cuFFT factory",
+  "Unable to register cuBLAS factory",
+  "could not find cuda drivers",
+  "Could not find cuda drivers",
+  "computation placer already registered",
 )
 
 
@@ -53,6 +56,7 @@ def main(dataset, argv=None):
   """Parses the flags of trainers/<dataset>.py, then imports and runs the loop; returns the exit code."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
   with quiet_imports():
     from trainers import train  # pylint: disable=g-import-not-at-top

@@ -19,8 +19,9 @@ LABELS = "labels.txt"
 AUGMENTATION = "augmentation.json"
 
 
-def export_serving_model(eval_model, image_shape, class_names, augmentation, serving_policy,
-                         export_dir):
+def export_serving_model(
+  eval_model, image_shape, class_names, augmentation, serving_policy, export_dir
+):
   """Writes the SavedModel, labels.txt and augmentation.json to `export_dir` (replaced).
 
   Args:
@@ -37,13 +38,20 @@ def export_serving_model(eval_model, image_shape, class_names, augmentation, ser
   policies = dict(augmentation, serving=serving_policy)
   module.augmentation = tf.constant(json.dumps(policies, sort_keys=True))
 
-  @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")])
+  @tf.function(
+    input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")]
+  )
   def serve(images):
-    _, logits = eval_model(input_pipeline.serving_preprocess(images, serving_policy), training=False)
+    _, logits = eval_model(
+      input_pipeline.serving_preprocess(images, serving_policy), training=False
+    )
     # Under a mixed-precision policy the model computes in 16 bits; clients get float32.
     logits = tf.cast(logits, tf.float32)
-    return {"logits": logits, "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+    return {
+      "logits": logits,
+      "probabilities": tf.nn.softmax(logits),
+      "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+    }
 
   module.serve = serve
   if tf.io.gfile.exists(export_dir):

@@ -94,8 +94,10 @@ def load_metadata(data_dir, check_records=True):
   """
   path = _join(data_dir, METADATA)
   if not tf.io.gfile.exists(path):
-    raise InputError(f"{path} not found: run make preprocess (the Beam job writes it last; "
-                     "without it the shards are incomplete)")
+    raise InputError(
+      f"{path} not found: run make preprocess (the Beam job writes it last; "
+      "without it the shards are incomplete)"
+    )
   with tf.io.gfile.GFile(path, "r") as f:
     text = f.read()
   try:
@@ -110,8 +112,9 @@ def load_metadata(data_dir, check_records=True):
       if check_records:
         found = count_records(shard_path)
         if found != shard.num_examples:
-          raise InputError(f"{shard_path}: holds {found} records, but {METADATA} says "
-                           f"{shard.num_examples}")
+          raise InputError(
+            f"{shard_path}: holds {found} records, but {METADATA} says {shard.num_examples}"
+          )
   return metadata
 
 
@@ -127,8 +130,10 @@ def find_damaged_shard(data_dir, metadata, splits):
       except (OSError, tf.errors.OpError) as e:
         return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
       if found:
-        return (f"{found.describe(path)} (split {split!r}): the shard is damaged; "
-                "convert the data again (make preprocess)")
+        return (
+          f"{found.describe(path)} (split {split!r}): the shard is damaged; "
+          "convert the data again (make preprocess)"
+        )
   return None
 
 
@@ -143,12 +148,16 @@ def check_first_records(data_dir, metadata):
   """
   height, width, channels = metadata.image_shape
   if len(metadata.class_names) != metadata.num_classes:
-    raise InputError(f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
-                     f"class_names lists {len(metadata.class_names)}")
+    raise InputError(
+      f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
+      f"class_names lists {len(metadata.class_names)}"
+    )
   for split, entry in metadata.splits.items():
     if entry.label_counts is not None and len(entry.label_counts) != metadata.num_classes:
-      raise InputError(f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
-                       f"split {split!r} counts records of {len(entry.label_counts)} labels")
+      raise InputError(
+        f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
+        f"split {split!r} counts records of {len(entry.label_counts)} labels"
+      )
     for shard in entry.shards:
       if not shard.num_examples:
         continue
@@ -159,22 +168,32 @@ def check_first_records(data_dir, metadata):
         image = tf.io.decode_image(features[schema.ENCODED], expand_animations=False).numpy()
       except (tf.errors.OpError, StopIteration) as e:
         message = getattr(e, "message", None) or type(e).__name__
-        raise InputError(f"{path}: its first record cannot be read as an image Example "
-                         f"({message.splitlines()[0]})") from None
+        raise InputError(
+          f"{path}: its first record cannot be read as an image Example ({message.splitlines()[0]})"
+        ) from None
       found = tuple(image.shape)
-      stored = (int(features[schema.HEIGHT]), int(features[schema.WIDTH]),
-                int(features[schema.CHANNELS]))
+      stored = (
+        int(features[schema.HEIGHT]),
+        int(features[schema.WIDTH]),
+        int(features[schema.CHANNELS]),
+      )
       if found != (height, width, channels) or stored != found:
-        raise InputError(f"{path}: its first record is a {_format_shape(found)} image but "
-                         f"{METADATA} says {_format_shape((height, width, channels))}")
+        raise InputError(
+          f"{path}: its first record is a {_format_shape(found)} image but "
+          f"{METADATA} says {_format_shape((height, width, channels))}"
+        )
       label = int(features[schema.LABEL])
       text = features[schema.TEXT].decode("utf-8", "replace")
       if not 0 <= label < metadata.num_classes:
-        raise InputError(f"{path}: its first record has label {label} ({text!r}), outside the "
-                         f"{metadata.num_classes} classes of {METADATA}")
+        raise InputError(
+          f"{path}: its first record has label {label} ({text!r}), outside the "
+          f"{metadata.num_classes} classes of {METADATA}"
+        )
       if metadata.class_names[label] != text:
-        raise InputError(f"{path}: its first record has label {label} = {text!r}, but "
-                         f"{METADATA} names class {label} {metadata.class_names[label]!r}")
+        raise InputError(
+          f"{path}: its first record has label {label} = {text!r}, but "
+          f"{METADATA} names class {label} {metadata.class_names[label]!r}"
+        )
 
 
 def steps_per_epoch(metadata, split, global_batch):
@@ -185,15 +204,19 @@ def steps_per_epoch(metadata, split, global_batch):
   """
   count = _split(metadata, split).num_examples
   if count < global_batch:
-    raise InputError(f"split {split!r} has {count} examples, fewer than one global batch of "
-                     f"{global_batch}: lower the batch size or use fewer workers")
+    raise InputError(
+      f"split {split!r} has {count} examples, fewer than one global batch of "
+      f"{global_batch}: lower the batch size or use fewer workers"
+    )
   return count // global_batch
 
 
 def _split(metadata, split):
   if split not in metadata.splits:
-    raise InputError(f"no split {split!r} in {metadata.dataset}'s "
-                     f"{METADATA}; it has {', '.join(sorted(metadata.splits))}")
+    raise InputError(
+      f"no split {split!r} in {metadata.dataset}'s "
+      f"{METADATA}; it has {', '.join(sorted(metadata.splits))}"
+    )
   return metadata.splits[split]
 
 
@@ -309,8 +332,9 @@ def serving_preprocess(images, eval_steps):
   for step in eval_steps:
     op = _op(step)
     if op.random:
-      raise InputError(f"the eval policy has the random op {op.name!r}; serving needs "
-                       "deterministic preprocessing")
+      raise InputError(
+        f"the eval policy has the random op {op.name!r}; serving needs deterministic preprocessing"
+      )
     images = op.apply(images, step, None)
   return images
 
@@ -335,8 +359,10 @@ def _decode_fn(metadata, steps, run_seed, with_ids):
     image = tf.ensure_shape(image, image_shape)
     label = features[schema.LABEL]
     check = tf.debugging.assert_less(
-        label, tf.constant(num_classes, tf.int64),
-        message=f"label out of range [0, {num_classes}) in a record")
+      label,
+      tf.constant(num_classes, tf.int64),
+      message=f"label out of range [0, {num_classes}) in a record",
+    )
     with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
       label = tf.cast(label, tf.int32)
     seed = example_seed(run_seed, features[schema.AUGMENT_SEED], epoch) if random else None
@@ -355,12 +381,15 @@ def _decode_raw_fn(metadata):
 
   def decode(serialized):
     features = schema.parse_example(serialized)
-    image = tf.ensure_shape(tf.io.decode_image(features[schema.ENCODED], expand_animations=False),
-                            image_shape)
+    image = tf.ensure_shape(
+      tf.io.decode_image(features[schema.ENCODED], expand_animations=False), image_shape
+    )
     label = features[schema.LABEL]
     check = tf.debugging.assert_less(
-        label, tf.constant(num_classes, tf.int64),
-        message=f"label out of range [0, {num_classes}) in a record")
+      label,
+      tf.constant(num_classes, tf.int64),
+      message=f"label out of range [0, {num_classes}) in a record",
+    )
     with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
       label = tf.cast(label, tf.int32)
     return image, label, features[schema.AUGMENT_SEED], features[schema.SOURCE_ID]
@@ -368,8 +397,9 @@ def _decode_raw_fn(metadata):
   return decode
 
 
-def _cached_training_dataset(files, plan, metadata, steps, *, rank, size, batch_size, seed,
-                             with_ids, first_epoch):
+def _cached_training_dataset(
+  files, plan, metadata, steps, *, rank, size, batch_size, seed, with_ids, first_epoch
+):
   """The training stream from this rank's records, decoded once and held in memory.
 
   Decoding (PNG, Example parsing) is most of the per-image cost of the
@@ -381,24 +411,30 @@ def _cached_training_dataset(files, plan, metadata, steps, *, rank, size, batch_
   the streaming chain. Augmentation runs per batch (one tf.data element per
   batch, not per image), which removes tf.data's per-element overhead.
   """
-  records = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(plan.files),
-                                                                  _INTERLEAVE_FILES))
+  records = tf.data.TFRecordDataset(
+    files, num_parallel_reads=min(len(plan.files), _INTERLEAVE_FILES)
+  )
   if plan.by_records:
     records = records.shard(size, rank)
-  decoded = records.map(_decode_raw_fn(metadata), num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True).batch(4096)
+  decoded = records.map(
+    _decode_raw_fn(metadata), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  ).batch(4096)
   parts = list(zip(*[tuple(t.numpy() for t in batch) for batch in decoded]))
   # Variables, not constants: tf.data functions capture them by handle, so the
   # pixels are not copied into every function's graph.
   images, labels, aug_seeds, ids = (tf.Variable(np.concatenate(p), trainable=False) for p in parts)
   count = int(images.shape[0])
   order_key = tf.random.experimental.stateless_fold_in(
-      tf.constant([seed, _SHUFFLE_STREAM], tf.int64), rank)
+    tf.constant([seed, _SHUFFLE_STREAM], tf.int64), rank
+  )
   random = any(_op(s).random for s in steps)
 
   def epoch_indices(epoch):
-    order = tf.argsort(tf.random.stateless_uniform(
-        [count], tf.random.experimental.stateless_fold_in(order_key, epoch)))
+    order = tf.argsort(
+      tf.random.stateless_uniform(
+        [count], tf.random.experimental.stateless_fold_in(order_key, epoch)
+      )
+    )
     return tf.data.Dataset.from_tensor_slices((order, tf.fill([count], epoch)))
 
   def augment_one(args):
@@ -407,8 +443,11 @@ def _cached_training_dataset(files, plan, metadata, steps, *, rank, size, batch_
     return apply_policy(tf.cast(image, tf.float32), steps, example)
 
   def batch_fn(index, epoch):
-    batch_images = tf.map_fn(augment_one, (tf.gather(images, index), tf.gather(aug_seeds, index),
-                                           epoch), fn_output_signature=tf.float32)
+    batch_images = tf.map_fn(
+      augment_one,
+      (tf.gather(images, index), tf.gather(aug_seeds, index), epoch),
+      fn_output_signature=tf.float32,
+    )
     out = (batch_images, tf.gather(labels, index))
     return out + (tf.gather(ids, index),) if with_ids else out
 
@@ -418,8 +457,22 @@ def _cached_training_dataset(files, plan, metadata, steps, *, rank, size, batch_
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training, seed,
-                 image_shape=None, with_ids=False, shuffle_buffer=None, first_epoch=0, cache=None):
+def make_dataset(
+  data_dir,
+  metadata,
+  split,
+  *,
+  rank,
+  size,
+  batch_size,
+  training,
+  seed,
+  image_shape=None,
+  with_ids=False,
+  shuffle_buffer=None,
+  first_epoch=0,
+  cache=None,
+):
   """Builds the input of one worker: batches of this rank's part of `split`.
 
   Training: endless, shuffled, augmented with the train policy, every batch
@@ -460,24 +513,40 @@ def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training,
   try:
     produced = augment.output_shape(steps, metadata.image_shape)
   except ValueError as e:
-    raise InputError(f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})") from None
+    raise InputError(
+      f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})"
+    ) from None
   if image_shape is not None and (
-      len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))):
-    raise InputError(f"model expects {_format_shape(image_shape)} but the data's {which} policy "
-                     f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})")
+    len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))
+  ):
+    raise InputError(
+      f"model expects {_format_shape(image_shape)} but the data's {which} policy "
+      f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})"
+    )
   plan = plan_shards(metadata, split, rank=rank, size=size, training=training)
   files = tf.constant([_join(data_dir, f) for f in plan.files])
   decode = _decode_fn(metadata, steps, seed, with_ids)
 
   if training:
     if plan.num_examples == 0:
-      raise InputError(f"rank {rank} of {size} gets no records of split {split!r} "
-                       f"({_split(metadata, split).num_examples} records): use fewer workers")
+      raise InputError(
+        f"rank {rank} of {size} gets no records of split {split!r} "
+        f"({_split(metadata, split).num_examples} records): use fewer workers"
+      )
     pixels = plan.num_examples * int(np.prod(metadata.image_shape))
     if cache if cache is not None else pixels <= CACHE_BYTES:
-      return _cached_training_dataset(files, plan, metadata, steps, rank=rank, size=size,
-                                      batch_size=batch_size, seed=seed, with_ids=with_ids,
-                                      first_epoch=first_epoch)
+      return _cached_training_dataset(
+        files,
+        plan,
+        metadata,
+        steps,
+        rank=rank,
+        size=size,
+        batch_size=batch_size,
+        seed=seed,
+        with_ids=with_ids,
+        first_epoch=first_epoch,
+      )
     buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
     file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
     # Ranks differ in what they read, so their record orders should too. A
@@ -490,11 +559,17 @@ def make_dataset(data_dir, metadata, split, *, rank, size, batch_size, training,
       """One pass over this rank's records, in an order drawn for this epoch."""
       # File order from the run seed and epoch, not the rank: under record
       # sharding every rank must see the same order for shard() to partition it.
-      order = tf.argsort(tf.random.stateless_uniform(
-          [len(plan.files)], tf.random.experimental.stateless_fold_in(file_key, epoch)))
+      order = tf.argsort(
+        tf.random.stateless_uniform(
+          [len(plan.files)], tf.random.experimental.stateless_fold_in(file_key, epoch)
+        )
+      )
       records = tf.data.Dataset.from_tensor_slices(tf.gather(files, order)).interleave(
-          tf.data.TFRecordDataset, cycle_length=min(len(plan.files), _INTERLEAVE_FILES),
-          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(plan.files), _INTERLEAVE_FILES),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+      )
       if plan.by_records:
         # Sharded before shuffling, so each record goes to exactly one rank.
         records = records.shard(size, rank)

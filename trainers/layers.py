@@ -39,17 +39,19 @@ class LocalResponseNormalization(keras.layers.Layer):
     dtype = inputs.dtype
     if dtype in (tf.bfloat16, tf.float16):
       inputs = tf.cast(inputs, tf.float32)
-    return tf.cast(tf.nn.local_response_normalization(
-        inputs, depth_radius=self.depth_radius, bias=self.bias,
-        alpha=self.alpha, beta=self.beta), dtype)
+    return tf.cast(
+      tf.nn.local_response_normalization(
+        inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+      ),
+      dtype,
+    )
 
   def compute_output_shape(self, input_shape):
     return input_shape
 
   def get_config(self):
     config = super().get_config()
-    config.update(depth_radius=self.depth_radius, bias=self.bias,
-                  alpha=self.alpha, beta=self.beta)
+    config.update(depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta)
     return config
 
 
@@ -66,8 +68,9 @@ class BiasAdd(keras.layers.Layer):
     self.bias_initializer = keras.initializers.get(bias_initializer)
 
   def build(self, input_shape):
-    self.bias = self.add_weight(shape=(input_shape[-1],), initializer=self.bias_initializer,
-                                name="bias")
+    self.bias = self.add_weight(
+      shape=(input_shape[-1],), initializer=self.bias_initializer, name="bias"
+    )
 
   def call(self, inputs):
     return inputs + self.bias

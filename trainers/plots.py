@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from preprocess import cli
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FIGSIZE = (10, 4)  # inches; with DPI, 1000x400 px: readable in a report at page width
@@ -87,7 +88,8 @@ def read_scalars(event_dir):
   # purge_orphaned_data=False: the accumulator's own restart handling depends on
   # the file version and on events TF2 does not write; the dedup below is explicit.
   acc = event_accumulator.EventAccumulator(
-      event_dir, size_guidance={event_accumulator.TENSORS: 0}, purge_orphaned_data=False)
+    event_dir, size_guidance={event_accumulator.TENSORS: 0}, purge_orphaned_data=False
+  )
   acc.Reload()
   try:
     tags = acc.PluginTagToContent("scalars")
@@ -100,8 +102,9 @@ def read_scalars(event_dir):
     for e in events:
       last[e.step] = float(tensor_util.make_ndarray(e.tensor_proto).item())
     steps = sorted(last)
-    result[tag] = Series(np.array(steps, dtype=np.int64),
-                         np.array([last[s] for s in steps], dtype=np.float64))
+    result[tag] = Series(
+      np.array(steps, dtype=np.int64), np.array([last[s] for s in steps], dtype=np.float64)
+    )
   return result
 
 
@@ -125,20 +128,37 @@ def _raw_and_average(ax, raw, average, color, label):
   # The raw per-step value is noisy; when its moving average is there, the raw
   # curve fades into the background and the average carries the label.
   if raw is not None and average is not None:
-    ax.plot(raw.steps, raw.values, color=color, alpha=0.3, linewidth=0.8, label=f"{label} (per step)")
-    ax.plot(average.steps, average.values, color=color, linewidth=1.8, label=f"{label} (moving avg)")
+    ax.plot(
+      raw.steps, raw.values, color=color, alpha=0.3, linewidth=0.8, label=f"{label} (per step)"
+    )
+    ax.plot(
+      average.steps, average.values, color=color, linewidth=1.8, label=f"{label} (moving avg)"
+    )
   elif raw is not None or average is not None:
     s = raw if raw is not None else average
-    ax.plot(s.steps, s.values, color=color, linewidth=1.2,
-            label=label if raw is not None else f"{label} (moving avg)")
+    ax.plot(
+      s.steps,
+      s.values,
+      color=color,
+      linewidth=1.2,
+      label=label if raw is not None else f"{label} (moving avg)",
+    )
 
 
 def _eval_points(ax, series, color, marker, label):
   if series is not None:
     # A single test point needs a larger marker to be seen next to a curve.
     single = len(series.steps) == 1
-    ax.plot(series.steps, series.values, color=color, marker=marker, markersize=10 if single else 5,
-            linestyle="none" if single else "-", linewidth=1.0, label=label)
+    ax.plot(
+      series.steps,
+      series.values,
+      color=color,
+      marker=marker,
+      markersize=10 if single else 5,
+      linestyle="none" if single else "-",
+      linewidth=1.0,
+      label=label,
+    )
 
 
 def _finish(ax, title, ylabel):
@@ -154,10 +174,13 @@ def _finish(ax, title, ylabel):
 
 def _has_plot_data(scalars):
   train, ev = scalars["train"], scalars["eval"]
-  return any(t in train for t in ("cross_entropy", "cross_entropy_avg", "total_loss",
-                                  "total_loss_avg", "accuracy")) or any(
-                                      t in ev for t in ("validation_precision_at_1", "validation_loss",
-                                                        "test_precision_at_1", "test_loss"))
+  return any(
+    t in train
+    for t in ("cross_entropy", "cross_entropy_avg", "total_loss", "total_loss_avg", "accuracy")
+  ) or any(
+    t in ev
+    for t in ("validation_precision_at_1", "validation_loss", "test_precision_at_1", "test_loss")
+  )
 
 
 def _new_figure():
@@ -191,8 +214,9 @@ def plot_run(name, scalars, path):
 
   acc = train.get("accuracy")
   if acc is not None:
-    acc_ax.plot(acc.steps, acc.values, color="C0", alpha=0.5, linewidth=0.8,
-                label="train accuracy (batch)")
+    acc_ax.plot(
+      acc.steps, acc.values, color="C0", alpha=0.5, linewidth=0.8, label="train accuracy (batch)"
+    )
   _eval_points(acc_ax, ev.get("validation_precision_at_1"), "C2", "o", "validation precision@1")
   _eval_points(acc_ax, ev.get("test_precision_at_1"), "C3", "*", "test precision@1")
   acc_ax.set_ylim(0, 1.02)  # the full range, so runs read the same way side by side
@@ -221,15 +245,35 @@ def plot_comparison(runs, path):
     color, style = f"C{i % 10}", "-" if i < 10 else ":"
     val, test = ev.get("validation_precision_at_1"), ev.get("test_precision_at_1")
     if val is not None:
-      ax.plot(val.steps, val.values, color=color, linestyle=style, marker="o", markersize=4,
-              label=f"{name} validation")
+      ax.plot(
+        val.steps,
+        val.values,
+        color=color,
+        linestyle=style,
+        marker="o",
+        markersize=4,
+        label=f"{name} validation",
+      )
     elif "accuracy" in train:
       acc = train["accuracy"]
-      ax.plot(acc.steps, acc.values, color=color, linestyle="--", linewidth=1.0,
-              label=f"{name} train accuracy")
+      ax.plot(
+        acc.steps,
+        acc.values,
+        color=color,
+        linestyle="--",
+        linewidth=1.0,
+        label=f"{name} train accuracy",
+      )
     if test is not None:
-      ax.plot(test.steps, test.values, color=color, linestyle="none", marker="*", markersize=12,
-              label=f"{name} test")
+      ax.plot(
+        test.steps,
+        test.values,
+        color=color,
+        linestyle="none",
+        marker="*",
+        markersize=12,
+        label=f"{name} test",
+      )
   ax.set_ylim(0, 1.02)
   _finish(ax, "Precision@1 of all runs", "precision@1 (dashed: train accuracy)")
   fig.savefig(path, format="png")
@@ -240,17 +284,23 @@ def plot_comparison(runs, path):
 
 def _parse_args(argv):
   parser = cli.ArgumentParser(
-      prog="python -m trainers.plots",
-      description=("Draw PNG figures of training loss and evaluation accuracy from the "
-                   "TensorBoard event files of training runs: one figure per run (loss vs "
-                   "step, accuracy vs step) and all_runs.png comparing the precision@1 of "
-                   "every run. A run is any directory under --logdir with event files in "
-                   "train/ or eval/. Prints the paths it writes."))
-  parser.add_argument("--logdir", required=True,
-                      help="directory searched recursively for runs (e.g. runs)")
-  parser.add_argument("--out-dir",
-                      help="where the PNGs go (default: <logdir>/plots); a run's figure is "
-                           "named after its path under --logdir, with / replaced by _")
+    prog="python -m trainers.plots",
+    description=(
+      "Draw PNG figures of training loss and evaluation accuracy from the "
+      "TensorBoard event files of training runs: one figure per run (loss vs "
+      "step, accuracy vs step) and all_runs.png comparing the precision@1 of "
+      "every run. A run is any directory under --logdir with event files in "
+      "train/ or eval/. Prints the paths it writes."
+    ),
+  )
+  parser.add_argument(
+    "--logdir", required=True, help="directory searched recursively for runs (e.g. runs)"
+  )
+  parser.add_argument(
+    "--out-dir",
+    help="where the PNGs go (default: <logdir>/plots); a run's figure is "
+    "named after its path under --logdir, with / replaced by _",
+  )
   return parser.parse_args(argv)
 
 
@@ -263,16 +313,21 @@ def main(argv=None):
   args = _parse_args(argv)
   runs = find_runs(args.logdir) if os.path.isdir(args.logdir) else []
   if not runs:
-    print(f"error: no runs under {args.logdir} (no train/ or eval/ directory with event files)",
-          file=sys.stderr)
+    print(
+      f"error: no runs under {args.logdir} (no train/ or eval/ directory with event files)",
+      file=sys.stderr,
+    )
     return 2
   # Flattening / to _ can map two runs (a/b_c, a_b/c) to one file; one figure
   # silently replacing another in a report is worse than stopping.
   names = collections.Counter([figure_name(name) for name, _ in runs] + [COMPARISON])
   clashes = sorted(n for n, count in names.items() if count > 1)
   if clashes:
-    print(f"error: several runs would be drawn to {', '.join(clashes)}; rename a run directory "
-          "or pass a narrower --logdir", file=sys.stderr)
+    print(
+      f"error: several runs would be drawn to {', '.join(clashes)}; rename a run directory "
+      "or pass a narrower --logdir",
+      file=sys.stderr,
+    )
     return 1
   out_dir = args.out_dir or os.path.join(args.logdir, "plots")
   os.makedirs(out_dir, exist_ok=True)
@@ -282,16 +337,19 @@ def main(argv=None):
     for name, path in runs:
       scalars = read_run(path)
       if not _has_plot_data(scalars):
-        print(f"note: skipping {name}: no loss or accuracy scalars in train/ or eval/",
-              file=sys.stderr)
+        print(
+          f"note: skipping {name}: no loss or accuracy scalars in train/ or eval/", file=sys.stderr
+        )
         continue
       png = os.path.join(out_dir, figure_name(name))
       plot_run(name, scalars, png)
       print(png)
       plotted.append((name, scalars))
     if not plotted:
-      print(f"error: none of the {len(runs)} runs under {args.logdir} has loss or accuracy scalars",
-            file=sys.stderr)
+      print(
+        f"error: none of the {len(runs)} runs under {args.logdir} has loss or accuracy scalars",
+        file=sys.stderr,
+      )
       return 1
     png = os.path.join(out_dir, COMPARISON)
     plot_comparison(plotted, png)

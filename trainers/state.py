@@ -78,7 +78,10 @@ class EarlyStopping:
     """{"precision_at_1", "step"} of the best evaluation, or None before the first."""
     if self.best_step.numpy() < 0:
       return None
-    return {"precision_at_1": float(self.best_precision.numpy()), "step": int(self.best_step.numpy())}
+    return {
+      "precision_at_1": float(self.best_precision.numpy()),
+      "step": int(self.best_step.numpy()),
+    }
 
 
 class CheckpointError(Exception):
@@ -94,14 +97,17 @@ class Checkpoints:
 
   def __init__(self, model_dir, ctx, keep, **objects):
     self._ckpt = tf.train.Checkpoint(**objects)
-    self._dirs = {"latest": os.path.join(model_dir, "checkpoints"),
-                  "best": os.path.join(model_dir, "best")}
+    self._dirs = {
+      "latest": os.path.join(model_dir, "checkpoints"),
+      "best": os.path.join(model_dir, "best"),
+    }
     self._ctx = ctx
     self._managers = {}
     if ctx.is_chief:
       self._managers = {
-          name: tf.train.CheckpointManager(self._ckpt, d, max_to_keep=keep if name == "latest" else 1)
-          for name, d in self._dirs.items()}
+        name: tf.train.CheckpointManager(self._ckpt, d, max_to_keep=keep if name == "latest" else 1)
+        for name, d in self._dirs.items()
+      }
 
   def path(self, which):
     return tf.train.latest_checkpoint(self._dirs[which])
@@ -116,8 +122,9 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except  # OpError, IndexError, ValueError, ...: a damaged file
       text = (getattr(e, "message", None) or str(e)).strip().splitlines()
       raise CheckpointError(
-          f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "
-          "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite") from None
+        f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "
+        "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite"
+      ) from None
     return path
 
   def save(self, step, which="latest"):

@@ -17,13 +17,17 @@ step, the config as text, and HParams.
 import json
 import os
 
-import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
+import tensorflow as tf
 
 # Metrics the HParams dashboard shows beside each run's configuration:
 # (tag, subdirectory that holds it).
-HPARAM_METRICS = (("test_precision_at_1", "eval"), ("validation_precision_at_1", "eval"),
-                  ("cross_entropy", "train"), ("accuracy", "train"))
+HPARAM_METRICS = (
+  ("test_precision_at_1", "eval"),
+  ("validation_precision_at_1", "eval"),
+  ("cross_entropy", "train"),
+  ("accuracy", "train"),
+)
 
 
 class Writer:
@@ -94,8 +98,10 @@ class Writer:
         flat[key] = value
     hparams = {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
     with self._writer("").as_default(step=0):
-      hp.hparams_config(hparams=[hp.HParam(k) for k in sorted(hparams)],
-                        metrics=[hp.Metric(tag, group=group) for tag, group in HPARAM_METRICS])
+      hp.hparams_config(
+        hparams=[hp.HParam(k) for k in sorted(hparams)],
+        metrics=[hp.Metric(tag, group=group) for tag, group in HPARAM_METRICS],
+      )
       hp.hparams(hparams)
 
   def trace_on(self):

@@ -73,7 +73,9 @@ def resolve_augmentation(recipe, metadata):
     policy, source = recipe.augmentation, f"recipe {recipe.name}"
   else:
     policy, source = metadata.augmentation, "metadata.json (the data set's default)"
-  serving = recipe.serving_augmentation if recipe.serving_augmentation is not None else policy["eval"]
+  serving = (
+    recipe.serving_augmentation if recipe.serving_augmentation is not None else policy["eval"]
+  )
   return policy, serving, source
 
 
@@ -115,8 +117,11 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return self.schedule(step) * (self.start + (1.0 - self.start) * ramp)
 
   def get_config(self):
-    return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
-            "warmup_steps": self.warmup_steps, "start": self.start}
+    return {
+      "schedule": keras.optimizers.schedules.serialize(self.schedule),
+      "warmup_steps": self.warmup_steps,
+      "start": self.start,
+    }
 
 
 def warmup_steps(config, num_workers, steps_per_epoch, max_steps):
@@ -126,14 +131,16 @@ def warmup_steps(config, num_workers, steps_per_epoch, max_steps):
   at least MIN_WARMUP_STEPS, and at most a quarter of the run.
   """
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+
   if config.warmup_steps is not None:
     return config.warmup_steps
   if config.warmup_epochs is not None:
     return math.ceil(config.warmup_epochs * steps_per_epoch)
   if not (config.scale_lr and num_workers > 1):
     return 0
-  steps = max(math.ceil(config_lib.DEFAULT_WARMUP_EPOCHS * steps_per_epoch),
-              config_lib.MIN_WARMUP_STEPS)
+  steps = max(
+    math.ceil(config_lib.DEFAULT_WARMUP_EPOCHS * steps_per_epoch), config_lib.MIN_WARMUP_STEPS
+  )
   return max(1, min(steps, max_steps // 4))
 
 
@@ -164,11 +171,13 @@ def create_learning_rate_fn(config, num_workers, steps_per_epoch, max_steps=None
     decay_steps = max(1, int(recipe.lr_decay_epochs * steps_per_epoch))
   if decay_steps and recipe.lr_decay_rate != 1.0:
     schedule = keras.optimizers.schedules.ExponentialDecay(
-        base, decay_steps, recipe.lr_decay_rate, staircase=True)
+      base, decay_steps, recipe.lr_decay_rate, staircase=True
+    )
   else:
     schedule = keras.optimizers.schedules.ExponentialDecay(base, 1, 1.0)  # constant
-  warmup = warmup_steps(config, num_workers, steps_per_epoch,
-                        recipe.max_steps if max_steps is None else max_steps)
+  warmup = warmup_steps(
+    config, num_workers, steps_per_epoch, recipe.max_steps if max_steps is None else max_steps
+  )
   if warmup:
     schedule = WarmupSchedule(schedule, warmup, start=1.0 / scale if scale > 1 else 0.0)
   return schedule
@@ -187,8 +196,11 @@ def create_optimizer(recipe, schedule):
 
 def _synced_statistics(model):
   """Float non-trainable variables (batch-norm moving statistics), averaged over ranks."""
-  return [v for v in model.non_trainable_variables
-          if v.dtype in ("float16", "float32", "float64") and "seed_generator" not in v.path]
+  return [
+    v
+    for v in model.non_trainable_variables
+    if v.dtype in ("float16", "float32", "float64") and "seed_generator" not in v.path
+  ]
 
 
 def _correct(logits, labels):
@@ -220,8 +232,11 @@ def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
       logits = tf.cast(model(images, training=True), tf.float32)
       cross_entropy = loss_fn(labels, logits)
       # Weight decay: the recipes add L2 terms to the total loss (model.losses).
-      total_loss = (cross_entropy + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
-                    if model.losses else cross_entropy)
+      total_loss = (
+        cross_entropy + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
+        if model.losses
+        else cross_entropy
+      )
       loss = optimizer.scale_loss(total_loss) if scaled else total_loss
     grads = tape.gradient(loss, model.trainable_variables)
     accuracy = tf.reduce_mean(_correct(logits, labels))
@@ -280,8 +295,10 @@ def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
     # Horovod: metrics shown to users, and the non-finite check, use rank means.
     means = distributed.allreduce_mean(tf.concat([local, total / tf.cast(n, tf.float32)], 0))
     names = ("cross_entropy", "total_loss", "accuracy")
-    metrics = {**dict(zip(names, tf.unstack(means[:3]))),
-               **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:]))}}
+    metrics = {
+      **dict(zip(names, tf.unstack(means[:3]))),
+      **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:]))},
+    }
     return metrics, images, labels, grads
 
   return train_steps
@@ -291,8 +308,17 @@ def steps_per_call(config):
   """--steps-per-call, or the default: the gcd of the non-zero cadences, at most 100."""
   if config.steps_per_call:
     return config.steps_per_call
-  cadences = [c for c in (config.recipe.log_every, config.summary_every, config.histogram_every,
-                          config.checkpoint_every, config.recipe.eval_every) if c]
+  cadences = [
+    c
+    for c in (
+      config.recipe.log_every,
+      config.summary_every,
+      config.histogram_every,
+      config.checkpoint_every,
+      config.recipe.eval_every,
+    )
+    if c
+  ]
   return min(100, math.gcd(*cadences)) if cadences else 100
 
 
@@ -318,8 +344,13 @@ def make_eval_step(eval_model):
     logits, scores = eval_model(images, training=False)
     logits, scores = tf.cast(logits, tf.float32), tf.cast(scores, tf.float32)  # mixed policies
     correct = tf.reduce_sum(tf.cast(_correct(scores, labels), tf.float64))
-    return tf.stack([correct, tf.cast(loss_fn(labels, logits), tf.float64),
-                     tf.cast(tf.shape(labels)[0], tf.float64)])
+    return tf.stack(
+      [
+        correct,
+        tf.cast(loss_fn(labels, logits), tf.float64),
+        tf.cast(tf.shape(labels)[0], tf.float64),
+      ]
+    )
 
   return eval_step
 
@@ -403,8 +434,15 @@ def _prepare_model_dir(config, ctx):
   if config.overwrite:
     if ctx.is_chief and tf.io.gfile.exists(d):
       hparams = tf.io.gfile.glob(os.path.join(d, "events.out.tfevents.*"))
-      for name in ("checkpoints", "best", "export", "train", "eval", "config.json",
-                   "metrics.json") + tuple(os.path.basename(p) for p in hparams):
+      for name in (
+        "checkpoints",
+        "best",
+        "export",
+        "train",
+        "eval",
+        "config.json",
+        "metrics.json",
+      ) + tuple(os.path.basename(p) for p in hparams):
         path = os.path.join(d, name)
         if tf.io.gfile.isdir(path):
           tf.io.gfile.rmtree(path)
@@ -420,8 +458,9 @@ def _prepare_model_dir(config, ctx):
   if not tf.io.gfile.exists(saved):
     return None
   if tf.io.gfile.isdir(saved):
-    raise TrainingError(f"{saved} is a directory, not the run's config: use another --model-dir "
-                        "or --overwrite")
+    raise TrainingError(
+      f"{saved} is a directory, not the run's config: use another --model-dir or --overwrite"
+    )
   with tf.io.gfile.GFile(saved, "rb") as f:
     text = f.read()
   try:
@@ -430,20 +469,26 @@ def _prepare_model_dir(config, ctx):
     previous = e
   if not isinstance(previous, dict) or not isinstance(previous.get("recipe", {}), dict):
     why = f"not valid JSON ({previous})" if isinstance(previous, Exception) else "not a JSON object"
-    raise TrainingError(f"{saved} is damaged ({why}): cannot check what the run was; "
-                        "use another --model-dir or --overwrite to start again")
+    raise TrainingError(
+      f"{saved} is damaged ({why}): cannot check what the run was; "
+      "use another --model-dir or --overwrite to start again"
+    )
   before = (previous.get("dataset"), previous.get("recipe", {}).get("name"))
   if before != (config.dataset, config.recipe.name):
     raise TrainingError(
-        f"{d} holds a {before[0]}/{before[1]} run, not "
-        f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite")
+      f"{d} holds a {before[0]}/{before[1]} run, not "
+      f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite"
+    )
   return previous
 
 
 def _data_signature(metadata):
   """What a model is tied to in its data, recorded in config.json as "data"."""
-  return {"image_shape": list(metadata.image_shape), "num_classes": metadata.num_classes,
-          "class_names": list(metadata.class_names)}
+  return {
+    "image_shape": list(metadata.image_shape),
+    "num_classes": metadata.num_classes,
+    "class_names": list(metadata.class_names),
+  }
 
 
 def _check_same_data(config, previous, metadata):
@@ -452,13 +497,17 @@ def _check_same_data(config, previous, metadata):
   if not isinstance(recorded, dict):
     return  # a new run, or a config.json written before the data were recorded
   now = _data_signature(metadata)
-  for key, what in (("image_shape", "images of shape"), ("num_classes", "classes:"),
-                    ("class_names", "class names")):
+  for key, what in (
+    ("image_shape", "images of shape"),
+    ("num_classes", "classes:"),
+    ("class_names", "class names"),
+  ):
     if key in recorded and recorded[key] != now[key]:
       raise TrainingError(
-          f"{os.path.join(config.model_dir, 'config.json')}: the run in {config.model_dir} was "
-          f"trained on {what} {recorded[key]}, but {config.data_dir} has {now[key]}: use the "
-          "same data, another --model-dir, or --overwrite")
+        f"{os.path.join(config.model_dir, 'config.json')}: the run in {config.model_dir} was "
+        f"trained on {what} {recorded[key]}, but {config.data_dir} has {now[key]}: use the "
+        "same data, another --model-dir, or --overwrite"
+      )
 
 
 def _first_line(error):
@@ -479,16 +528,20 @@ class Run:
     recipe = config.recipe
     self.metadata = input_pipeline.load_metadata(config.data_dir)
     self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
-        recipe, self.metadata)
-    keras.utils.set_random_seed(config.seed + ctx.rank)  # per-rank dropout; weights come from rank 0
+      recipe, self.metadata
+    )
+    keras.utils.set_random_seed(
+      config.seed + ctx.rank
+    )  # per-rank dropout; weights come from rank 0
     # --precision: layers created from here on compute in it (variables stay float32).
     keras.mixed_precision.set_global_policy(config.precision)
     self.model = create_model(recipe, self.metadata, self.augmentation)
     self.eval_model = make_eval_model(self.model, recipe.eval_output)
     self.global_batch = recipe.batch_size * ctx.size
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
-    self.max_steps = (math.ceil(config.epochs * self.steps_per_epoch) if config.epochs
-                      else recipe.max_steps)
+    self.max_steps = (
+      math.ceil(config.epochs * self.steps_per_epoch) if config.epochs else recipe.max_steps
+    )
     self.schedule = create_learning_rate_fn(config, ctx.size, self.steps_per_epoch, self.max_steps)
     self.optimizer = create_optimizer(recipe, self.schedule)
     if config.precision == "mixed_float16":
@@ -496,8 +549,11 @@ class Run:
     # Building the optimizer creates its slots now, so the start-up broadcast
     # covers them (Horovod's examples broadcast after the first step instead).
     self.optimizer.build(self.model.trainable_variables)
-    self.ema = (state.ExponentialMovingAverage(self.model.trainable_variables, recipe.ema_decay)
-                if recipe.ema_decay else None)
+    self.ema = (
+      state.ExponentialMovingAverage(self.model.trainable_variables, recipe.ema_decay)
+      if recipe.ema_decay
+      else None
+    )
     # Kept even without patience, so checkpoints have one layout.
     self.early_stopping = state.EarlyStopping(recipe.early_stopping_patience)
     objects = {"model": self.model, "optimizer": self.optimizer, **self.early_stopping.variables}
@@ -513,10 +569,18 @@ class Run:
 
   def config_json(self):
     """config.json: the run config, with the augmentation actually applied."""
-    recipe = dict(self.config.recipe.to_json(), augmentation=self.augmentation,
-                  serving_augmentation=self.serving_policy)
-    return dict(self.config.to_json(), recipe=recipe, augmentation_source=self.augmentation_source,
-                workers=self.ctx.size, data=_data_signature(self.metadata))
+    recipe = dict(
+      self.config.recipe.to_json(),
+      augmentation=self.augmentation,
+      serving_augmentation=self.serving_policy,
+    )
+    return dict(
+      self.config.to_json(),
+      recipe=recipe,
+      augmentation_source=self.augmentation_source,
+      workers=self.ctx.size,
+      data=_data_signature(self.metadata),
+    )
 
   def broadcast(self):
     """Horovod: every rank takes rank 0's model, optimizer, EMA and early-stopping state."""
@@ -529,10 +593,17 @@ class Run:
   def dataset(self, split, training):
     # A resumed run starts at its epoch, not at epoch 0's order and augmentation.
     return input_pipeline.make_dataset(
-        self.config.data_dir, dataclasses.replace(self.metadata, augmentation=self.augmentation), split,
-        rank=self.ctx.rank, size=self.ctx.size, batch_size=self.config.recipe.batch_size,
-        training=training, seed=self.config.seed, image_shape=self.model.input_shape[1:],
-        first_epoch=self.step // self.steps_per_epoch)
+      self.config.data_dir,
+      dataclasses.replace(self.metadata, augmentation=self.augmentation),
+      split,
+      rank=self.ctx.rank,
+      size=self.ctx.size,
+      batch_size=self.config.recipe.batch_size,
+      training=training,
+      seed=self.config.seed,
+      image_shape=self.model.input_shape[1:],
+      first_epoch=self.step // self.steps_per_epoch,
+    )
 
   def evaluation_weights(self):
     """Context in which the model holds the weights the recipe evaluates and exports."""
@@ -546,34 +617,54 @@ class Run:
     """Fails early if the recipe evaluates on a split the data lacks."""
     recipe = self.config.recipe
     if recipe.eval_every and recipe.eval_on not in self.metadata.splits:
-      hint = ("rerun the Beam job with --validation-size "
-              f"{recipe.validation_size or 'N'}" if recipe.eval_on == "validation"
-              else f"use data with a {recipe.eval_on} split")
+      hint = (
+        f"rerun the Beam job with --validation-size {recipe.validation_size or 'N'}"
+        if recipe.eval_on == "validation"
+        else f"use data with a {recipe.eval_on} split"
+      )
       raise TrainingError(
-          f"recipe {recipe.name} evaluates on the {recipe.eval_on} split during training, but "
-          f"{self.config.data_dir} has none: {hint}, or pass --eval-every 0"
-          + (" --early-stopping-patience 0" if recipe.early_stopping_patience else ""))
+        f"recipe {recipe.name} evaluates on the {recipe.eval_on} split during training, but "
+        f"{self.config.data_dir} has none: {hint}, or pass --eval-every 0"
+        + (" --early-stopping-patience 0" if recipe.early_stopping_patience else "")
+      )
 
 
 def _train_summaries(run, step, metrics, averages, steps_per_second):
   recipe = run.config.recipe
-  run.writer.scalars("train", step, dict(
-      metrics, cross_entropy_avg=averages["cross_entropy"], total_loss_avg=averages["total_loss"],
-      learning_rate=float(run.schedule(step - 1)), step_time=1.0 / steps_per_second,
+  run.writer.scalars(
+    "train",
+    step,
+    dict(
+      metrics,
+      cross_entropy_avg=averages["cross_entropy"],
+      total_loss_avg=averages["total_loss"],
+      learning_rate=float(run.schedule(step - 1)),
+      step_time=1.0 / steps_per_second,
       images_per_sec=steps_per_second * run.global_batch,
-      images_per_sec_per_worker=steps_per_second * recipe.batch_size, workers=run.ctx.size))
+      images_per_sec_per_worker=steps_per_second * recipe.batch_size,
+      workers=run.ctx.size,
+    ),
+  )
 
 
 def _histograms(run, step, images, grads, probe):
   activations, relu_layers = probe
   outputs = activations(images)
   variables = run.model.trainable_variables
-  run.writer.histograms("train", step, {
+  run.writer.histograms(
+    "train",
+    step,
+    {
       **{f"weights/{v.path}": v.value for v in variables},
       **{f"gradients/{v.path}": g for v, g in zip(variables, grads) if g is not None},
-      **{f"activations/{name}": out for name, out in outputs.items()}})
-  run.writer.scalars("train", step, {f"sparsity/{name}": tf.math.zero_fraction(outputs[name])
-                                     for name in sorted(relu_layers)})
+      **{f"activations/{name}": out for name, out in outputs.items()},
+    },
+  )
+  run.writer.scalars(
+    "train",
+    step,
+    {f"sparsity/{name}": tf.math.zero_fraction(outputs[name]) for name in sorted(relu_layers)},
+  )
   run.writer.images("train", step, "augmented_inputs", images)
 
 
@@ -584,21 +675,33 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
   batch = evaluate(run.eval_step, [(images, labels)])
   result = run.evaluate(recipe.eval_on, recipe.eval_batches)
   split = recipe.eval_on
-  run.writer.scalars("eval", step, {f"{split}_precision_at_1": result["precision_at_1"],
-                                    f"{split}_loss": result["loss"],
-                                    "train_batch_precision_at_1": batch["precision_at_1"]})
+  run.writer.scalars(
+    "eval",
+    step,
+    {
+      f"{split}_precision_at_1": result["precision_at_1"],
+      f"{split}_loss": result["loss"],
+      "train_batch_precision_at_1": batch["precision_at_1"],
+    },
+  )
   improved = stop = False
   if recipe.early_stopping_patience:
     improved, stop = run.early_stopping.update(step, result["precision_at_1"])
     if improved:
       run.checkpoints.save(step, "best")
-  _log(ctx, f"step {step}: train accuracy {batch['precision_at_1']:.4f} (batch, dropout off), "
-            f"{split} precision@1 {result['precision_at_1']:.4f} ({result['examples']} examples), "
-            f"elapsed {_format_seconds(elapsed)}{' improved' if improved else ''}")
+  _log(
+    ctx,
+    f"step {step}: train accuracy {batch['precision_at_1']:.4f} (batch, dropout off), "
+    f"{split} precision@1 {result['precision_at_1']:.4f} ({result['examples']} examples), "
+    f"elapsed {_format_seconds(elapsed)}{' improved' if improved else ''}",
+  )
   if stop:
     best = run.early_stopping.best()
-    _log(ctx, f"early stopping at step {step}: {split} precision@1 {best['precision_at_1']:.4f} "
-              f"at step {best['step']}, no better since")
+    _log(
+      ctx,
+      f"early stopping at step {step}: {split} precision@1 {best['precision_at_1']:.4f} "
+      f"at step {best['step']}, no better since",
+    )
   return stop
 
 
@@ -618,21 +721,38 @@ def train(run):
   run.check_splits()
   k = steps_per_call(config)
   # Cadences on the grid of calls (--steps-per-call); the default k moves none.
-  every = {name: round_cadence(value, k) for name, value in (
-      ("log", recipe.log_every), ("summary", config.summary_every),
-      ("histogram", config.histogram_every), ("checkpoint", config.checkpoint_every),
-      ("eval", recipe.eval_every))}
-  moved = [f"{name} every {every[name]}" for name, value in (
-      ("log", recipe.log_every), ("summary", config.summary_every),
-      ("histogram", config.histogram_every), ("checkpoint", config.checkpoint_every),
-      ("eval", recipe.eval_every)) if every[name] != value]
-  train_steps = make_train_loop(run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce,
-                                config.xla)
-  _log(ctx, f"training {config.dataset}/{recipe.name} on {ctx.size} worker(s): steps {start}->"
-            f"{run.max_steps}, batch {recipe.batch_size}/worker ({run.global_batch} global), "
-            f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}; "
-            f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
-            + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""))
+  every = {
+    name: round_cadence(value, k)
+    for name, value in (
+      ("log", recipe.log_every),
+      ("summary", config.summary_every),
+      ("histogram", config.histogram_every),
+      ("checkpoint", config.checkpoint_every),
+      ("eval", recipe.eval_every),
+    )
+  }
+  moved = [
+    f"{name} every {every[name]}"
+    for name, value in (
+      ("log", recipe.log_every),
+      ("summary", config.summary_every),
+      ("histogram", config.histogram_every),
+      ("checkpoint", config.checkpoint_every),
+      ("eval", recipe.eval_every),
+    )
+    if every[name] != value
+  ]
+  train_steps = make_train_loop(
+    run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce, config.xla
+  )
+  _log(
+    ctx,
+    f"training {config.dataset}/{recipe.name} on {ctx.size} worker(s): steps {start}->"
+    f"{run.max_steps}, batch {recipe.batch_size}/worker ({run.global_batch} global), "
+    f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}; "
+    f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
+    + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""),
+  )
   probe = make_activation_probe(run.model)
   averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
   started = time.time()
@@ -652,14 +772,17 @@ def train(run):
     step += n
     # Finite check: every rank sees the same rank-averaged call means, so all stop here.
     if not math.isfinite(metrics["mean_total_loss"]):
-      raise TrainingError(f"non-finite loss {metrics['mean_total_loss']} in steps "
-                          f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
-                          "(--warmup-epochs)")
+      raise TrainingError(
+        f"non-finite loss {metrics['mean_total_loss']} in steps "
+        f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
+        "(--warmup-epochs)"
+      )
     # The tutorial's moving averages (decay 0.9 a step), over the call's mean.
     for name in ("cross_entropy", "total_loss"):
-      decay = 0.9 ** n
-      averages[name] = (decay * averages.get(name, metrics["mean_" + name])
-                        + (1 - decay) * metrics["mean_" + name])
+      decay = 0.9**n
+      averages[name] = (
+        decay * averages.get(name, metrics["mean_" + name]) + (1 - decay) * metrics["mean_" + name]
+      )
     metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
     now = time.time()
     # Log.
@@ -667,11 +790,14 @@ def train(run):
       rate = (step - last_log[0]) / max(now - last_log[1], 1e-9) * run.global_batch
       last_log = (step, now)
       eta = (now - started) / (step - start) * (run.max_steps - step)
-      _log(ctx, f"step {step}/{run.max_steps} loss {metrics['cross_entropy']:.4f} "
-                f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} "
-                f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
-                f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
-                f"eta {_format_seconds(eta)}")
+      _log(
+        ctx,
+        f"step {step}/{run.max_steps} loss {metrics['cross_entropy']:.4f} "
+        f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} "
+        f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
+        f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
+        f"eta {_format_seconds(eta)}",
+      )
     # Summaries (rank 0 writes; the writer does nothing elsewhere).
     if due(step, every["summary"], first=start + 1):
       steps_per_second = (step - last_summary[0]) / max(now - last_summary[1], 1e-9)
@@ -683,20 +809,27 @@ def train(run):
     if due(step, every["checkpoint"]):
       run.checkpoints.save(step)
     # Evaluate (and stop early).
-    if due(step, every["eval"]):
-      if _evaluate_during_training(run, step, images, labels, time.time() - started):
-        break
+    if due(step, every["eval"]) and _evaluate_during_training(
+      run, step, images, labels, time.time() - started
+    ):
+      break
   seconds = time.time() - started
-  _log(ctx, f"trained {step - start} steps in {seconds:.2f}s "
-            f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)")
+  _log(
+    ctx,
+    f"trained {step - start} steps in {seconds:.2f}s "
+    f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)",
+  )
   if not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
   if best:
     run.checkpoints.restore("best")
     run.broadcast()
-    _log(ctx, f"restored the best checkpoint (step {best['step']}, {recipe.eval_on} precision@1 "
-              f"{best['precision_at_1']:.4f})")
+    _log(
+      ctx,
+      f"restored the best checkpoint (step {best['step']}, {recipe.eval_on} precision@1 "
+      f"{best['precision_at_1']:.4f})",
+    )
   return step, best
 
 
@@ -712,17 +845,30 @@ def run_eval(run, split, trained_step=None, best=None):
     _log(ctx, f"evaluating {path}")
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
-  metrics = dict(result, split=split, step=run.step, dataset=config.dataset,
-                 recipe=config.recipe.name, ema_weights=run.ema is not None, workers=ctx.size)
+  metrics = dict(
+    result,
+    split=split,
+    step=run.step,
+    dataset=config.dataset,
+    recipe=config.recipe.name,
+    ema_weights=run.ema is not None,
+    workers=ctx.size,
+  )
   if trained_step is not None:
     metrics["trained_steps"] = trained_step
   if best:
     metrics["best_validation"] = best
-  _log(ctx, f"{split} precision@1 = {result['precision_at_1']:.4f} "
-            f"({result['examples']} examples, loss {result['loss']:.4f}, step {run.step}"
-            f"{', EMA weights' if run.ema else ''})")
-  run.writer.scalars("eval", run.step, {f"{split}_precision_at_1": result["precision_at_1"],
-                                        f"{split}_loss": result["loss"]})
+  _log(
+    ctx,
+    f"{split} precision@1 = {result['precision_at_1']:.4f} "
+    f"({result['examples']} examples, loss {result['loss']:.4f}, step {run.step}"
+    f"{', EMA weights' if run.ema else ''})",
+  )
+  run.writer.scalars(
+    "eval",
+    run.step,
+    {f"{split}_precision_at_1": result["precision_at_1"], f"{split}_loss": result["loss"]},
+  )
   if ctx.is_chief:
     _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
   return metrics
@@ -732,10 +878,17 @@ def _log_learning_rate(run):
   config, ctx = run.config, run.ctx
   scale = lr_scale(config, ctx.size)
   warmup = warmup_steps(config, ctx.size, run.steps_per_epoch, run.max_steps)
-  how = (f" ({config.recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
-         f"--lr-scaling {config.lr_scaling})" if scale != 1 else "")
-  _log(ctx, f"learning rate {config.recipe.learning_rate * scale:.4g}{how}"
-            + (f", warmed up over {warmup} steps" if warmup else ""))
+  how = (
+    f" ({config.recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
+    f"--lr-scaling {config.lr_scaling})"
+    if scale != 1
+    else ""
+  )
+  _log(
+    ctx,
+    f"learning rate {config.recipe.learning_rate * scale:.4g}{how}"
+    + (f", warmed up over {warmup} steps" if warmup else ""),
+  )
 
 
 @contextlib.contextmanager
@@ -781,11 +934,19 @@ def run(config, ctx):
     if config.export and ctx.is_chief:
       export_dir = os.path.join(config.model_dir, "export")
       with r.evaluation_weights():
-        export.export_serving_model(r.eval_model, r.metadata.image_shape,
-                                    r.metadata.class_names, r.augmentation,
-                                    r.serving_policy, export_dir)
-      _log(ctx, f"exported the serving model to {export_dir} (serving policy: "
-                f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)")
+        export.export_serving_model(
+          r.eval_model,
+          r.metadata.image_shape,
+          r.metadata.class_names,
+          r.augmentation,
+          r.serving_policy,
+          export_dir,
+        )
+      _log(
+        ctx,
+        f"exported the serving model to {export_dir} (serving policy: "
+        f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)",
+      )
   else:
     with _read_errors(r, (config.eval_split,)):
       metrics = run_eval(r, config.eval_split)
@@ -800,6 +961,7 @@ def main(dataset, argv=None, config=None):
   """
   if config is None:
     from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+
     config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
   ctx = distributed.init()
   try:

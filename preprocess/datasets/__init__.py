@@ -20,11 +20,11 @@ downloader and the sample-data writer, which import this package, without a
 cycle.
 """
 
+from collections.abc import Callable
 import copy
 import dataclasses
 import importlib
 import pkgutil
-from typing import Callable, Optional
 
 _REGISTRY = {}
 _LOADED = False
@@ -42,6 +42,7 @@ class Sample:
       same bytes as all of them together.
     stream: Distinct small int mixed into the random seed of this data set.
   """
+
   per_class: dict
   write: Callable
   stream: int
@@ -67,6 +68,7 @@ class DatasetSpec:
     install: fn(local_files, root, log) that turns downloaded files into the
       layout, or None for the layout's default.
   """
+
   name: str
   description: str
   class_names: tuple
@@ -75,7 +77,7 @@ class DatasetSpec:
   sample: Sample
   augmentation: dict
   validation_size: int = 0
-  install: Optional[Callable] = None
+  install: Callable | None = None
 
   def policy(self):
     """A fresh copy of the default augmentation policy."""
@@ -90,11 +92,15 @@ def register(spec):
   """
   if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
     raise ValueError(f"data set {spec.name!r} is registered twice")
-  clash = [s.name for s in _REGISTRY.values()
-           if s.sample.stream == spec.sample.stream and s.name != spec.name]
+  clash = [
+    s.name
+    for s in _REGISTRY.values()
+    if s.sample.stream == spec.sample.stream and s.name != spec.name
+  ]
   if clash:
-    raise ValueError(f"data set {spec.name!r}: sample stream {spec.sample.stream} is "
-                     f"already {clash[0]!r}'s")
+    raise ValueError(
+      f"data set {spec.name!r}: sample stream {spec.sample.stream} is already {clash[0]!r}'s"
+    )
   _REGISTRY[spec.name] = spec
   return spec
 

@@ -13,13 +13,16 @@ import os
 import re
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 from preprocess import atomic
 from preprocess import download
 from preprocess import imagefolder
 from preprocess import sample_data
-from preprocess.datasets import DatasetSpec, Sample, register
+from preprocess.datasets import DatasetSpec
+from preprocess.datasets import Sample
+from preprocess.datasets import register
 
 CLASS_NAMES = ("cat", "dog")
 LAYOUT = imagefolder.FolderLayout(splits=("train", "test"))
@@ -41,7 +44,7 @@ def split_of(class_name, filename):
   modulo 100, below TEST_PERCENT means test. Nothing else is involved, so
   the split never depends on listing order, the machine or the run.
   """
-  digest = hashlib.sha256(f"{class_name}/{filename}".encode("utf-8")).digest()
+  digest = hashlib.sha256(f"{class_name}/{filename}".encode()).digest()
   bucket = int.from_bytes(digest[:8], "big") % 100
   return "test" if bucket < TEST_PERCENT else "train"
 
@@ -78,9 +81,11 @@ def _install(local_files, root, log):
     left = sorted(tmp.iterdir())
     for entry in left:
       download.replace(entry, root / entry.name)
-    log(f"catdog: {counts['train']} train and {counts['test']} test images "
-        f"({TEST_PERCENT}% test by name hash); other archive files left in "
-        f"{', '.join(str(root / e.name) for e in left) or 'none'}")
+    log(
+      f"catdog: {counts['train']} train and {counts['test']} test images "
+      f"({TEST_PERCENT}% test by name hash); other archive files left in "
+      f"{', '.join(str(root / e.name) for e in left) or 'none'}"
+    )
 
 
 # Cats: warm orange/grey/cream fur, pointed triangular ears, stripes, whiskers.
@@ -109,6 +114,7 @@ def _mirror_polygon(points):
 
 def _draw_cat(draw, rng, s):
   """Draws a cat into the unit square scaled by `s` pixels."""
+
   def box(cx, cy, rx, ry):
     return [(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s]
 
@@ -147,12 +153,13 @@ def _draw_cat(draw, rng, s):
 
 def _draw_dog(draw, rng, s):
   """Draws a dog into the unit square scaled by `s` pixels."""
+
   def box(cx, cy, rx, ry):
     return [(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s]
 
   fur = _jitter_colour(rng, _DOG_FUR[rng.integers(len(_DOG_FUR))]) + (255,)
   ear = _scale_colour(fur, rng.uniform(0.45, 0.7)) if rng.random() < 0.7 else (30, 25, 25)
-  spot = (_scale_colour(fur, 0.4) if rng.random() < 0.6 else (235, 230, 220))
+  spot = _scale_colour(fur, 0.4) if rng.random() < 0.6 else (235, 230, 220)
   draw.ellipse(box(0.5, 0.88, rng.uniform(0.29, 0.35), 0.2), fill=fur)
   draw.ellipse(box(0.5, 0.45, rng.uniform(0.25, 0.28), rng.uniform(0.25, 0.28)), fill=fur)
   for _ in range(rng.integers(2, 7)):
@@ -233,8 +240,9 @@ def _check_no_stale_catdog(root, expected):
   for path in sorted(root.glob("*/*/*")):
     if _CATDOG_NAME.match(path.name) and path not in expected:
       raise FileExistsError(
-          f"{path.parent} holds image files this run would not write (e.g. {path.name}); "
-          f"delete {root} or choose another --out-dir")
+        f"{path.parent} holds image files this run would not write (e.g. {path.name}); "
+        f"delete {root} or choose another --out-dir"
+      )
 
 
 def _write_sample(root, train_per_class, test_per_class, rng_for_split):
@@ -256,13 +264,19 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
     kinds = ["jpeg"] * n
     for i in special[:n_png]:
       kinds[i] = "png"
-    for i in special[n_png:n_png + n_gray]:
+    for i in special[n_png : n_png + n_gray]:
       kinds[i] = "gray"
     kinds_by_split[split] = kinds
-  paths = {split: [root / split / CLASS_NAMES[label] /
-                   f"{CLASS_NAMES[label]}.{number}.{'png' if kind == 'png' else 'jpg'}"
-                   for (label, number), kind in zip(items, kinds_by_split[split])]
-           for split, items in plan.items()}
+  paths = {
+    split: [
+      root
+      / split
+      / CLASS_NAMES[label]
+      / f"{CLASS_NAMES[label]}.{number}.{'png' if kind == 'png' else 'jpg'}"
+      for (label, number), kind in zip(items, kinds_by_split[split])
+    ]
+    for split, items in plan.items()
+  }
   _check_no_stale_catdog(root, {p for ps in paths.values() for p in ps})
 
   seen = set()
@@ -277,29 +291,35 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
   return {"root": root, "counts": counts, "files": files}
 
 
-SPEC = register(DatasetSpec(
+SPEC = register(
+  DatasetSpec(
     name="catdog",
     description="Kaggle cats vs dogs: about 25,000 JPEG photos in two classes",
     class_names=CLASS_NAMES,
     layout=LAYOUT,
     sources=(
-        # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`); SHA-256
-        # from Hugging Face Datasets (datasets/cats_vs_dogs/dataset_infos.json).
-        download.RemoteFile(
-            "kagglecatsanddogs_5340.zip",
-            ("https://download.microsoft.com/download/3/E/1/"
-             "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",),
-            sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
-            size=824887076),
+      # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`); SHA-256
+      # from Hugging Face Datasets (datasets/cats_vs_dogs/dataset_infos.json).
+      download.RemoteFile(
+        "kagglecatsanddogs_5340.zip",
+        (
+          "https://download.microsoft.com/download/3/E/1/"
+          "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",
+        ),
+        sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
+        size=824887076,
+      ),
     ),
     validation_size=0,
     # Stored at the converted size (default 150x150), so no crop.
     augmentation={
-        "train": [{"op": "random_flip_left_right"}, {"op": "per_image_standardization"}],
-        "eval": [{"op": "per_image_standardization"}],
+      "train": [{"op": "random_flip_left_right"}, {"op": "per_image_standardization"}],
+      "eval": [{"op": "per_image_standardization"}],
     },
     # "full": the usual 2,000/500 per class subset of the Kaggle set.
-    sample=Sample(per_class={"small": (150, 30), "full": (2000, 500)}, write=_write_sample,
-                  stream=2),
+    sample=Sample(
+      per_class={"small": (150, 30), "full": (2000, 500)}, write=_write_sample, stream=2
+    ),
     install=_install,
-))
+  )
+)

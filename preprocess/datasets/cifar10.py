@@ -31,9 +31,12 @@ from preprocess import atomic
 from preprocess import download
 from preprocess import fileio
 from preprocess import sample_data
-from preprocess.datasets import DatasetSpec, Sample, register
+from preprocess.datasets import DatasetSpec
+from preprocess.datasets import Sample
+from preprocess.datasets import register
 from preprocess.errors import DataFormatError
-from preprocess.schema import Record, Reject
+from preprocess.schema import Record
+from preprocess.schema import Reject
 
 # --- The CIFAR binary format ---
 
@@ -58,6 +61,7 @@ class BinaryLayout:
     archive: The downloaded archive that holds `batches_dir`; the Beam job
       extracts it again when `batches_dir` is missing.
   """
+
   batches_dir: str
   splits: dict
   meta_file: str
@@ -89,8 +93,11 @@ class BinaryLayout:
       batches = tmp / self.batches_dir
       missing = [n for n in self.file_names() if not (batches / n).is_file()]
       if missing:
-        raise download.DownloadError(archive, f"no {self.batches_dir}/{missing[0]} in the "
-                                              f"archive ({len(missing)} expected files missing)")
+        raise download.DownloadError(
+          archive,
+          f"no {self.batches_dir}/{missing[0]} in the "
+          f"archive ({len(missing)} expected files missing)",
+        )
       # download() has refused a partial install unless `force`: replacing is safe.
       download.replace(batches, root / self.batches_dir)
 
@@ -145,8 +152,10 @@ def count_records(path, size):
   whole, extra = divmod(size, RECORD_BYTES)
   if extra:
     raise DataFormatError(
-        path, f"size {size} bytes is not a multiple of the {RECORD_BYTES}-byte CIFAR-10 "
-        f"record ({_plural(whole, 'whole record')} + {_plural(extra, 'byte')})")
+      path,
+      f"size {size} bytes is not a multiple of the {RECORD_BYTES}-byte CIFAR-10 "
+      f"record ({_plural(whole, 'whole record')} + {_plural(extra, 'byte')})",
+    )
   return whole
 
 
@@ -154,14 +163,19 @@ def _decode(raw, source_name, index):
   """One 3073-byte record -> Record, or Reject for a label outside 0-9."""
   label = raw[0]
   if label > 9:
-    return Reject(file=source_name, index=index,
-                  reason=f"label byte {label} is not a CIFAR-10 class (0-9)")
+    return Reject(
+      file=source_name, index=index, reason=f"label byte {label} is not a CIFAR-10 class (0-9)"
+    )
   planes = np.frombuffer(raw, dtype=np.uint8, offset=1).reshape(3, 32, 32)
   # Channel-planar on disk, channels-last everywhere downstream; the copy also
   # makes the array own its memory instead of pinning the read buffer.
   image = np.ascontiguousarray(planes.transpose(1, 2, 0))
-  return Record(source_id=f"{source_name}:{index}", label=int(label), image=image,
-                content_sha256=hashlib.sha256(raw).hexdigest())
+  return Record(
+    source_id=f"{source_name}:{index}",
+    label=int(label),
+    image=image,
+    content_sha256=hashlib.sha256(raw).hexdigest(),
+  )
 
 
 def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
@@ -194,14 +208,18 @@ def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
       whole, extra = divmod(len(chunk), RECORD_BYTES)
       if extra:
         raise DataFormatError(
-            path, f"file ends inside record {index + whole} ({_plural(extra, 'byte')} of "
-            f"{RECORD_BYTES}); size is not a multiple of the CIFAR-10 record")
+          path,
+          f"file ends inside record {index + whole} ({_plural(extra, 'byte')} of "
+          f"{RECORD_BYTES}); size is not a multiple of the CIFAR-10 record",
+        )
       if stop is not None and whole < want:
         raise DataFormatError(
-            path, f"file ends before record {index + whole}, expected records up to "
-            f"{stop - 1}; was it changed after the job was planned?")
+          path,
+          f"file ends before record {index + whole}, expected records up to "
+          f"{stop - 1}; was it changed after the job was planned?",
+        )
       for i in range(whole):
-        yield _decode(chunk[i * RECORD_BYTES:(i + 1) * RECORD_BYTES], source_name, index + i)
+        yield _decode(chunk[i * RECORD_BYTES : (i + 1) * RECORD_BYTES], source_name, index + i)
       index += whole
       if whole < want:
         return
@@ -209,14 +227,24 @@ def read_records(path, source_name, start=0, stop=None, opener=fileio.open_rb):
 
 # --- The data set ---
 
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-               "horse", "ship", "truck")
+CLASS_NAMES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
 LAYOUT = BinaryLayout(
-    batches_dir="cifar-10-batches-bin",
-    splits={"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-            "test": ("test_batch.bin",)},
-    meta_file="batches.meta.txt",
-    archive="cifar-10-binary.tar.gz")
+  batches_dir="cifar-10-batches-bin",
+  splits={"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)},
+  meta_file="batches.meta.txt",
+  archive="cifar-10-binary.tar.gz",
+)
 
 # The tutorial's input crop (cifar10_input.py: IMAGE_SIZE = 24).
 _CROP = 24
@@ -269,8 +297,9 @@ def _cifar_image(rng, label):
   elif label == 3:
     sdf = np.abs(np.hypot(u, v) - 0.72) - 0.26
   elif label == 4:
-    sdf = np.minimum(np.maximum(np.abs(u) - 0.3, np.abs(v) - 1.0),
-                     np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3))
+    sdf = np.minimum(
+      np.maximum(np.abs(u) - 0.3, np.abs(v) - 1.0), np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3)
+    )
   elif label in (5, 6, 7):
     sdf = disc
     period = rng.uniform(3.6, 5.0)
@@ -279,8 +308,14 @@ def _cifar_image(rng, label):
     sdf = square
     period = rng.uniform(4.0, 5.5)
     phase = rng.uniform(0, period, size=2)
-    pattern = np.clip(0.5 + 2.0 * np.cos(np.pi * (u_px + phase[0]) / period)
-                      * np.cos(np.pi * (v_px + phase[1]) / period), 0, 1)
+    pattern = np.clip(
+      0.5
+      + 2.0
+      * np.cos(np.pi * (u_px + phase[0]) / period)
+      * np.cos(np.pi * (v_px + phase[1]) / period),
+      0,
+      1,
+    )
   else:
     sdf = square
     spacing = rng.uniform(3.8, 4.8)
@@ -299,8 +334,9 @@ def _cifar_image(rng, label):
   fg = sample_data.hsv(label / 10 + rng.uniform(-0.05, 0.05), rng.uniform(0.55, 1.0), obj_value)
   bg_hue, bg_sat = rng.uniform(0, 1), rng.uniform(0, 0.35)
   bg0 = sample_data.hsv(bg_hue, bg_sat, bg_value)
-  bg1 = sample_data.hsv(bg_hue + rng.uniform(-0.1, 0.1), bg_sat,
-             np.clip(bg_value + rng.uniform(-0.15, 0.15), 0, 1))
+  bg1 = sample_data.hsv(
+    bg_hue + rng.uniform(-0.1, 0.1), bg_sat, np.clip(bg_value + rng.uniform(-0.15, 0.15), 0, 1)
+  )
   grad_angle = rng.uniform(0, 2 * math.pi)
   t = ((_CIFAR_XX - 16) * math.cos(grad_angle) + (_CIFAR_YY - 16) * math.sin(grad_angle)) / 45 + 0.5
   image = bg0 + (bg1 - bg0) * t[..., None]
@@ -340,7 +376,9 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
     atomic.write_bytes(files[-1], _cifar_records(rng, labels, seen))
   rng = rng_for_split("test")
   files.append(root / LAYOUT.splits["test"][0])
-  atomic.write_bytes(files[-1], _cifar_records(rng, sample_data.balanced_labels(rng, 10, test_per_class), seen))
+  atomic.write_bytes(
+    files[-1], _cifar_records(rng, sample_data.balanced_labels(rng, 10, test_per_class), seen)
+  )
   # The official file ends with an empty line after the last class name.
   files.append(root / LAYOUT.meta_file)
   atomic.write_bytes(files[-1], ("\n".join(CLASS_NAMES) + "\n\n").encode("ascii"))
@@ -348,36 +386,42 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
   return {"root": root, "counts": counts, "files": files}
 
 
-SPEC = register(DatasetSpec(
+SPEC = register(
+  DatasetSpec(
     name="cifar10",
     description="CIFAR-10, binary version: 50,000 train and 10,000 test 32x32 colour images",
     class_names=CLASS_NAMES,
     layout=LAYOUT,
     # Size and SHA-256 from the TensorFlow Datasets catalogue
     # (tensorflow_datasets/url_checksums/cifar10.txt); see preprocess/download.py.
-    sources=(download.RemoteFile(
+    sources=(
+      download.RemoteFile(
         LAYOUT.archive,
         ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
         sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
         # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
         md5="c32a1d4ab5d03f1284b67883e8d87530",
-        size=170052171),),
+        size=170052171,
+      ),
+    ),
     # The tutorial trains on all 50,000 training images and evaluates on test.
     validation_size=0,
     # The TensorFlow CIFAR-10 tutorial (cifar10_input.distorted_inputs / inputs).
     augmentation={
-        "train": [
-            {"op": "random_crop", "height": _CROP, "width": _CROP},
-            {"op": "random_flip_left_right"},
-            {"op": "random_brightness", "max_delta": 63.0},
-            {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
-            {"op": "per_image_standardization"},
-        ],
-        "eval": [
-            {"op": "central_crop", "height": _CROP, "width": _CROP},
-            {"op": "per_image_standardization"},
-        ],
+      "train": [
+        {"op": "random_crop", "height": _CROP, "width": _CROP},
+        {"op": "random_flip_left_right"},
+        {"op": "random_brightness", "max_delta": 63.0},
+        {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
+        {"op": "per_image_standardization"},
+      ],
+      "eval": [
+        {"op": "central_crop", "height": _CROP, "width": _CROP},
+        {"op": "per_image_standardization"},
+      ],
     },
-    sample=Sample(per_class={"small": (250, 50), "full": (5000, 1000)}, write=_write_sample,
-                  stream=0),
-))
+    sample=Sample(
+      per_class={"small": (250, 50), "full": (5000, 1000)}, write=_write_sample, stream=0
+    ),
+  )
+)

@@ -35,15 +35,19 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 from preprocess import atomic
 from preprocess import download
 from preprocess import fileio
 from preprocess import sample_data
-from preprocess.datasets import DatasetSpec, Sample, register
+from preprocess.datasets import DatasetSpec
+from preprocess.datasets import Sample
+from preprocess.datasets import register
 from preprocess.errors import DataFormatError
-from preprocess.schema import Record, Reject
+from preprocess.schema import Record
+from preprocess.schema import Reject
 
 # --- The IDX format ---
 
@@ -71,6 +75,7 @@ class IdxLayout:
     splits: Split name -> (images file, labels file), names without `.gz`
       (the data set's own names, `LAYOUT` below).
   """
+
   splits: dict
   format = "idx"
 
@@ -131,7 +136,7 @@ class _Prepended(io.RawIOBase):
       self._prefix = self._prefix[n:]
       return n
     data = self._raw.read(len(buf))
-    buf[:len(data)] = data
+    buf[: len(data)] = data
     return len(data)
 
 
@@ -204,11 +209,13 @@ def _read_header(f, path, kind):
     what = f"{magic}, the magic of an MNIST {found} file" if found else str(magic)
     swapped = "; are the images and labels files swapped?" if found else ""
     raise DataFormatError(
-        path, f"bad IDX magic 0x{magic:08X} ({what}), expected {magic_expected} ({kind}){swapped}")
+      path, f"bad IDX magic 0x{magic:08X} ({what}), expected {magic_expected} ({kind}){swapped}"
+    )
   head += read_idx(f, path, header_bytes - len(head))
   if len(head) < header_bytes:
     raise DataFormatError(
-        path, f"file ends inside the IDX header ({len(head)} of {header_bytes} bytes)")
+      path, f"file ends inside the IDX header ({len(head)} of {header_bytes} bytes)"
+    )
   dims = struct.unpack(f">{ndim}I", head[4:])
   if kind == "images" and dims[1:] != IMAGE_SHAPE[:2]:
     raise DataFormatError(path, f"images are {dims[1]}x{dims[2]}, expected 28x28")
@@ -225,10 +232,12 @@ def _check_data_length(f, path, expected, what):
     total += got
   if total < expected:
     raise DataFormatError(
-        path, f"truncated: {total} data bytes after the header, expected {expected} ({what})")
+      path, f"truncated: {total} data bytes after the header, expected {expected} ({what})"
+    )
   if total > expected:
     raise DataFormatError(
-        path, f"{total - expected} unexpected bytes after the data ({what}, {expected} bytes)")
+      path, f"{total - expected} unexpected bytes after the data ({what}, {expected} bytes)"
+    )
 
 
 def check_files(images_path, labels_path, opener=fileio.open_rb):
@@ -254,9 +263,11 @@ def check_files(images_path, labels_path, opener=fileio.open_rb):
     (n_labels,) = _read_header(labels, labels_path, "labels")
     if n_images != n_labels:
       raise DataFormatError(
-          images_path, f"holds {n_images} images but {labels_path} holds {n_labels} labels")
-    _check_data_length(images, images_path, n_images * rows * cols,
-                       f"{n_images} images of {rows}x{cols}")
+        images_path, f"holds {n_images} images but {labels_path} holds {n_labels} labels"
+      )
+    _check_data_length(
+      images, images_path, n_images * rows * cols, f"{n_images} images of {rows}x{cols}"
+    )
     _check_data_length(labels, labels_path, n_labels, f"{n_labels} labels")
   return n_images
 
@@ -287,7 +298,8 @@ def read_records(images_path, labels_path, source_name, start=0, stop=None, open
     (n_labels,) = _read_header(labels, labels_path, "labels")
     if n_images != n_labels:
       raise DataFormatError(
-          images_path, f"holds {n_images} images but {labels_path} holds {n_labels} labels")
+        images_path, f"holds {n_images} images but {labels_path} holds {n_labels} labels"
+      )
     stop = n_images if stop is None else stop
     if not 0 <= start <= stop <= n_images:
       raise ValueError(f"record range [{start}, {stop}) is outside the {n_images} records")
@@ -299,34 +311,45 @@ def read_records(images_path, labels_path, source_name, start=0, stop=None, open
       pixels = read_idx(images, images_path, n * IMAGE_BYTES)
       label_bytes = read_idx(labels, labels_path, n)
       if len(pixels) < n * IMAGE_BYTES:
-        raise DataFormatError(images_path, f"truncated: file ends inside image "
-                              f"{index + len(pixels) // IMAGE_BYTES} of {n_images}")
+        raise DataFormatError(
+          images_path,
+          f"truncated: file ends inside image {index + len(pixels) // IMAGE_BYTES} of {n_images}",
+        )
       if len(label_bytes) < n:
-        raise DataFormatError(labels_path, f"truncated: file ends before label "
-                              f"{index + len(label_bytes)} of {n_labels}")
+        raise DataFormatError(
+          labels_path, f"truncated: file ends before label {index + len(label_bytes)} of {n_labels}"
+        )
       for j in range(n):
-        yield _decode(pixels[j * IMAGE_BYTES:(j + 1) * IMAGE_BYTES], label_bytes[j],
-                      source_name, index + j)
+        yield _decode(
+          pixels[j * IMAGE_BYTES : (j + 1) * IMAGE_BYTES], label_bytes[j], source_name, index + j
+        )
       index += n
 
 
 def _decode(pixels, label, source_name, index):
   """784 pixel bytes and a label byte -> Record, or Reject for a label outside 0-9."""
   if label > 9:
-    return Reject(file=source_name, index=index,
-                  reason=f"label byte {label} is not an MNIST class (0-9)")
+    return Reject(
+      file=source_name, index=index, reason=f"label byte {label} is not an MNIST class (0-9)"
+    )
   image = np.frombuffer(pixels, dtype=np.uint8).reshape(IMAGE_SHAPE).copy()
-  return Record(source_id=f"{source_name}:{index}", label=int(label), image=image,
-                content_sha256=hashlib.sha256(pixels + bytes([label])).hexdigest())
+  return Record(
+    source_id=f"{source_name}:{index}",
+    label=int(label),
+    image=image,
+    content_sha256=hashlib.sha256(pixels + bytes([label])).hexdigest(),
+  )
 
 
 # --- The data set ---
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
-LAYOUT = IdxLayout(splits={
+LAYOUT = IdxLayout(
+  splits={
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-})
+  }
+)
 
 
 def _arc(cx, cy, rx, ry, start, end, n=14):
@@ -339,16 +362,16 @@ def _arc(cx, cy, rx, ry, start, end, n=14):
 # polylines per digit. Strokes instead of a font: FreeType renders differ across
 # builds (the bytes must not), and jittered strokes look handwritten like MNIST.
 _DIGIT_STROKES = {
-    0: [_arc(0.5, 0.5, 0.3, 0.45, 0, 360, 24)],
-    1: [[(0.32, 0.22), (0.52, 0.04), (0.52, 0.96)]],
-    2: [_arc(0.5, 0.3, 0.3, 0.25, 180, 390) + [(0.16, 0.95), (0.86, 0.95)]],
-    3: [_arc(0.5, 0.27, 0.28, 0.22, 200, 450), _arc(0.5, 0.72, 0.32, 0.24, -90, 160)],
-    4: [[(0.66, 0.96), (0.66, 0.04), (0.12, 0.68), (0.9, 0.68)]],
-    5: [[(0.8, 0.05), (0.3, 0.05), (0.25, 0.45)] + _arc(0.5, 0.67, 0.3, 0.28, 220, 520)],
-    6: [_arc(0.74, 0.62, 0.52, 0.57, 262, 180), _arc(0.5, 0.7, 0.28, 0.25, 0, 360, 20)],
-    7: [[(0.14, 0.05), (0.86, 0.05), (0.42, 0.96)]],
-    8: [_arc(0.5, 0.27, 0.24, 0.22, 0, 360, 20), _arc(0.5, 0.72, 0.3, 0.24, 0, 360, 20)],
-    9: [_arc(0.5, 0.3, 0.28, 0.26, 0, 360, 20), [(0.78, 0.3), (0.76, 0.6), (0.68, 0.96)]],
+  0: [_arc(0.5, 0.5, 0.3, 0.45, 0, 360, 24)],
+  1: [[(0.32, 0.22), (0.52, 0.04), (0.52, 0.96)]],
+  2: [_arc(0.5, 0.3, 0.3, 0.25, 180, 390) + [(0.16, 0.95), (0.86, 0.95)]],
+  3: [_arc(0.5, 0.27, 0.28, 0.22, 200, 450), _arc(0.5, 0.72, 0.32, 0.24, -90, 160)],
+  4: [[(0.66, 0.96), (0.66, 0.04), (0.12, 0.68), (0.9, 0.68)]],
+  5: [[(0.8, 0.05), (0.3, 0.05), (0.25, 0.45)] + _arc(0.5, 0.67, 0.3, 0.28, 220, 520)],
+  6: [_arc(0.74, 0.62, 0.52, 0.57, 262, 180), _arc(0.5, 0.7, 0.28, 0.25, 0, 360, 20)],
+  7: [[(0.14, 0.05), (0.86, 0.05), (0.42, 0.96)]],
+  8: [_arc(0.5, 0.27, 0.24, 0.22, 0, 360, 20), _arc(0.5, 0.72, 0.3, 0.24, 0, 360, 20)],
+  9: [_arc(0.5, 0.3, 0.28, 0.26, 0, 360, 20), [(0.78, 0.3), (0.76, 0.6), (0.68, 0.96)]],
 }
 _MNIST_SIZE = 28
 _MNIST_SUPERSAMPLE = 4  # Drawn 4x larger and box-filtered, for MNIST's soft edges.
@@ -371,13 +394,20 @@ def _mnist_image(rng, digit):
     pts += rng.normal(0, 0.012, size=pts.shape)
     x, y = pts[:, 0] * width, pts[:, 1] * height
     x = x - shear * y
-    polylines.append(np.stack([x * math.cos(angle) - y * math.sin(angle),
-                               x * math.sin(angle) + y * math.cos(angle)], axis=1))
+    polylines.append(
+      np.stack(
+        [x * math.cos(angle) - y * math.sin(angle), x * math.sin(angle) + y * math.cos(angle)],
+        axis=1,
+      )
+    )
   # Centre the digit's bounding box, then shift a little, as MNIST's centring
   # by centre of mass leaves digits slightly off the box centre.
   allpts = np.concatenate(polylines)
-  offset = (size / 2 - (allpts.min(0) + allpts.max(0)) / 2
-            + rng.uniform(-1.5, 1.5, size=2) * _MNIST_SUPERSAMPLE)
+  offset = (
+    size / 2
+    - (allpts.min(0) + allpts.max(0)) / 2
+    + rng.uniform(-1.5, 1.5, size=2) * _MNIST_SUPERSAMPLE
+  )
   thickness = rng.uniform(1.6, 3.2) * _MNIST_SUPERSAMPLE
   canvas = Image.new("L", (size, size), 0)
   draw = ImageDraw.Draw(canvas)
@@ -411,7 +441,9 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
     image_header = struct.pack(">iiii", IMAGES_MAGIC, n, _MNIST_SIZE, _MNIST_SIZE)
     atomic.write_bytes(files[-2], sample_data.gzip_bytes(image_header + images.tobytes()))
     label_header = struct.pack(">ii", LABELS_MAGIC, n)
-    atomic.write_bytes(files[-1], sample_data.gzip_bytes(label_header + labels.astype(np.uint8).tobytes()))
+    atomic.write_bytes(
+      files[-1], sample_data.gzip_bytes(label_header + labels.astype(np.uint8).tobytes())
+    )
     counts[split] = n
   return {"root": root, "counts": counts, "files": files}
 
@@ -419,36 +451,53 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
 # Sizes and SHA-256 digests from the TensorFlow Datasets catalogue
 # (tensorflow_datasets/url_checksums/mnist.txt); see preprocess/download.py.
 _MIRRORS = (
-    # What the TFDS `mnist` catalogue downloads; yann.lecun.com often fails.
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    # torchvision's mirror, then the original site. Same bytes: the digests
-    # decide, not the host.
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://yann.lecun.com/exdb/mnist/",
+  # What the TFDS `mnist` catalogue downloads; yann.lecun.com often fails.
+  "https://storage.googleapis.com/cvdf-datasets/mnist/",
+  # torchvision's mirror, then the original site. Same bytes: the digests
+  # decide, not the host.
+  "https://ossci-datasets.s3.amazonaws.com/mnist/",
+  "https://yann.lecun.com/exdb/mnist/",
 )
 _DIGESTS = {
-    "train-images-idx3-ubyte": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-    "train-labels-idx1-ubyte": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-    "t10k-images-idx3-ubyte": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-    "t10k-labels-idx1-ubyte": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+  "train-images-idx3-ubyte": (
+    9912422,
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+  ),
+  "train-labels-idx1-ubyte": (
+    28881,
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+  ),
+  "t10k-images-idx3-ubyte": (
+    1648877,
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+  ),
+  "t10k-labels-idx1-ubyte": (
+    4542,
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+  ),
 }
 
-SPEC = register(DatasetSpec(
+SPEC = register(
+  DatasetSpec(
     name="mnist",
     description="MNIST: 60,000 train and 10,000 test 28x28 grayscale digits (IDX files)",
     class_names=CLASS_NAMES,
     layout=LAYOUT,
-    sources=tuple(download.mirrored(f"{base}.gz", _MIRRORS, size=_DIGESTS[base][0],
-                                    sha256=_DIGESTS[base][1])
-                  for split in ("train", "test") for base in LAYOUT.splits[split]),
+    sources=tuple(
+      download.mirrored(f"{base}.gz", _MIRRORS, size=_DIGESTS[base][0], sha256=_DIGESTS[base][1])
+      for split in ("train", "test")
+      for base in LAYOUT.splits[split]
+    ),
     # The recipes hold out the first 5,000 training images for validation.
     validation_size=5000,
     augmentation={
-        "train": [{"op": "scale", "factor": 1.0 / 255.0}],
-        "eval": [{"op": "scale", "factor": 1.0 / 255.0}],
+      "train": [{"op": "scale", "factor": 1.0 / 255.0}],
+      "eval": [{"op": "scale", "factor": 1.0 / 255.0}],
     },
     # The small sample keeps more than 5,000 training images, so the default
     # validation split leaves 1,000 to train on.
-    sample=Sample(per_class={"small": (600, 50), "full": (6000, 1000)}, write=_write_sample,
-                  stream=1),
-))
+    sample=Sample(
+      per_class={"small": (600, 50), "full": (6000, 1000)}, write=_write_sample, stream=1
+    ),
+  )
+)

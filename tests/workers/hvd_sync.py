@@ -25,12 +25,14 @@ def main():
 
   ctx = distributed.init()
   keras.utils.set_random_seed(100 + ctx.rank)  # different start per rank on purpose
-  model = keras.Sequential([
+  model = keras.Sequential(
+    [
       keras.Input((8, 8, 1)),
       keras.layers.Conv2D(4, 3, activation="relu"),
       keras.layers.Flatten(),
       keras.layers.Dense(3),
-  ])
+    ]
+  )
   optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   rng = np.random.default_rng(ctx.rank)  # different data per rank
@@ -53,10 +55,12 @@ def main():
       # Optimizer slots exist only after the first apply, so broadcast now.
       distributed.broadcast_variables(model.variables + optimizer.variables)
   final = [v.numpy() for v in model.trainable_variables]
-  np.savez(os.path.join(args.out, f"rank{ctx.rank}.npz"),
-           **{f"initial_{i}": w for i, w in enumerate(initial)},
-           **{f"final_{i}": w for i, w in enumerate(final)},
-           size=ctx.size)
+  np.savez(
+    os.path.join(args.out, f"rank{ctx.rank}.npz"),
+    **{f"initial_{i}": w for i, w in enumerate(initial)},
+    **{f"final_{i}": w for i, w in enumerate(final)},
+    size=ctx.size,
+  )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,24 @@ def main():
   arrays.update({f"final_{i}": np.asarray(v.numpy()) for i, v in enumerate(state)})
   ids = []
   for _, _, batch_ids in input_pipeline.make_dataset(
-      config.data_dir, run.metadata, "test", rank=ctx.rank, size=ctx.size, batch_size=16,
-      training=False, seed=0, with_ids=True):
+    config.data_dir,
+    run.metadata,
+    "test",
+    rank=ctx.rank,
+    size=ctx.size,
+    batch_size=16,
+    training=False,
+    seed=0,
+    with_ids=True,
+  ):
     ids += [i.decode() for i in batch_ids.numpy()]
-  np.savez(os.path.join(args.out, f"rank{ctx.rank}.npz"), step=step, size=ctx.size,
-           ids=np.array(ids), **arrays)
+  np.savez(
+    os.path.join(args.out, f"rank{ctx.rank}.npz"),
+    step=step,
+    size=ctx.size,
+    ids=np.array(ids),
+    **arrays,
+  )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ function and a `RECIPE = Recipe(name="<name>", ...)`. `RECIPES` lists the
 package's files, as the data-set registry (preprocess/datasets/) does.
 """
 
+from collections.abc import Callable
 import dataclasses
 import importlib
 import importlib.util
 import pkgutil
 import sys
 import types
-from typing import Callable, Optional
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,32 +61,34 @@ class Recipe:
     validation_size: Training examples the recipe holds out for validation
       (the Beam job's --validation-size), 0 if it holds out none.
   """
+
   name: str
-  dataset: Optional[str]
+  dataset: str | None
   build: Callable
   optimizer: str
   learning_rate: float
   batch_size: int
   max_steps: int
   lr_decay_rate: float = 1.0
-  lr_decay_epochs: Optional[float] = None
-  lr_decay_steps: Optional[int] = None
-  ema_decay: Optional[float] = None
-  weight_decay: Optional[float] = None
+  lr_decay_epochs: float | None = None
+  lr_decay_steps: int | None = None
+  ema_decay: float | None = None
+  weight_decay: float | None = None
   eval_on: str = "validation"
   eval_every: int = 1000
-  eval_batches: Optional[int] = None
-  eval_output: Optional[str] = None
-  early_stopping_patience: Optional[int] = None
+  eval_batches: int | None = None
+  eval_output: str | None = None
+  early_stopping_patience: int | None = None
   log_every: int = 100
-  augmentation: Optional[dict] = None
-  serving_augmentation: Optional[list] = None
+  augmentation: dict | None = None
+  serving_augmentation: list | None = None
   validation_size: int = 0
 
   def build_model(self, num_classes, input_shape):
     """The recipe's model for `num_classes` logits and (h, w, c) inputs."""
-    return self.build(num_classes=num_classes, input_shape=tuple(input_shape),
-                      weight_decay=self.weight_decay)
+    return self.build(
+      num_classes=num_classes, input_shape=tuple(input_shape), weight_decay=self.weight_decay
+    )
 
   def to_json(self):
     """The recipe as JSON values (the builder by its import path)."""
@@ -146,8 +148,10 @@ def _discover():
   for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     recipe = importlib.import_module(f"{__name__}.{module}").RECIPE
     if recipe.name != module:
-      raise ValueError(f"trainers/recipes/{module}.py defines recipe {recipe.name!r}; "
-                       "a recipe's name must be its file name")
+      raise ValueError(
+        f"trainers/recipes/{module}.py defines recipe {recipe.name!r}; "
+        "a recipe's name must be its file name"
+      )
     found[module] = recipe
   return found
 

@@ -42,20 +42,24 @@ def build(num_classes=2, input_shape=(150, 150, 3), weight_decay=None):
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dense(84, activation="relu", **reg, name="fc1")(x)
   logits = keras.layers.Dense(
-      num_classes, kernel_initializer=layers.truncated_normal(0.005),
-      bias_initializer=layers.constant(0.1), **reg, name="fc2")(x)
+    num_classes,
+    kernel_initializer=layers.truncated_normal(0.005),
+    bias_initializer=layers.constant(0.1),
+    **reg,
+    name="fc2",
+  )(x)
   return keras.Model(inputs, logits, name="catdog_lenet5")
 
 
 RECIPE = Recipe(
-    name="catdog_lenet5",
-    dataset="catdog",
-    build=build,
-    optimizer="adam",
-    learning_rate=0.001,
-    batch_size=32,
-    max_steps=2_000,
-    eval_on="test",
-    eval_every=200,
-    validation_size=0,
+  name="catdog_lenet5",
+  dataset="catdog",
+  build=build,
+  optimizer="adam",
+  learning_rate=0.001,
+  batch_size=32,
+  max_steps=2_000,
+  eval_on="test",
+  eval_every=200,
+  validation_size=0,
 )

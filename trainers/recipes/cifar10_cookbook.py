@@ -51,13 +51,17 @@ def build(num_classes=10, input_shape=(24, 24, 3), weight_decay=None):
     An uncompiled `keras.Model` from images to logits.
   """
   lrn = dict(depth_radius=5, bias=2.0, alpha=1e-3, beta=0.75)
-  init = dict(kernel_initializer=layers.truncated_normal(0.05), bias_initializer="zeros",
-              kernel_regularizer=layers.weight_decay(weight_decay))
+  init = dict(
+    kernel_initializer=layers.truncated_normal(0.05),
+    bias_initializer="zeros",
+    kernel_regularizer=layers.weight_decay(weight_decay),
+  )
   inputs = keras.Input(shape=input_shape, name="images")
   x = inputs
   for stage in (1, 2):
-    x = keras.layers.Conv2D(64, 5, strides=1, padding="same", activation="relu", **init,
-                            name=f"conv{stage}")(x)
+    x = keras.layers.Conv2D(
+      64, 5, strides=1, padding="same", activation="relu", **init, name=f"conv{stage}"
+    )(x)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{stage}")(x)
     x = layers.LocalResponseNormalization(**lrn, name=f"norm{stage}")(x)
   x = keras.layers.Flatten(name="flatten")(x)
@@ -68,30 +72,30 @@ def build(num_classes=10, input_shape=(24, 24, 3), weight_decay=None):
 
 
 _DISTORTED = [
-    {"op": "central_crop", "height": _CROP, "width": _CROP},
-    {"op": "random_flip_left_right"},
-    {"op": "random_brightness", "max_delta": 63.0},
-    {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
-    {"op": "per_image_standardization"},
+  {"op": "central_crop", "height": _CROP, "width": _CROP},
+  {"op": "random_flip_left_right"},
+  {"op": "random_brightness", "max_delta": 63.0},
+  {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
+  {"op": "per_image_standardization"},
 ]
 
 RECIPE = Recipe(
-    name="cifar10_cookbook",
-    dataset="cifar10",
-    build=build,
-    optimizer="sgd",
-    learning_rate=0.1,
-    lr_decay_rate=1.0,  # constant, as the code runs (see the header)
-    batch_size=128,
-    max_steps=20_000,
-    eval_on="test",
-    eval_every=500,
-    eval_batches=1,
-    log_every=50,
-    augmentation={"train": _DISTORTED, "eval": _DISTORTED},
-    serving_augmentation=[
-        {"op": "central_crop", "height": _CROP, "width": _CROP},
-        {"op": "per_image_standardization"},
-    ],
-    validation_size=0,
+  name="cifar10_cookbook",
+  dataset="cifar10",
+  build=build,
+  optimizer="sgd",
+  learning_rate=0.1,
+  lr_decay_rate=1.0,  # constant, as the code runs (see the header)
+  batch_size=128,
+  max_steps=20_000,
+  eval_on="test",
+  eval_every=500,
+  eval_batches=1,
+  log_every=50,
+  augmentation={"train": _DISTORTED, "eval": _DISTORTED},
+  serving_augmentation=[
+    {"op": "central_crop", "height": _CROP, "width": _CROP},
+    {"op": "per_image_standardization"},
+  ],
+  validation_size=0,
 )

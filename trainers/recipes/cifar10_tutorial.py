@@ -46,46 +46,71 @@ def build(num_classes=10, input_shape=(24, 24, 3), weight_decay=0.004):
   decay = layers.weight_decay(weight_decay)
   inputs = keras.Input(shape=input_shape, name="images")
   x = keras.layers.Conv2D(
-      64, 5, strides=1, padding="same", activation="relu",
-      kernel_initializer=layers.truncated_normal(5e-2),
-      bias_initializer=layers.constant(0.0), name="conv1")(inputs)
+    64,
+    5,
+    strides=1,
+    padding="same",
+    activation="relu",
+    kernel_initializer=layers.truncated_normal(5e-2),
+    bias_initializer=layers.constant(0.0),
+    name="conv1",
+  )(inputs)
   x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
   x = layers.LocalResponseNormalization(**lrn, name="norm1")(x)
   x = keras.layers.Conv2D(
-      64, 5, strides=1, padding="same", activation="relu",
-      kernel_initializer=layers.truncated_normal(5e-2),
-      bias_initializer=layers.constant(0.1), name="conv2")(x)
+    64,
+    5,
+    strides=1,
+    padding="same",
+    activation="relu",
+    kernel_initializer=layers.truncated_normal(5e-2),
+    bias_initializer=layers.constant(0.1),
+    name="conv2",
+  )(x)
   # The tutorial normalizes before pooling in the second stage.
   x = layers.LocalResponseNormalization(**lrn, name="norm2")(x)
   x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool2")(x)
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dense(
-      384, activation="relu", kernel_initializer=layers.truncated_normal(0.04),
-      bias_initializer=layers.constant(0.1), kernel_regularizer=decay, name="local3")(x)
+    384,
+    activation="relu",
+    kernel_initializer=layers.truncated_normal(0.04),
+    bias_initializer=layers.constant(0.1),
+    kernel_regularizer=decay,
+    name="local3",
+  )(x)
   x = keras.layers.Dense(
-      192, activation="relu", kernel_initializer=layers.truncated_normal(0.04),
-      bias_initializer=layers.constant(0.1), kernel_regularizer=decay, name="local4")(x)
+    192,
+    activation="relu",
+    kernel_initializer=layers.truncated_normal(0.04),
+    bias_initializer=layers.constant(0.1),
+    kernel_regularizer=decay,
+    name="local4",
+  )(x)
   logits = keras.layers.Dense(
-      num_classes, kernel_initializer=layers.truncated_normal(1.0 / 192.0),
-      bias_initializer=layers.constant(0.0), name="softmax_linear")(x)
+    num_classes,
+    kernel_initializer=layers.truncated_normal(1.0 / 192.0),
+    bias_initializer=layers.constant(0.0),
+    name="softmax_linear",
+  )(x)
   return keras.Model(inputs, logits, name="cifar10_tutorial")
 
 
 RECIPE = Recipe(
-    name="cifar10_tutorial",
-    dataset="cifar10",
-    build=build,
-    optimizer="sgd",
-    learning_rate=0.1,
-    lr_decay_rate=0.1,
-    lr_decay_epochs=350,
-    batch_size=128,
-    max_steps=1_000_000,
-    ema_decay=0.9999,
-    weight_decay=0.004,
-    eval_on="test",
-    eval_every=1000,
-    log_every=10,
-    augmentation=None,
-    validation_size=0,
+  name="cifar10_tutorial",
+  dataset="cifar10",
+  build=build,
+  optimizer="sgd",
+  learning_rate=0.1,
+  lr_decay_rate=0.1,
+  lr_decay_epochs=350,
+  batch_size=128,
+  max_steps=1_000_000,
+  ema_decay=0.9999,
+  weight_decay=0.004,
+  eval_on="test",
+  eval_every=1000,
+  log_every=10,
+  augmentation=None,
+  validation_size=0,
 )

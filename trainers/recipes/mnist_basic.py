@@ -36,10 +36,12 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None):
   """
   reg = dict(kernel_regularizer=layers.weight_decay(weight_decay))
   inputs = keras.Input(shape=input_shape, name="images")
-  x = keras.layers.Conv2D(16, 3, strides=1, padding="same", activation="relu", **reg,
-                          name="conv1")(inputs)
-  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", **reg,
-                          name="conv2")(x)
+  x = keras.layers.Conv2D(16, 3, strides=1, padding="same", activation="relu", **reg, name="conv1")(
+    inputs
+  )
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", **reg, name="conv2")(
+    x
+  )
   x = keras.layers.MaxPooling2D(2, strides=2, padding="valid", name="pool1")(x)
   x = keras.layers.Flatten(name="flatten")(x)
   x = keras.layers.Dense(32, activation="relu", **reg, name="fc1")(x)
@@ -48,14 +50,14 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None):
 
 
 RECIPE = Recipe(
-    name="mnist_basic",
-    dataset="mnist",
-    build=build,
-    optimizer="adam",
-    learning_rate=0.001,
-    batch_size=100,
-    max_steps=5_500,
-    eval_on="validation",
-    eval_every=550,
-    validation_size=5_000,
+  name="mnist_basic",
+  dataset="mnist",
+  build=build,
+  optimizer="adam",
+  learning_rate=0.001,
+  batch_size=100,
+  max_steps=5_500,
+  eval_on="validation",
+  eval_every=550,
+  validation_size=5_000,
 )

@@ -63,16 +63,16 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None):
 
 
 RECIPE = Recipe(
-    name="mnist_bn_dropout",
-    dataset="mnist",
-    build=build,
-    optimizer="adam",
-    learning_rate=0.01,
-    batch_size=100,
-    max_steps=11_000,
-    eval_on="validation",
-    eval_every=10,
-    eval_output="fc2",
-    early_stopping_patience=2_000,
-    validation_size=5_000,
+  name="mnist_bn_dropout",
+  dataset="mnist",
+  build=build,
+  optimizer="adam",
+  learning_rate=0.01,
+  batch_size=100,
+  max_steps=11_000,
+  eval_on="validation",
+  eval_every=10,
+  eval_output="fc2",
+  early_stopping_patience=2_000,
+  validation_size=5_000,
 )

@@ -37,13 +37,21 @@ def _bottleneck(x, name, projection, init, sum_bias):
   """1x1->64 relu, 3x3->64 relu, 1x1->256 relu, plus the shortcut, then relu."""
   shortcut = x
   if projection:
-    shortcut = keras.layers.Conv2D(256, 1, strides=1, padding="same", use_bias=False,
-                                   kernel_initializer=init["kernel_initializer"],
-                                   kernel_regularizer=init["kernel_regularizer"],
-                                   name=f"{name}_shortcut")(x)
+    shortcut = keras.layers.Conv2D(
+      256,
+      1,
+      strides=1,
+      padding="same",
+      use_bias=False,
+      kernel_initializer=init["kernel_initializer"],
+      kernel_regularizer=init["kernel_regularizer"],
+      name=f"{name}_shortcut",
+    )(x)
   y = keras.layers.Conv2D(64, 1, padding="same", activation="relu", **init, name=f"{name}_conv1")(x)
   y = keras.layers.Conv2D(64, 3, padding="same", activation="relu", **init, name=f"{name}_conv2")(y)
-  y = keras.layers.Conv2D(256, 1, padding="same", activation="relu", **init, name=f"{name}_conv3")(y)
+  y = keras.layers.Conv2D(256, 1, padding="same", activation="relu", **init, name=f"{name}_conv3")(
+    y
+  )
   y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
   if sum_bias:
     y = layers.BiasAdd(bias_initializer=layers.constant(0.1), name=f"{name}_sum_bias")(y)
@@ -63,12 +71,15 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None, sum_bias=F
   Returns:
     An uncompiled `keras.Model` from images to logits.
   """
-  init = dict(kernel_initializer=layers.truncated_normal(0.1),
-              bias_initializer=layers.constant(0.1),
-              kernel_regularizer=layers.weight_decay(weight_decay))
+  init = dict(
+    kernel_initializer=layers.truncated_normal(0.1),
+    bias_initializer=layers.constant(0.1),
+    kernel_regularizer=layers.weight_decay(weight_decay),
+  )
   inputs = keras.Input(shape=input_shape, name="images")
-  x = keras.layers.Conv2D(64, 2, strides=2, padding="same", activation="relu", **init,
-                          name="conv1")(inputs)
+  x = keras.layers.Conv2D(
+    64, 2, strides=2, padding="same", activation="relu", **init, name="conv1"
+  )(inputs)
   x = keras.layers.MaxPooling2D(3, strides=1, padding="same", name="pool1")(x)
   x = _bottleneck(x, "conv_block", True, init, sum_bias)
   x = _bottleneck(x, "identity_block1", False, init, sum_bias)
@@ -82,14 +93,14 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None, sum_bias=F
 
 
 RECIPE = Recipe(
-    name="mnist_resnet",
-    dataset="mnist",
-    build=build,
-    optimizer="adam",
-    learning_rate=0.001,
-    batch_size=10,
-    max_steps=3_001,
-    eval_on="validation",
-    eval_every=1000,
-    validation_size=5_000,
+  name="mnist_resnet",
+  dataset="mnist",
+  build=build,
+  optimizer="adam",
+  learning_rate=0.001,
+  batch_size=10,
+  max_steps=3_001,
+  eval_on="validation",
+  eval_every=1000,
+  validation_size=5_000,
 )

@@ -24,21 +24,22 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None):
   """
   reg = dict(kernel_regularizer=layers.weight_decay(weight_decay))
   inputs = keras.Input(shape=input_shape, name="images")
-  x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", **reg,
-                          name="conv1")(inputs)
+  x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", **reg, name="conv1")(
+    inputs
+  )
   x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
   logits = keras.layers.Dense(num_classes, **reg, name="logits")(x)
   return keras.Model(inputs, logits, name="tiny")
 
 
 RECIPE = Recipe(
-    name="tiny",
-    dataset=None,
-    build=build,
-    optimizer="sgd",
-    learning_rate=0.05,
-    batch_size=32,
-    max_steps=100,
-    eval_on="test",
-    eval_every=50,
+  name="tiny",
+  dataset=None,
+  build=build,
+  optimizer="sgd",
+  learning_rate=0.05,
+  batch_size=32,
+  max_steps=100,
+  eval_on="test",
+  eval_every=50,
 )
