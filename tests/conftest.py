@@ -43,6 +43,22 @@ def horovod():
   return run
 
 
+def run_beam_job(dataset, raw, out, *flags, timeout=600, check=True):
+  """Runs `python -m pipeline.build_tfrecords` on one data set, as users do; returns the result.
+
+  With check=True a non-zero exit fails the test with the job's stderr.
+  """
+  cmd = [sys.executable, "-m", "pipeline.build_tfrecords", "--dataset", dataset]
+  cmd += ["--raw-dir", str(raw), "--out-dir", str(out), *[str(f) for f in flags]]
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  result = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, check=False
+  )
+  if check and result.returncode != 0:
+    pytest.fail(f"the Beam job failed ({result.returncode}):\n{result.stderr[-3000:]}")
+  return result
+
+
 @pytest.fixture(scope="session")
 def tfrecords(tmp_path_factory):
   """Sample data of all three data sets, converted by the real Beam job once per session.
@@ -55,29 +71,7 @@ def tfrecords(tmp_path_factory):
   out = tmp_path_factory.mktemp("tfrecords")
   sample_data.generate(str(raw), seed=0)
   for dataset, validation in (("cifar10", 250), ("mnist", 500), ("catdog", 40)):
-    cmd = [
-      sys.executable,
-      "-m",
-      "pipeline.build_tfrecords",
-      "--dataset",
-      dataset,
-      "--raw-dir",
-      raw,
-      "--out-dir",
-      out,
-      "--num-shards",
-      "4",
-      "--validation-size",
-      str(validation),
-    ]
-    subprocess.run(
-      [str(c) for c in cmd],
-      cwd=ROOT,
-      check=True,
-      capture_output=True,
-      timeout=600,
-      env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    run_beam_job(dataset, raw, out, "--num-shards", 4, "--validation-size", validation)
   return out
 
 

@@ -9,11 +9,8 @@ one-line message.
 
 import copy
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +20,7 @@ from preprocess import augment
 from preprocess import datasets
 from preprocess import schema
 from preprocess.datasets import cifar10
+from tests.conftest import run_beam_job
 from trainers import input_pipeline as ip
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -38,29 +36,7 @@ def data(tmp_path_factory):
   out = tmp_path_factory.mktemp("tfrecords")
   sample_data.generate(str(raw), names=("cifar10", "mnist"), seed=0)
   for dataset, validation in (("cifar10", 0), ("mnist", 500)):
-    cmd = [
-      sys.executable,
-      "-m",
-      "pipeline.build_tfrecords",
-      "--dataset",
-      dataset,
-      "--raw-dir",
-      raw,
-      "--out-dir",
-      out,
-      "--num-shards",
-      "4",
-      "--validation-size",
-      validation,
-    ]
-    subprocess.run(
-      [str(c) for c in cmd],
-      cwd=ROOT,
-      check=True,
-      capture_output=True,
-      timeout=300,
-      env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    run_beam_job(dataset, raw, out, "--num-shards", 4, "--validation-size", validation)
   return {"raw": raw, "cifar10": out / "cifar10", "mnist": out / "mnist"}
 
 

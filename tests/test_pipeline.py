@@ -8,11 +8,8 @@ which the tests parse themselves.
 import gzip
 import hashlib
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
@@ -20,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from preprocess import sample_data
-from tests.conftest import ROOT
+from tests.conftest import run_beam_job
 
 STANDARD_KEYS = {
   "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -38,29 +35,7 @@ STANDARD_KEYS = {
 
 def build(raw, out, *flags, dataset="cifar10", check=True):
   """Runs `python -m pipeline.build_tfrecords` and returns the CompletedProcess."""
-  cmd = [
-    sys.executable,
-    "-m",
-    "pipeline.build_tfrecords",
-    "--dataset",
-    dataset,
-    "--raw-dir",
-    str(raw),
-    "--out-dir",
-    str(out),
-    *flags,
-  ]
-  result = subprocess.run(
-    cmd,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, PYTHONPATH=str(ROOT)),
-  )
-  if check and result.returncode != 0:
-    pytest.fail(f"pipeline failed ({result.returncode}):\n{result.stderr[-3000:]}")
-  return result
+  return run_beam_job(dataset, raw, out, *flags, check=check)
 
 
 def read_split(out_dir, split):
