@@ -29,6 +29,7 @@ import time
 import psutil
 
 from preprocess import sample_data
+from preprocess import schema
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -95,9 +96,16 @@ def _loop_seconds(output):
 
 
 def _sample_tfrecords(work):
-  """The CIFAR-10 sample data, converted by the Beam job once (cached in the work dir)."""
+  """The CIFAR-10 sample data, converted by the Beam job once (cached in the work dir).
+
+  The cache is used only while it verifies against its metadata.json; one left by
+  another version of the job (or damaged) is converted again.
+  """
   raw, out = work / "raw-sample", work / "tfrecords-sample"
-  if not (out / "cifar10" / "metadata.json").exists():
+  try:
+    schema.verify_data(str(out / "cifar10"))
+  except (ValueError, OSError):
+    shutil.rmtree(out, ignore_errors=True)
     sample_data.generate(str(raw), names=("cifar10",), seed=0)
     subprocess.run(
       beam_cmd(raw, out),
