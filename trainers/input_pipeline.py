@@ -348,27 +348,15 @@ def _format_shape(shape):
 
 def _decode_fn(metadata, steps, run_seed, with_ids):
   """Returns fn(serialized, epoch) -> (image, label[, source id]) for Dataset.map."""
-  image_shape = list(metadata.image_shape)
-  num_classes = metadata.num_classes
+  raw = _decode_raw_fn(metadata)
   random = any(_op(s).random for s in steps)
 
   def decode(serialized, epoch):
-    features = schema.parse_example(serialized)
-    image = tf.io.decode_image(features[schema.ENCODED], expand_animations=False)
-    # Fails the run on a record of another size, and gives the ops static shapes.
-    image = tf.ensure_shape(image, image_shape)
-    label = features[schema.LABEL]
-    check = tf.debugging.assert_less(
-      label,
-      tf.constant(num_classes, tf.int64),
-      message=f"label out of range [0, {num_classes}) in a record",
-    )
-    with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
-      label = tf.cast(label, tf.int32)
-    seed = example_seed(run_seed, features[schema.AUGMENT_SEED], epoch) if random else None
+    image, label, augment_seed, source_id = raw(serialized)
+    seed = example_seed(run_seed, augment_seed, epoch) if random else None
     image = apply_policy(tf.cast(image, tf.float32), steps, seed)
     if with_ids:
-      return image, label, features[schema.SOURCE_ID]
+      return image, label, source_id
     return image, label
 
   return decode
@@ -381,6 +369,7 @@ def _decode_raw_fn(metadata):
 
   def decode(serialized):
     features = schema.parse_example(serialized)
+    # Fails the run on a record of another size, and gives the ops static shapes.
     image = tf.ensure_shape(
       tf.io.decode_image(features[schema.ENCODED], expand_animations=False), image_shape
     )

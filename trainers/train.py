@@ -721,27 +721,15 @@ def train(run):
   run.check_splits()
   k = steps_per_call(config)
   # Cadences on the grid of calls (--steps-per-call); the default k moves none.
-  every = {
-    name: round_cadence(value, k)
-    for name, value in (
-      ("log", recipe.log_every),
-      ("summary", config.summary_every),
-      ("histogram", config.histogram_every),
-      ("checkpoint", config.checkpoint_every),
-      ("eval", recipe.eval_every),
-    )
+  asked = {
+    "log": recipe.log_every,
+    "summary": config.summary_every,
+    "histogram": config.histogram_every,
+    "checkpoint": config.checkpoint_every,
+    "eval": recipe.eval_every,
   }
-  moved = [
-    f"{name} every {every[name]}"
-    for name, value in (
-      ("log", recipe.log_every),
-      ("summary", config.summary_every),
-      ("histogram", config.histogram_every),
-      ("checkpoint", config.checkpoint_every),
-      ("eval", recipe.eval_every),
-    )
-    if every[name] != value
-  ]
+  every = {name: round_cadence(value, k) for name, value in asked.items()}
+  moved = [f"{name} every {every[name]}" for name, value in asked.items() if every[name] != value]
   train_steps = make_train_loop(
     run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce, config.xla
   )
