@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 
+from preprocess import datasets
 from trainers import config as config_lib
 from trainers import recipes
 from trainers import train
@@ -45,11 +46,12 @@ def test_every_recipe_field_is_read_by_the_trainer():
   )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:
-    if field == "name" or field == "dataset":
-      continue  # read by the registry (recipes.for_dataset) and config.json
+    if field in ("name", "dataset", "default"):
+      continue  # read by the registry (recipes.for_dataset, default_for) and config.json
     used = re.search(rf"recipe\.{field}\b", sources) or re.search(rf"self\.{field}\b", own)
     assert used, f"Recipe.{field} is not read by the trainer"
   assert "r.dataset" in inspect.getsource(recipes.for_dataset)
+  assert "r.default" in inspect.getsource(recipes.default_for)
   assert "recipe.name" in sources
 
 
@@ -196,6 +198,30 @@ def test_each_entry_script_offers_its_recipes_and_tiny():
     "tiny",
   ]
   assert recipes.for_dataset("catdog") == ["catdog_lenet5", "tiny"]
+
+
+def test_each_data_set_defaults_to_the_recipe_marked_default_in_its_file():
+  # The documented defaults, now a field of the recipe files, not a table.
+  defaults = {name: recipes.default_for(name) for name in datasets.names()}
+  assert defaults == {
+    "cifar10": "cifar10_tutorial",
+    "mnist": "mnist_basic",
+    "catdog": "catdog_lenet5",
+  }
+  for name in datasets.names():
+    assert config_lib.parse(name, []).recipe.name == defaults[name]
+    assert config_lib.parse(None, ["--dataset", name]).recipe.name == defaults[name]
+    assert defaults[name] in recipes.for_dataset(name) and "tiny" in recipes.for_dataset(name)
+  # Every recipe trains a registered data set (or any, as tiny does).
+  assert {r.dataset for r in recipes.RECIPES.values()} - {None} <= set(datasets.names())
+  assert [n for n, r in recipes.RECIPES.items() if r.default and r.dataset is None] == []
+
+
+def test_the_generic_entry_takes_the_data_set_as_a_flag():
+  config = config_lib.parse(None, ["--dataset", "mnist", "--recipe", "mnist_resnet"])
+  assert (config.dataset, config.recipe.name) == ("mnist", "mnist_resnet")
+  assert config.data_dir == "data/tfrecords/mnist"
+  assert config == config_lib.parse("mnist", ["--recipe", "mnist_resnet"])
 
 
 def test_overrides_replace_recipe_fields_and_each_value_exists_once():

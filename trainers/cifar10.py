@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trains and evaluates the cifar10 models on the TFRecords of the Beam job.
+"""`python -m trainers --dataset cifar10` as a script of its own (trainers/__main__.py).
 
     horovodrun -np 4 trainers/cifar10.py [flags]     # one process per GPU
     python trainers/cifar10.py --help                 # one process
@@ -16,6 +16,6 @@ if __name__ == "__main__":
   # instead so `import trainers` works without an install.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   # Flags are parsed before TensorFlow is imported (trainers/entry.py).
-  from trainers import entry  # pylint: disable=g-import-not-at-top
+  from trainers import entry
 
   sys.exit(entry.main("cifar10"))

@@ -1,6 +1,7 @@
 """Typed run configuration of the trainers: a recipe plus command-line overrides.
 
-Each entry script (trainers/cifar10.py, mnist.py, catdog.py) names its data set;
+The generic entry (`python -m trainers --dataset NAME`) or an entry script
+(trainers/cifar10.py, mnist.py, catdog.py) names the data set;
 `parse(dataset, argv)` starts from the recipe chosen with `--recipe`
 (trainers/recipes/<name>.py), replaces the recipe fields the flags override,
 and rejects unknown or inconsistent flags. The result keeps each value once:
@@ -13,7 +14,11 @@ import dataclasses
 import math
 
 from preprocess import cli
+from preprocess import datasets
 from trainers import recipes
+
+# The generic entry (trainers/__main__.py), for any data set.
+GENERIC = "python -m trainers"
 
 MODES = ("train", "eval", "train_and_eval")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -49,7 +54,7 @@ class Config:
   """Everything one run depends on. See `_parser` for the meaning of each flag.
 
   Attributes:
-    dataset: The entry script's data set.
+    dataset: The data set (--dataset, or the entry script's).
     recipe: The recipe with the command-line overrides applied.
     epochs: If set, train for this many epochs instead of recipe.max_steps.
     warmup_steps, warmup_epochs: The warmup asked for, or both None for the
@@ -90,25 +95,30 @@ class Config:
     return d
 
 
-def _parser(dataset):
+def _parser(dataset, generic=False):
   # No abbreviations: the retired `--model NAME` would otherwise be taken as
   # `--model-dir NAME` and train into a directory named after the recipe.
+  command = f"{GENERIC} --dataset {dataset or 'NAME'}" if generic else f"trainers/{dataset}.py"
   p = cli.ArgumentParser(
-    prog=f"trainers/{dataset}.py",
+    prog=GENERIC if generic else command,
     allow_abbrev=False,
     description=(
-      f"Train or evaluate a {dataset} model on the TFRecords of `make preprocess`. "
-      f"One process per GPU: `horovodrun -np 4 trainers/{dataset}.py`; "
-      f"`python trainers/{dataset}.py` runs one process. Flags marked (recipe) "
+      f"Train or evaluate a {dataset or 'DATASET'} model on the TFRecords of `make preprocess`. "
+      f"One process per GPU: `horovodrun -np 4 {command}`; "
+      f"`{command}` alone runs one process. Flags marked (recipe) "
       f"override the recipe's value (trainers/recipes/<name>.py)."
     ),
   )
+  if generic:
+    _dataset_flag(p).required = True
+  default = recipes.default_for(dataset)
   p.add_argument(
     "--recipe",
-    choices=recipes.for_dataset(dataset),
-    default=recipes.DEFAULT[dataset],
+    choices=recipes.for_dataset(dataset) if dataset else list(recipes.RECIPES),
+    default=default,
+    required=default is None,
     help="Recipe to train, a file of trainers/recipes/ ('tiny' is a few-hundred-"
-    "parameter model for tests).",
+    "parameter model for tests). Default: the data set's recipe marked default.",
   )
   p.add_argument(
     "--data-dir",
@@ -326,9 +336,14 @@ def _check_flags(parser, a):
 def parse(dataset, argv):
   """Builds the Config of one run from `argv`.
 
-  Unknown flags and inconsistent values exit with a usage error (argparse).
+  `dataset` is the entry script's data set, or None for the generic entry
+  (`python -m trainers`), which takes it from --dataset. Unknown flags and
+  inconsistent values exit with a usage error (argparse).
   """
-  parser = _parser(dataset)
+  generic = dataset is None
+  if generic:
+    dataset = _dataset_of(argv)
+  parser = _parser(dataset, generic)
   a = parser.parse_args(argv)
   _check_flags(parser, a)
   overrides = {name: getattr(a, name) for name in RECIPE_FLAGS if getattr(a, name) is not None}
@@ -364,6 +379,21 @@ def parse(dataset, argv):
     export=a.export,
     **_speed(parser, a),
   )
+
+
+def _dataset_flag(parser):
+  return parser.add_argument(
+    "--dataset",
+    choices=datasets.names(),
+    help="Data set to train on, a file of preprocess/datasets/.",
+  )
+
+
+def _dataset_of(argv):
+  """The generic entry's --dataset, or None when absent (the full parser then says so)."""
+  p = cli.ArgumentParser(prog=GENERIC, add_help=False, allow_abbrev=False)
+  _dataset_flag(p)
+  return p.parse_known_args(argv)[0].dataset
 
 
 def _speed(parser, a):

@@ -1,4 +1,4 @@
-"""What trainers/cifar10.py, mnist.py and catdog.py run: flags first, TensorFlow second.
+"""What `python -m trainers` and trainers/cifar10.py, mnist.py, catdog.py run: flags, then TF.
 
 The first stop of a training run, before the data flow proper: `main` parses
 and checks the flags (trainers/config.py, which imports no TensorFlow), so
@@ -52,12 +52,15 @@ def quiet_imports(banners=BANNERS):
       sys.stderr.flush()
 
 
-def main(dataset, argv=None):
-  """Parses the flags of trainers/<dataset>.py, then imports and runs the loop; returns the exit code."""
+def main(dataset=None, argv=None):
+  """Parses the flags, then imports and runs the loop; returns the exit code.
+
+  `dataset` is trainers/<dataset>.py's, or None for `python -m trainers --dataset NAME`.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 
   config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
   with quiet_imports():
     from trainers import train  # pylint: disable=g-import-not-at-top
-  return train.main(dataset, config=config)
+  return train.main(config.dataset, config=config)

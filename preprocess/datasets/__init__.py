@@ -1,7 +1,7 @@
 """The data-set registry: one spec per data set, found by file.
 
 Every module in this package (cifar10.py, mnist.py, catdog.py, ...) defines one
-data set with `register(DatasetSpec(...))`: its raw layout and file names (a
+data set as `SPEC = DatasetSpec(name=<its file name>, ...)`: its raw layout and file names (a
 layout of a format: CIFAR binary batches, defined in cifar10.py, IDX, defined
 in mnist.py, or image folders, shared in preprocess/imagefolder.py), class
 names, download sources with checksums, default validation size, default
@@ -14,20 +14,18 @@ knows a data set by name. Adding a data set in an existing format is one new
 module here. The trainers need nothing from the specs: what they use reaches
 them through metadata.json (preprocess/schema.py).
 
-Spec modules are imported on first use, not when this package is imported, so
-importing this package stays cheap, and the spec modules can import the
-downloader and the sample-data writer, which import this package, without a
-cycle.
+`SPECS` lists this package's files and imports them on first use
+(preprocess/registry.py, the mechanism the recipes' registry shares), not when
+this package is imported, so importing it stays cheap, and the spec modules can
+import the downloader and the sample-data writer, which import this package,
+without a cycle.
 """
 
 from collections.abc import Callable
 import copy
 import dataclasses
-import importlib
-import pkgutil
 
-_REGISTRY = {}
-_LOADED = False
+from preprocess import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,44 +82,34 @@ class DatasetSpec:
     return copy.deepcopy(self.augmentation)
 
 
-def register(spec):
-  """Adds `spec` to the registry and returns it.
-
-  Raises:
-    ValueError: Another spec has the same name or sample stream.
-  """
-  if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-    raise ValueError(f"data set {spec.name!r} is registered twice")
-  clash = [
-    s.name
-    for s in _REGISTRY.values()
-    if s.sample.stream == spec.sample.stream and s.name != spec.name
-  ]
+def _check_stream(spec, others):
+  clash = [s.name for s in others if s.sample.stream == spec.sample.stream]
   if clash:
     raise ValueError(
       f"data set {spec.name!r}: sample stream {spec.sample.stream} is already {clash[0]!r}'s"
     )
-  _REGISTRY[spec.name] = spec
-  return spec
+
+
+SPECS = registry.Registry(__name__, "SPEC", "data set", check=_check_stream)
+
+
+def register(spec):
+  """Adds a spec defined outside this package (a test's or a plugin's) and returns it.
+
+  Raises:
+    ValueError: Another spec has the same name or sample stream.
+  """
+  return SPECS.add(spec)
 
 
 def unregister(name):
-  """Removes a spec (for tests that register their own)."""
-  _REGISTRY.pop(name, None)
-
-
-def _load():
-  global _LOADED
-  if not _LOADED:
-    _LOADED = True
-    for module in pkgutil.iter_modules(__path__):
-      importlib.import_module(f"{__name__}.{module.name}")
+  """Removes a spec that `register` added."""
+  SPECS.remove(name)
 
 
 def names():
-  """Names of all registered data sets, in sample-stream order (cifar10, mnist, catdog, ...)."""
-  _load()
-  return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].sample.stream, n)))
+  """Names of all data sets, in sample-stream order (cifar10, mnist, catdog, ...)."""
+  return tuple(sorted(SPECS, key=lambda n: (SPECS[n].sample.stream, n)))
 
 
 def get(name):
@@ -130,7 +118,6 @@ def get(name):
   Raises:
     ValueError: No such data set.
   """
-  _load()
-  if name not in _REGISTRY:
+  if name not in SPECS:
     raise ValueError(f"unknown data set {name!r}; choose from {', '.join(names())}")
-  return _REGISTRY[name]
+  return SPECS[name]

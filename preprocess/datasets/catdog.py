@@ -22,7 +22,6 @@ from preprocess import imagefolder
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
-from preprocess.datasets import register
 
 CLASS_NAMES = ("cat", "dog")
 LAYOUT = imagefolder.FolderLayout(splits=("train", "test"))
@@ -291,35 +290,31 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
   return {"root": root, "counts": counts, "files": files}
 
 
-SPEC = register(
-  DatasetSpec(
-    name="catdog",
-    description="Kaggle cats vs dogs: about 25,000 JPEG photos in two classes",
-    class_names=CLASS_NAMES,
-    layout=LAYOUT,
-    sources=(
-      # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`); SHA-256
-      # from Hugging Face Datasets (datasets/cats_vs_dogs/dataset_infos.json).
-      download.RemoteFile(
-        "kagglecatsanddogs_5340.zip",
-        (
-          "https://download.microsoft.com/download/3/E/1/"
-          "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",
-        ),
-        sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
-        size=824887076,
+SPEC = DatasetSpec(
+  name="catdog",
+  description="Kaggle cats vs dogs: about 25,000 JPEG photos in two classes",
+  class_names=CLASS_NAMES,
+  layout=LAYOUT,
+  sources=(
+    # The archive the TFDS `cats_vs_dogs` builder reads (its `_URL`); SHA-256
+    # from Hugging Face Datasets (datasets/cats_vs_dogs/dataset_infos.json).
+    download.RemoteFile(
+      "kagglecatsanddogs_5340.zip",
+      (
+        "https://download.microsoft.com/download/3/E/1/"
+        "3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip",
       ),
+      sha256="b7974bd00a84a99921f36ee4403f089853777b5ae8d151c76a86e64900334af9",
+      size=824887076,
     ),
-    validation_size=0,
-    # Stored at the converted size (default 150x150), so no crop.
-    augmentation={
-      "train": [{"op": "random_flip_left_right"}, {"op": "per_image_standardization"}],
-      "eval": [{"op": "per_image_standardization"}],
-    },
-    # "full": the usual 2,000/500 per class subset of the Kaggle set.
-    sample=Sample(
-      per_class={"small": (150, 30), "full": (2000, 500)}, write=_write_sample, stream=2
-    ),
-    install=_install,
-  )
+  ),
+  validation_size=0,
+  # Stored at the converted size (default 150x150), so no crop.
+  augmentation={
+    "train": [{"op": "random_flip_left_right"}, {"op": "per_image_standardization"}],
+    "eval": [{"op": "per_image_standardization"}],
+  },
+  # "full": the usual 2,000/500 per class subset of the Kaggle set.
+  sample=Sample(per_class={"small": (150, 30), "full": (2000, 500)}, write=_write_sample, stream=2),
+  install=_install,
 )

@@ -33,7 +33,6 @@ from preprocess import fileio
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
-from preprocess.datasets import register
 from preprocess.errors import DataFormatError
 from preprocess.schema import Record
 from preprocess.schema import Reject
@@ -386,42 +385,40 @@ def _write_sample(root, train_per_class, test_per_class, rng_for_split):
   return {"root": root, "counts": counts, "files": files}
 
 
-SPEC = register(
-  DatasetSpec(
-    name="cifar10",
-    description="CIFAR-10, binary version: 50,000 train and 10,000 test 32x32 colour images",
-    class_names=CLASS_NAMES,
-    layout=LAYOUT,
-    # Size and SHA-256 from the TensorFlow Datasets catalogue
-    # (tensorflow_datasets/url_checksums/cifar10.txt); see preprocess/download.py.
-    sources=(
-      download.RemoteFile(
-        LAYOUT.archive,
-        ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
-        sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-        # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
-        md5="c32a1d4ab5d03f1284b67883e8d87530",
-        size=170052171,
-      ),
+SPEC = DatasetSpec(
+  name="cifar10",
+  description="CIFAR-10, binary version: 50,000 train and 10,000 test 32x32 colour images",
+  class_names=CLASS_NAMES,
+  layout=LAYOUT,
+  # Size and SHA-256 from the TensorFlow Datasets catalogue
+  # (tensorflow_datasets/url_checksums/cifar10.txt); see preprocess/download.py.
+  sources=(
+    download.RemoteFile(
+      LAYOUT.archive,
+      ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+      sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+      # Published on https://www.cs.toronto.edu/~kriz/cifar.html itself.
+      md5="c32a1d4ab5d03f1284b67883e8d87530",
+      size=170052171,
     ),
-    # The tutorial trains on all 50,000 training images and evaluates on test.
-    validation_size=0,
-    # The TensorFlow CIFAR-10 tutorial (cifar10_input.distorted_inputs / inputs).
-    augmentation={
-      "train": [
-        {"op": "random_crop", "height": _CROP, "width": _CROP},
-        {"op": "random_flip_left_right"},
-        {"op": "random_brightness", "max_delta": 63.0},
-        {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
-        {"op": "per_image_standardization"},
-      ],
-      "eval": [
-        {"op": "central_crop", "height": _CROP, "width": _CROP},
-        {"op": "per_image_standardization"},
-      ],
-    },
-    sample=Sample(
-      per_class={"small": (250, 50), "full": (5000, 1000)}, write=_write_sample, stream=0
-    ),
-  )
+  ),
+  # The tutorial trains on all 50,000 training images and evaluates on test.
+  validation_size=0,
+  # The TensorFlow CIFAR-10 tutorial (cifar10_input.distorted_inputs / inputs).
+  augmentation={
+    "train": [
+      {"op": "random_crop", "height": _CROP, "width": _CROP},
+      {"op": "random_flip_left_right"},
+      {"op": "random_brightness", "max_delta": 63.0},
+      {"op": "random_contrast", "lower": 0.2, "upper": 1.8},
+      {"op": "per_image_standardization"},
+    ],
+    "eval": [
+      {"op": "central_crop", "height": _CROP, "width": _CROP},
+      {"op": "per_image_standardization"},
+    ],
+  },
+  sample=Sample(
+    per_class={"small": (250, 50), "full": (5000, 1000)}, write=_write_sample, stream=0
+  ),
 )

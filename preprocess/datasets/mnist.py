@@ -44,7 +44,6 @@ from preprocess import fileio
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
-from preprocess.datasets import register
 from preprocess.errors import DataFormatError
 from preprocess.schema import Record
 from preprocess.schema import Reject
@@ -477,27 +476,25 @@ _DIGESTS = {
   ),
 }
 
-SPEC = register(
-  DatasetSpec(
-    name="mnist",
-    description="MNIST: 60,000 train and 10,000 test 28x28 grayscale digits (IDX files)",
-    class_names=CLASS_NAMES,
-    layout=LAYOUT,
-    sources=tuple(
-      download.mirrored(f"{base}.gz", _MIRRORS, size=_DIGESTS[base][0], sha256=_DIGESTS[base][1])
-      for split in ("train", "test")
-      for base in LAYOUT.splits[split]
-    ),
-    # The recipes hold out the first 5,000 training images for validation.
-    validation_size=5000,
-    augmentation={
-      "train": [{"op": "scale", "factor": 1.0 / 255.0}],
-      "eval": [{"op": "scale", "factor": 1.0 / 255.0}],
-    },
-    # The small sample keeps more than 5,000 training images, so the default
-    # validation split leaves 1,000 to train on.
-    sample=Sample(
-      per_class={"small": (600, 50), "full": (6000, 1000)}, write=_write_sample, stream=1
-    ),
-  )
+SPEC = DatasetSpec(
+  name="mnist",
+  description="MNIST: 60,000 train and 10,000 test 28x28 grayscale digits (IDX files)",
+  class_names=CLASS_NAMES,
+  layout=LAYOUT,
+  sources=tuple(
+    download.mirrored(f"{base}.gz", _MIRRORS, size=_DIGESTS[base][0], sha256=_DIGESTS[base][1])
+    for split in ("train", "test")
+    for base in LAYOUT.splits[split]
+  ),
+  # The recipes hold out the first 5,000 training images for validation.
+  validation_size=5000,
+  augmentation={
+    "train": [{"op": "scale", "factor": 1.0 / 255.0}],
+    "eval": [{"op": "scale", "factor": 1.0 / 255.0}],
+  },
+  # The small sample keeps more than 5,000 training images, so the default
+  # validation split leaves 1,000 to train on.
+  sample=Sample(
+    per_class={"small": (600, 50), "full": (6000, 1000)}, write=_write_sample, stream=1
+  ),
 )

@@ -10,17 +10,16 @@ disagree. trainers/config.py applies command-line overrides to a recipe; the
 result is the run config, in which each value exists once.
 
 Adding a recipe is one file: write trainers/recipes/<name>.py with a `build`
-function and a `RECIPE = Recipe(name="<name>", ...)`. `RECIPES` lists the
-package's files, as the data-set registry (preprocess/datasets/) does.
+function and a `RECIPE = Recipe(name="<name>", dataset=..., ...)`; mark it
+`default=True` to make it what its data set trains without --recipe.
+`RECIPES` lists the package's files and imports them on first use, the one
+registry mechanism (preprocess/registry.py) the data-set specs share.
 """
 
 from collections.abc import Callable
 import dataclasses
-import importlib
-import importlib.util
-import pkgutil
-import sys
-import types
+
+from preprocess import registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,6 +30,8 @@ class Recipe:
     name: The file name under trainers/recipes/ and the value of --recipe.
     dataset: The data set it trains on (the entry script that offers it), or
       None for any (the test model).
+    default: Whether the data set trains this recipe when --recipe is not
+      given (one recipe per data set at most).
     build: fn(num_classes, input_shape, weight_decay) -> keras.Model mapping
       images to logits.
     optimizer: "sgd" or "adam".
@@ -83,6 +84,7 @@ class Recipe:
   augmentation: dict | None = None
   serving_augmentation: list | None = None
   validation_size: int = 0
+  default: bool = False
 
   def build_model(self, num_classes, input_shape):
     """The recipe's model for `num_classes` logits and (h, w, c) inputs."""
@@ -97,74 +99,32 @@ class Recipe:
     return d
 
 
-# Modules the recipe files import that bring in TensorFlow. Until a recipe
-# first uses one (when it builds its model) they are stand-ins that import the
-# real module on first attribute access, so reading the registry -- what `--help`
-# and flag checking need -- costs no TensorFlow import.
-_HEAVY = ("keras", "trainers.layers")
-
-
-class _Deferred(types.ModuleType):
-  """Stands in sys.modules for module `name` until an attribute is read, then imports it.
-
-  (importlib.util.LazyLoader loads on any attribute access, `__spec__` included,
-  which the `import` statement itself reads on Python 3.11.)
-  """
-
-  def __init__(self, name):
-    super().__init__(name)
-    self.__spec__ = importlib.util.find_spec(name)
-    self.__file__ = self.__spec__.origin
-
-  def __getattr__(self, attr):
-    name = self.__name__
-    if sys.modules.get(name) is self:
-      del sys.modules[name]
-    module = importlib.import_module(name)
-    parent, _, child = name.rpartition(".")
-    if parent:
-      setattr(sys.modules[parent], child, module)
-    return getattr(module, attr)
-
-
-def _defer(name):
-  if name not in sys.modules:
-    stand_in = _Deferred(name)
-    sys.modules[name] = stand_in
-    parent, _, child = name.rpartition(".")
-    if parent:
-      setattr(sys.modules[parent], child, stand_in)
-
-
-def _discover():
-  """{name: Recipe} of every module in this package; a module's file name is its recipe's name.
-
-  Listing the package's files (not a hand-kept list) is what makes a new recipe
-  one new file. Each module is imported for its `RECIPE`, never for side effects.
-  """
-  for name in _HEAVY:
-    _defer(name)
-  found = {}
-  for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    recipe = importlib.import_module(f"{__name__}.{module}").RECIPE
-    if recipe.name != module:
-      raise ValueError(
-        f"trainers/recipes/{module}.py defines recipe {recipe.name!r}; "
-        "a recipe's name must be its file name"
-      )
-    found[module] = recipe
-  return found
-
-
-RECIPES = _discover()
-
-# What each entry script trains without --recipe.
-DEFAULT = {"cifar10": "cifar10_tutorial", "mnist": "mnist_basic", "catdog": "catdog_lenet5"}
+# Modules the recipe files import that bring in TensorFlow, stood in for until a
+# recipe first uses one (when it builds its model), so reading the registry --
+# what `--help` and flag checking need -- costs no TensorFlow import.
+RECIPES = registry.Registry(__name__, "RECIPE", "recipe", defer=("keras", "trainers.layers"))
 
 
 def for_dataset(dataset):
   """Names of the recipes trainers/<dataset>.py accepts: its own, plus `tiny`."""
   return sorted(n for n, r in RECIPES.items() if r.dataset in (dataset, None))
+
+
+def default_for(dataset):
+  """The recipe a data set trains without --recipe (the one marked `default`), or None.
+
+  Raises:
+    ValueError: If more than one recipe of the data set is marked `default`.
+  """
+  marked = sorted(n for n, r in RECIPES.items() if r.default and r.dataset == dataset)
+  if len(marked) > 1:
+    raise ValueError(f"recipes {', '.join(marked)} are all marked default for {dataset}")
+  return marked[0] if marked else None
+
+
+def datasets():
+  """The data sets some recipe names, sorted."""
+  return sorted({r.dataset for r in RECIPES.values() if r.dataset})
 
 
 def get(name):
@@ -173,6 +133,4 @@ def get(name):
   Raises:
     ValueError: If no recipe has that name (the message lists the valid ones).
   """
-  if name not in RECIPES:
-    raise ValueError(f"unknown recipe {name!r}; valid names: {', '.join(sorted(RECIPES))}")
-  return RECIPES[name]
+  return RECIPES.entry(name)

@@ -54,6 +54,7 @@ def build(num_classes=2, input_shape=(150, 150, 3), weight_decay=None):
 RECIPE = Recipe(
   name="catdog_lenet5",
   dataset="catdog",
+  default=True,  # what trainers/catdog.py trains without --recipe
   build=build,
   optimizer="adam",
   learning_rate=0.001,

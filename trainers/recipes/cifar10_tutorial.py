@@ -99,6 +99,7 @@ def build(num_classes=10, input_shape=(24, 24, 3), weight_decay=0.004):
 RECIPE = Recipe(
   name="cifar10_tutorial",
   dataset="cifar10",
+  default=True,  # what trainers/cifar10.py trains without --recipe
   build=build,
   optimizer="sgd",
   learning_rate=0.1,

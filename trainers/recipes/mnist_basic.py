@@ -52,6 +52,7 @@ def build(num_classes=10, input_shape=(28, 28, 1), weight_decay=None):
 RECIPE = Recipe(
   name="mnist_basic",
   dataset="mnist",
+  default=True,  # what trainers/mnist.py trains without --recipe
   build=build,
   optimizer="adam",
   learning_rate=0.001,
