@@ -60,11 +60,12 @@ def synthetic(a):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainers import distributed  # pylint: disable=g-import-not-at-top
+  from trainers import schedule  # pylint: disable=g-import-not-at-top
   from trainers import train  # pylint: disable=g-import-not-at-top
 
   ctx = distributed.init()
   recipe, model, shape = _model(a.recipe, a.precision)
-  optimizer = train.create_optimizer(recipe, recipe.learning_rate)
+  optimizer = schedule.create_optimizer(recipe, recipe.learning_rate)
   if a.precision == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   optimizer.build(model.trainable_variables)

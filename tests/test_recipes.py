@@ -17,6 +17,7 @@ import pytest
 from preprocess import datasets
 from trainers import config as config_lib
 from trainers import recipes
+from trainers import schedule
 from trainers import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -42,7 +43,8 @@ def test_every_recipe_field_is_read_by_the_trainer():
   # Each field must be read as `recipe.<field>` (or `self.<field>` inside the
   # Recipe's own methods) somewhere in the trainer: no unused fields.
   sources = "".join(
-    (ROOT / "trainers" / f).read_text() for f in ("train.py", "config.py", "export.py", "state.py")
+    (ROOT / "trainers" / f).read_text()
+    for f in ("train.py", "schedule.py", "config.py", "export.py", "state.py")
   )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:
@@ -160,8 +162,8 @@ def test_cookbook_crops_the_centre_and_distorts_test_images_too():
 
 def test_cookbook_learning_rate_is_constant_and_the_texts_decay_is_a_flag():
   constant = config_lib.parse("cifar10", ["--recipe", "cifar10_cookbook", "--no-scale-lr"])
-  schedule = train.create_learning_rate_fn(constant, num_workers=1, steps_per_epoch=390)
-  assert [float(schedule(s)) for s in (0, 249, 250, 10_000, 19_999)] == pytest.approx([0.1] * 5)
+  rate = schedule.create_learning_rate_fn(constant, num_workers=1, steps_per_epoch=390)
+  assert [float(rate(s)) for s in (0, 249, 250, 10_000, 19_999)] == pytest.approx([0.1] * 5)
   text = config_lib.parse(
     "cifar10",
     [
@@ -174,18 +176,18 @@ def test_cookbook_learning_rate_is_constant_and_the_texts_decay_is_a_flag():
       "250",
     ],
   )
-  schedule = train.create_learning_rate_fn(text, num_workers=1, steps_per_epoch=390)
+  rate = schedule.create_learning_rate_fn(text, num_workers=1, steps_per_epoch=390)
   # 0.1 * 0.9^(step // 250), staircase.
   for step in (0, 249, 250, 499, 500, 2_600):
-    assert float(schedule(step)) == pytest.approx(0.1 * 0.9 ** (step // 250), rel=1e-6)
+    assert float(rate(step)) == pytest.approx(0.1 * 0.9 ** (step // 250), rel=1e-6)
 
 
 def test_tutorial_decays_every_350_epochs():
   config = config_lib.parse("cifar10", ["--no-scale-lr"])
   assert config.recipe.name == "cifar10_tutorial"
-  schedule = train.create_learning_rate_fn(config, num_workers=1, steps_per_epoch=10)
-  assert float(schedule(3_499)) == pytest.approx(0.1)
-  assert float(schedule(3_500)) == pytest.approx(0.01)
+  rate = schedule.create_learning_rate_fn(config, num_workers=1, steps_per_epoch=10)
+  assert float(rate(3_499)) == pytest.approx(0.1)
+  assert float(rate(3_500)) == pytest.approx(0.01)
 
 
 def test_each_entry_script_offers_its_recipes_and_tiny():

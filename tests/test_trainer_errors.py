@@ -384,21 +384,25 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
 
 def test_warmup_and_lr_scaling_rule(tmp_path):
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainers import train  # pylint: disable=g-import-not-at-top
+  from trainers import schedule  # pylint: disable=g-import-not-at-top
 
   default = config_lib.parse("cifar10", [])
-  assert train.warmup_steps(default, 1, 8, 1_000_000) == 0  # one worker: the recipe as written
-  assert train.warmup_steps(default, 2, 8, 1_000_000) == 100  # 5 epochs = 40 < the 100-step floor
-  assert train.warmup_steps(default, 2, 195, 1_000_000) == 975  # 5 epochs of CIFAR-10 at 256
-  assert train.warmup_steps(default, 2, 195, 200) == 50  # at most a quarter of a short run
-  assert train.warmup_steps(config_lib.parse("cifar10", ["--no-scale-lr"]), 4, 8, 1000) == 0
-  assert train.warmup_steps(config_lib.parse("cifar10", ["--warmup-epochs", "2"]), 1, 8, 1000) == 16
-  assert train.lr_scale(default, 4) == 2.0
-  assert train.lr_scale(config_lib.parse("cifar10", ["--lr-scaling", "linear"]), 4) == 4
-  schedule = train.create_learning_rate_fn(default, 4, 8, 1000)
+  assert schedule.warmup_steps(default, 1, 8, 1_000_000) == 0  # one worker: the recipe as written
+  assert (
+    schedule.warmup_steps(default, 2, 8, 1_000_000) == 100
+  )  # 5 epochs = 40 < the 100-step floor
+  assert schedule.warmup_steps(default, 2, 195, 1_000_000) == 975  # 5 epochs of CIFAR-10 at 256
+  assert schedule.warmup_steps(default, 2, 195, 200) == 50  # at most a quarter of a short run
+  assert schedule.warmup_steps(config_lib.parse("cifar10", ["--no-scale-lr"]), 4, 8, 1000) == 0
+  assert (
+    schedule.warmup_steps(config_lib.parse("cifar10", ["--warmup-epochs", "2"]), 1, 8, 1000) == 16
+  )
+  assert schedule.lr_scale(default, 4) == 2.0
+  assert schedule.lr_scale(config_lib.parse("cifar10", ["--lr-scaling", "linear"]), 4) == 4
+  rate = schedule.create_learning_rate_fn(default, 4, 8, 1000)
   # Warmup from the one-worker rate (0.1) up to the scaled rate (0.2).
-  assert abs(float(schedule(0)) - 0.1 * (1 + 1 / 100)) < 1e-6
-  assert abs(float(schedule(99)) - 0.2) < 1e-6 and abs(float(schedule(500)) - 0.2) < 1e-6
+  assert abs(float(rate(0)) - 0.1 * (1 + 1 / 100)) < 1e-6
+  assert abs(float(rate(99)) - 0.2) < 1e-6 and abs(float(rate(500)) - 0.2) < 1e-6
 
 
 @pytest.mark.slow
