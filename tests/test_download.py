@@ -561,7 +561,7 @@ def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   local = dataclasses.replace(
     datasets.get("mnist"), sources=tuple(remote(server, n) for n in MNIST_NAMES)
   )
-  monkeypatch.setitem(datasets._REGISTRY, "mnist", local)  # pylint: disable=protected-access
+  monkeypatch.setitem(datasets.SPECS._entries, "mnist", local)  # this test's stand-in
   raw = tmp_path / "raw"
 
   assert download.main(["--dataset", "mnist", "--raw-dir", str(raw)]) == 0
