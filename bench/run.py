@@ -199,7 +199,7 @@ def main():
   )
   text = ""
   if args.only in ("speed", "all"):
-    from bench import speed  # pylint: disable=g-import-not-at-top
+    from bench import speed
 
     data_dir = str(_sample_tfrecords(work) / "cifar10")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -26,9 +26,9 @@ def _pin():
 
 
 def _model(recipe_name, precision="float32"):
-  import keras  # pylint: disable=g-import-not-at-top
+  import keras
 
-  from trainers import recipes  # pylint: disable=g-import-not-at-top
+  from trainers import recipes
 
   recipe = recipes.get(recipe_name)
   keras.mixed_precision.set_global_policy(precision)
@@ -38,8 +38,8 @@ def _model(recipe_name, precision="float32"):
 
 
 def fit(a):
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import keras
+  import numpy as np
 
   recipe, model, shape = _model(a.recipe)
   model.compile(
@@ -56,12 +56,12 @@ def fit(a):
 
 
 def synthetic(a):
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import keras
+  import tensorflow as tf
 
-  from trainers import distributed  # pylint: disable=g-import-not-at-top
-  from trainers import schedule  # pylint: disable=g-import-not-at-top
-  from trainers import train  # pylint: disable=g-import-not-at-top
+  from trainers import distributed
+  from trainers import schedule
+  from trainers import train
 
   ctx = distributed.init()
   recipe, model, shape = _model(a.recipe, a.precision)
@@ -88,10 +88,10 @@ def synthetic(a):
 
 
 def input_rate(a):
-  import dataclasses  # pylint: disable=g-import-not-at-top
+  import dataclasses
 
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import recipes  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline
+  from trainers import recipes
 
   recipe = recipes.get(a.recipe)
   meta = input_pipeline.load_metadata(a.data_dir)
@@ -120,8 +120,8 @@ def input_rate(a):
 
 
 def flops(a):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+  import tensorflow as tf
+  from tensorflow.python.framework import convert_to_constants
 
   _, model, shape = _model(a.recipe)
   fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(

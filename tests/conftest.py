@@ -65,7 +65,7 @@ def tfrecords(tmp_path_factory):
 
   Returns the output root: <root>/cifar10, <root>/mnist, <root>/catdog.
   """
-  from preprocess import sample_data  # pylint: disable=g-import-not-at-top
+  from preprocess import sample_data
 
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
@@ -77,7 +77,7 @@ def tfrecords(tmp_path_factory):
 
 def wait_for_checkpoint(model_dir, min_step, timeout=300):
   """Waits until model_dir/checkpoints holds a checkpoint of step >= min_step; returns its step."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   deadline = time.time() + timeout
   while time.time() < deadline:

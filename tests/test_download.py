@@ -472,7 +472,7 @@ def test_second_call_does_not_download_and_force_does(server, tmp_path):
   write_tar(server.root / "cifar-10-binary.tar.gz", cifar_members())
   source = [remote(server, "cifar-10-binary.tar.gz")]
   raw = tmp_path / "raw"
-  quiet = lambda line: None  # pylint: disable=unnecessary-lambda-assignment
+  quiet = lambda line: None
 
   first = download.download("cifar10", raw, sources=source, log=quiet)
   assert len(server.requests) == 1

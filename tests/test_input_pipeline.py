@@ -30,7 +30,7 @@ CIFAR_TEST_BIN = "cifar10/cifar-10-batches-bin/test_batch.bin"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   """Sample CIFAR-10 and MNIST raw data, converted by the Beam job into 4 shards a split."""
-  from preprocess import sample_data  # pylint: disable=g-import-not-at-top
+  from preprocess import sample_data
 
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
@@ -296,7 +296,7 @@ def test_augmentation_depends_only_on_run_seed_example_and_epoch(data, cifar):
   steps = meta.augmentation["train"]
   raw = np.frombuffer((data["raw"] / CIFAR_TEST_BIN).read_bytes(), np.uint8)
   raw = raw.reshape(-1, cifar10.RECORD_BYTES)
-  from preprocess import schema  # pylint: disable=g-import-not-at-top
+  from preprocess import schema
 
   for rank, size in ((0, 1), (1, 2)):
     images, _, ids = _take(

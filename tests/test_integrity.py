@@ -360,7 +360,7 @@ def test_killed_worker_ends_the_run_with_one_line(raw, tmp_path):
 
 
 def test_root_cause_finds_the_projects_line_in_a_beam_traceback():
-  from pipeline import build_tfrecords  # pylint: disable=g-import-not-at-top
+  from pipeline import build_tfrecords
 
   wrapped = RuntimeError(
     "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"

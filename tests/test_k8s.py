@@ -99,7 +99,7 @@ def _json_patch(doc, ops):
       node = node[int(part)] if isinstance(node, list) else node[part]
     key = int(last) if isinstance(node, list) else last
     if op["op"] == "replace":
-      node[key]  # pylint: disable=pointless-statement  # must exist, as in RFC 6902
+      node[key]  # must exist, as in RFC 6902
       node[key] = copy.deepcopy(op["value"])
     elif op["op"] == "add":
       if isinstance(node, list):
@@ -760,7 +760,7 @@ def _mpijob_validator():
 def _kubernetes_validate():
   """The pinned kubernetes-validate; a missing package fails (it is in requirements.txt)."""
   try:
-    import kubernetes_validate  # pylint: disable=import-outside-toplevel
+    import kubernetes_validate
   except ImportError:
     pytest.fail(
       "kubernetes-validate is not installed: `make install` (requirements.txt) installs it"

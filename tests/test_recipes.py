@@ -59,7 +59,7 @@ def test_every_recipe_field_is_read_by_the_trainer():
 
 def test_recipes_are_keyword_only_and_reject_unknown_fields():
   with pytest.raises(TypeError):
-    recipes.Recipe("x", None, None, "sgd", 0.1, 1, 1)  # pylint: disable=too-many-function-args
+    recipes.Recipe("x", None, None, "sgd", 0.1, 1, 1)
   with pytest.raises(TypeError, match="bogus"):
     dataclasses.replace(recipes.get("tiny"), bogus=1)
 

@@ -147,8 +147,8 @@ def test_builtin_specs_are_registered_once_each():
 
 
 def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, tmp_path):
-  from preprocess import download  # pylint: disable=import-outside-toplevel
-  from preprocess import sample_data  # pylint: disable=import-outside-toplevel
+  from preprocess import download
+  from preprocess import sample_data
 
   assert "shapes_test" in datasets.names()
 
@@ -164,11 +164,9 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
   ]
   assert "already in" in lines[0]
   with pytest.raises(SystemExit):
-    download._parse_args(["--dataset", "nope", "--raw-dir", str(raw)])  # pylint: disable=protected-access
+    download._parse_args(["--dataset", "nope", "--raw-dir", str(raw)])
   assert (
-    download._parse_args(  # pylint: disable=protected-access
-      ["--dataset", "shapes_test", "--raw-dir", str(raw)]
-    ).dataset
+    download._parse_args(["--dataset", "shapes_test", "--raw-dir", str(raw)]).dataset
     == "shapes_test"
   )
 
@@ -213,8 +211,8 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
 
 
 def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp_path):
-  from preprocess import sample_data  # pylint: disable=import-outside-toplevel
-  from preprocess.datasets import mnist  # pylint: disable=import-outside-toplevel
+  from preprocess import sample_data
+  from preprocess.datasets import mnist
 
   assert "idx_test" in datasets.names() and "mnist" in datasets.names()
   assert isinstance(datasets.get("idx_test").layout, mnist.IdxLayout)

@@ -247,7 +247,7 @@ def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
 
 
 def test_make_plots_writes_png_figures_of_the_run(run_dir, tmp_path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
 
   logdir = tmp_path / "runs"
   shutil.copytree(run_dir, logdir / "cifar10-tutorial")

@@ -153,7 +153,7 @@ def test_a_flipped_byte_in_a_shard_is_one_line_naming_shard_and_offset(
 
 
 def test_find_corruption_checks_every_record(tfrecords, tmp_path):
-  from preprocess import schema  # pylint: disable=g-import-not-at-top
+  from preprocess import schema
 
   data = _copy(tfrecords / "catdog", tmp_path / "data")
   shard = data / "train-00000-of-00004.tfrecord"
@@ -383,8 +383,8 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
 
 
 def test_warmup_and_lr_scaling_rule(tmp_path):
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainers import schedule  # pylint: disable=g-import-not-at-top
+  from trainers import config as config_lib
+  from trainers import schedule
 
   default = config_lib.parse("cifar10", [])
   assert schedule.warmup_steps(default, 1, 8, 1_000_000) == 0  # one worker: the recipe as written

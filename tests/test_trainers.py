@@ -194,8 +194,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tfrecords, tmp_path
 
 def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutorial"):
   """Test precision of `model` with the given trainable weights, computed here by hand."""
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import recipes  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline
+  from trainers import recipes
 
   meta = input_pipeline.load_metadata(str(tfrecords / dataset))
   net = recipes.get(model).build_model(meta.num_classes, (24, 24, 3))

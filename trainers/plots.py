@@ -19,7 +19,6 @@ import sys
 # paths this tool prints; set before the import below, as trainers/cifar10.py does.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -28,8 +27,6 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from preprocess import cli
-
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FIGSIZE = (10, 4)  # inches; with DPI, 1000x400 px: readable in a report at page width
 DPI = 100
