@@ -7,6 +7,7 @@ IDX data set (a Fashion-MNIST stand-in) imports the format from the MNIST spec
 module, as a real one would, and converts the same way.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ import textwrap
 import pytest
 
 from preprocess import datasets
+from preprocess import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -255,3 +257,48 @@ def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp
     "test": 6,
   }
   assert meta["records"] == {"read": 21, "written": 21, "rejected": 0}
+
+
+def _package(tmp_path, monkeypatch, name, modules):
+  folder = tmp_path / name
+  folder.mkdir()
+  (folder / "__init__.py").write_text("")
+  for module, text in modules.items():
+    (folder / f"{module}.py").write_text(textwrap.dedent(text))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  return registry.Registry(name, "ENTRY", "widget")
+
+
+ENTRY = """
+    import collections
+    ENTRY = collections.namedtuple("Widget", "name size")({name!r}, {size})
+"""
+
+
+def test_the_registry_reads_one_attribute_of_each_file_on_first_use(tmp_path, monkeypatch):
+  widgets = _package(
+    tmp_path,
+    monkeypatch,
+    "widgets_pkg",
+    {"small": ENTRY.format(name="small", size=1), "large": ENTRY.format(name="large", size=9)},
+  )
+  assert "widgets_pkg.small" not in sys.modules  # nothing imported yet
+  assert list(widgets) == ["large", "small"] and widgets["small"].size == 1
+  assert widgets.entry("large").size == 9
+  with pytest.raises(ValueError, match="unknown widget 'medium'; valid names: large, small"):
+    widgets.entry("medium")
+  with pytest.raises(ValueError, match="widget 'small' is registered twice"):
+    widgets.add(type(widgets["small"])("small", 2))
+
+
+def test_an_entry_named_unlike_its_file_is_refused(tmp_path, monkeypatch):
+  widgets = _package(tmp_path, monkeypatch, "misnamed_pkg", {"a": ENTRY.format(name="b", size=1)})
+  with pytest.raises(ValueError, match=r"misnamed_pkg/a.py defines widget 'b'; .* its file name"):
+    list(widgets)
+
+
+def test_two_data_sets_may_not_share_a_sample_stream():
+  clash = dataclasses.replace(datasets.get("mnist"), name="mnist_copy")
+  with pytest.raises(ValueError, match="sample stream 1 is already 'mnist'"):
+    datasets.register(clash)
+  assert "mnist_copy" not in datasets.names()

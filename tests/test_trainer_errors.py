@@ -86,6 +86,7 @@ def test_help_and_config_parsing_import_no_tensorflow():
   assert time.time() - started < 2.0 and "--warmup-epochs" in out
   code = (
     "import sys; from trainers import config; config.parse('cifar10', ['--recipe', 'tiny']); "
+    "config.parse(None, ['--dataset', 'mnist']); "
     "print(sorted(m for m in ('tensorflow', 'horovod', 'keras.src') if m in sys.modules))"
   )
   out = subprocess.run(

@@ -122,11 +122,6 @@ def default_for(dataset):
   return marked[0] if marked else None
 
 
-def datasets():
-  """The data sets some recipe names, sorted."""
-  return sorted({r.dataset for r in RECIPES.values() if r.dataset})
-
-
 def get(name):
   """The recipe called `name`.
 
