@@ -27,8 +27,12 @@ PORT    ?= 6006
 
 .PHONY: help install lint format test test-fast cluster-test demo sample-data download preprocess bench tensorboard plots clean
 
+# The variables the target descriptions name, shown with their values
+# (tests/test_make_help.py fails on any $(VAR) left unexpanded).
+HELP_VARS := RAW OUT DATASET SAMPLE SEED NP ARGS LOGDIR PORT
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}' \
+	  | sed $(foreach v,$(HELP_VARS),-e 's|$$($(v))|$($(v))|g')
 
 install: $(STAMP) ## Create .venv/ with pinned packages and Horovod built for TensorFlow 2.21.
 

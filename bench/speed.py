@@ -67,6 +67,9 @@ def _trainer(data_dir, work, recipe, batch, steps, extra=(), np_=None, pin=False
     str(log_every),
     "--checkpoint-every",
     str(steps),
+    # A long run's default histogram cadence; a short run's own is a fifth of it.
+    "--histogram-every",
+    "1000",
   ] + list(extra)
   env = dict(ENV)
   if np_:

@@ -32,6 +32,8 @@ import sys
 import pytest
 import yaml
 
+from trainers import recipes
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
@@ -594,6 +596,29 @@ def test_mpijob_world_size_matches_workers_and_gpus(probe):
     assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
     # A job that cannot be scheduled, or whose data never comes, ends.
     assert spec["runPolicy"]["activeDeadlineSeconds"] > 0
+
+
+def test_overlays_train_the_recipes_own_number_of_examples():
+  """Each data set's training job sees the recipe's examples (steps x global batch), not -np times.
+
+  A recipe's step budget is for one worker; with -np ranks of the same
+  per-rank batch, the job must run 1/np of its steps (or the same --epochs).
+  """
+  for dataset in [n for n in _overlay_names() if n != REHEARSAL]:
+    docs = _render(K8S / "overlays" / dataset / "kustomization.yaml")
+    (job,) = [d for d in _by_kind(docs, "MPIJob") if d["metadata"]["name"] == f"train-{dataset}"]
+    (launch,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    argv = _argv(launch)
+    np_ = int(argv[argv.index("-np") + 1])
+    flags = dict(_flag_values(_rank_command(argv)))
+    recipe = recipes.get(flags.get("--recipe", recipes.DEFAULT[dataset]))
+    assert "--epochs" not in flags, f"{dataset}: the check below counts steps"
+    batch = int(flags.get("--batch-size", recipe.batch_size))
+    steps = int(flags.get("--max-steps", recipe.max_steps))
+    assert steps * batch * np_ == recipe.max_steps * recipe.batch_size, (
+      f"{dataset}: {steps} steps x {batch} x {np_} ranks, but recipe {recipe.name} trains "
+      f"{recipe.max_steps} x {recipe.batch_size} examples"
+    )
 
 
 def _mounts(pod, container):

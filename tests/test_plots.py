@@ -1,7 +1,7 @@
 """Tests of trainers/plots.py on real event files written with tf.summary.
 
 The runs are written the way trainers/summaries.py writes them (TF2 scalars
-under <run>/train and <run>/eval), including a run resumed from a checkpoint
+under <run>/train, <run>/validation and <run>/test, tags of trainers/tags.py), including a run resumed from a checkpoint
 that repeats steps in a second event file; the command line is run as users
 run it, in a subprocess.
 """
@@ -49,11 +49,11 @@ def logdir(tmp_path_factory):
       (
         s,
         {
-          "cross_entropy": 2.0 - s / 100,
-          "total_loss": 2.5 - s / 100,
-          "cross_entropy_avg": 2.1 - s / 100,
-          "accuracy": s / 100,
-          "learning_rate": 0.1,
+          "loss/cross_entropy": 2.0 - s / 100,
+          "loss/total": 2.5 - s / 100,
+          "loss/cross_entropy_avg": 2.1 - s / 100,
+          "metrics/precision_at_1": s / 100,
+          "lr": 0.1,
         },
       )
       for s in (10, 20, 30, 40)
@@ -65,11 +65,11 @@ def logdir(tmp_path_factory):
       (
         s,
         {
-          "cross_entropy": 1.5 - s / 100,
-          "total_loss": 2.0 - s / 100,
-          "cross_entropy_avg": 1.6 - s / 100,
-          "accuracy": s / 80,
-          "learning_rate": 0.1,
+          "loss/cross_entropy": 1.5 - s / 100,
+          "loss/total": 2.0 - s / 100,
+          "loss/cross_entropy_avg": 1.6 - s / 100,
+          "metrics/precision_at_1": s / 80,
+          "lr": 0.1,
         },
       )
       for s in (30, 40, 50, 60)
@@ -78,33 +78,33 @@ def logdir(tmp_path_factory):
   with tf.summary.create_file_writer(str(run / "train")).as_default():
     tf.summary.histogram("weights/conv1", tf.range(10.0), step=60)  # not a scalar: ignored
   _write(
-    run / "eval",
+    run / "validation",
     [
-      (20, {"validation_precision_at_1": 0.3, "validation_loss": 1.8}),
-      (40, {"validation_precision_at_1": 0.5, "validation_loss": 1.4}),
+      (20, {"metrics/precision_at_1": 0.3, "loss/cross_entropy": 1.8}),
+      (40, {"metrics/precision_at_1": 0.5, "loss/cross_entropy": 1.4}),
     ],
   )
   _write(
-    run / "eval",
+    run / "validation",
     [
-      (40, {"validation_precision_at_1": 0.55, "validation_loss": 1.3}),
-      (
-        60,
-        {
-          "validation_precision_at_1": 0.7,
-          "validation_loss": 1.0,
-          "test_precision_at_1": 0.68,
-          "test_loss": 1.05,
-        },
-      ),
+      (40, {"metrics/precision_at_1": 0.55, "loss/cross_entropy": 1.3}),
+      (60, {"metrics/precision_at_1": 0.7, "loss/cross_entropy": 1.0}),
     ],
   )
+  _write(run / "test", [(60, {"metrics/precision_at_1": 0.68, "loss/cross_entropy": 1.05})])
 
   # No weight decay: total_loss equals cross_entropy, so only one loss curve.
   _write(
     root / "demo" / "cifar10-tutorial" / "train",
     [
-      (s, {"cross_entropy": 3.0 / s, "total_loss": 3.0 / s, "accuracy": 1 - 1.0 / s})
+      (
+        s,
+        {
+          "loss/cross_entropy": 3.0 / s,
+          "loss/total": 3.0 / s,
+          "metrics/precision_at_1": 1 - 1.0 / s,
+        },
+      )
       for s in range(1, 21)
     ],
   )
@@ -146,21 +146,22 @@ def _check_png(path):
 def test_read_scalars_keeps_last_value_per_step(logdir):
   train = plots.read_scalars(logdir / "cifar10-tutorial" / "train")
   assert sorted(train) == [
-    "accuracy",
-    "cross_entropy",
-    "cross_entropy_avg",
-    "learning_rate",
-    "total_loss",
+    "loss/cross_entropy",
+    "loss/cross_entropy_avg",
+    "loss/total",
+    "lr",
+    "metrics/precision_at_1",
   ]  # the histogram is not a scalar
-  ce = train["cross_entropy"]
+  ce = train["loss/cross_entropy"]
   assert ce.steps.tolist() == [10, 20, 30, 40, 50, 60]
   # 10 and 20 from the first process; 30 onwards from the resumed one.
   np.testing.assert_allclose(ce.values, [1.9, 1.8, 1.2, 1.1, 1.0, 0.9], rtol=1e-6)
-  evals = plots.read_scalars(logdir / "cifar10-tutorial" / "eval")
-  assert evals["validation_precision_at_1"].steps.tolist() == [20, 40, 60]
-  np.testing.assert_allclose(evals["validation_precision_at_1"].values, [0.3, 0.55, 0.7], rtol=1e-6)
-  assert evals["test_precision_at_1"].steps.tolist() == [60]
-  assert plots.read_scalars(logdir / "demo" / "cifar10-tutorial" / "eval") == {}
+  run = plots.read_run(logdir / "cifar10-tutorial")
+  validation = run["validation"]["metrics/precision_at_1"]
+  assert validation.steps.tolist() == [20, 40, 60]
+  np.testing.assert_allclose(validation.values, [0.3, 0.55, 0.7], rtol=1e-6)
+  assert run["test"]["metrics/precision_at_1"].steps.tolist() == [60]
+  assert plots.read_scalars(logdir / "demo" / "cifar10-tutorial" / "validation") == {}
   assert plots.read_scalars(logdir / "demo" / "broken" / "train") == {}
 
 
@@ -220,7 +221,7 @@ def test_no_runs_is_a_one_line_error(tmp_path):
 
 def test_figure_names_that_clash_are_an_error(tmp_path, capsys):
   for run in ("a/b_c", "a_b/c"):
-    _write(tmp_path / run / "train", [(1, {"cross_entropy": 1.0})])
+    _write(tmp_path / run / "train", [(1, {"loss/cross_entropy": 1.0})])
   assert plots.main(["--logdir", str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: several runs would be drawn to a_b_c.png"), err

@@ -7,7 +7,7 @@ and rejects.jsonl on every one of them, with no work files left behind. The
 input has rejects of both kinds (found while listing, found while converting),
 so the per-shard sidecars that carry stats and rejects back are exercised too.
 The parser tests check that every runner's own options are accepted, and that
-the README's runner command lines are ones the job accepts.
+the runner command lines of docs/data.md are ones the job accepts.
 """
 
 import contextlib
@@ -465,9 +465,11 @@ def test_bad_runner_flags_are_one_line_errors(flags, message):
 
 
 def _readme_commands():
-  """The `python -m pipeline.build_tfrecords ...` lines of the README's shell blocks, continuations joined."""
+  """The `python -m pipeline.build_tfrecords ...` lines of the shell blocks of the README and
+  docs/data.md (where the runner commands live), continuations joined."""
   blocks, block, language = [], None, None
-  for line in (ROOT / "README.md").read_text().splitlines():
+  text = (ROOT / "README.md").read_text() + "\n" + (ROOT / "docs" / "data.md").read_text()
+  for line in text.splitlines():
     if line.startswith("```"):
       if block is None:
         block, language = [], line[3:].strip()

@@ -1,8 +1,10 @@
-"""TensorBoard output of the trainers, read back with TensorBoard's own APIs.
+"""TensorBoard output of the trainers, read back with TensorBoard's own readers.
 
-Event files are read with `EventAccumulator` (TF2 summaries are tensor events,
-listed under Tags()['tensors'] with the plugin named in their metadata); a real
-`tensorboard` process is asked over HTTP what it serves.
+Event files are read with the `EventMultiplexer` TensorBoard serves from (TF2
+summaries are tensor events; each tag's plugin is named in its metadata), and a
+real `tensorboard` process is asked over HTTP what it serves. The layout is
+Keras's TensorBoard callback's (trainers/tags.py): `train/` and one run per
+evaluated split, with the same tags, so the curves overlay.
 """
 
 import json
@@ -14,150 +16,234 @@ import urllib.request
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 
 from tests.conftest import BIN
 from tests.conftest import ROOT
 from tests.conftest import run_trainer
+from trainers import summaries
+from trainers import train as train_lib
+
+SCALAR_GROUPS = {"loss", "metrics", "lr", "speed", "activations"}
+HISTOGRAM_GROUPS = {"weights", "gradients", "activations"}
 
 
-def _accumulator(path):
-  acc = ea.EventAccumulator(str(path), size_guidance={ea.TENSORS: 0})
-  acc.Reload()
-  return acc
+def _multiplexer(path):
+  mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={"scalars": 0})
+  mux.AddRunsFromDirectory(str(path))
+  mux.Reload()
+  return mux
 
 
-def _plugin(acc, tag):
-  return acc.SummaryMetadata(tag).plugin_data.plugin_name
+def _steps(mux, run, tag):
+  return [e.step for e in mux.Tensors(run, tag)]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tfrecords, tmp_path_factory):
-  model_dir = tmp_path_factory.mktemp("summaries")
+def _values(mux, run, tag):
+  return [float(tf.make_ndarray(e.tensor_proto)) for e in mux.Tensors(run, tag)]
+
+
+def _tags(mux, plugin, run):
+  return set(mux.PluginRunToTagToContent(plugin).get(run, {}))
+
+
+def _train(dataset, recipe, data_dir, model_dir, *flags):
   run_trainer(
-    "cifar10",
-    [
-      "--recipe",
-      "cifar10_tutorial",
-      "--data-dir",
-      tfrecords / "cifar10",
-      "--model-dir",
-      model_dir,
-      "--max-steps",
-      20,
-      "--batch-size",
-      16,
-      "--summary-every",
-      5,
-      "--histogram-every",
-      10,
-      "--eval-every",
-      10,
-      "--no-export",
-    ],
+    dataset,
+    ["--recipe", recipe, "--data-dir", data_dir, "--model-dir", model_dir, "--no-export"]
+    + list(flags),
   )
   return model_dir
 
 
-def test_train_scalars_cover_losses_rates_and_workers(run_dir):
-  acc = _accumulator(run_dir / "train")
-  expected = {
-    "cross_entropy",
-    "total_loss",
-    "cross_entropy_avg",
-    "total_loss_avg",
-    "accuracy",
-    "learning_rate",
-    "images_per_sec",
-    "images_per_sec_per_worker",
-    "step_time",
-    "workers",
+@pytest.fixture(scope="module")
+def run_dir(tfrecords, tmp_path_factory):
+  """The CIFAR-10 tutorial: evaluates the test split during training, and at the end.
+
+  No --histogram-every: the default for a 20-step run is a fifth of it.
+  """
+  return _train(
+    "cifar10",
+    "cifar10_tutorial",
+    tfrecords / "cifar10",
+    tmp_path_factory.mktemp("summaries"),
+    "--max-steps",
+    20,
+    "--batch-size",
+    16,
+    "--summary-every",
+    5,
+    "--eval-every",
+    10,
+  )
+
+
+@pytest.fixture(scope="module")
+def validated_dir(tfrecords, tmp_path_factory):
+  """mnist_basic: evaluates the validation split during training, the test split at the end."""
+  return _train(
+    "mnist",
+    "mnist_basic",
+    tfrecords / "mnist",
+    tmp_path_factory.mktemp("validated"),
+    "--max-steps",
+    10,
+    "--batch-size",
+    16,
+    "--summary-every",
+    5,
+    "--eval-every",
+    5,
+  )
+
+
+def test_train_and_validation_runs_share_the_loss_and_precision_tags(validated_dir):
+  mux = _multiplexer(validated_dir)
+  assert {"train", "validation", "test", "."} == set(mux.Runs())
+  scalars = {run: _tags(mux, "scalars", run) for run in ("train", "validation", "test")}
+  for tag in ("loss/cross_entropy", "metrics/precision_at_1"):
+    # One chart per tag, one curve per run: TensorBoard overlays them.
+    assert all(tag in scalars[run] for run in scalars), (tag, scalars)
+  assert (
+    scalars["validation"] == scalars["test"] == {"loss/cross_entropy", "metrics/precision_at_1"}
+  )
+  assert _steps(mux, "validation", "metrics/precision_at_1") == [5, 10]
+  assert _steps(mux, "train", "metrics/precision_at_1") == [1, 5, 10]
+  assert _steps(mux, "test", "metrics/precision_at_1") == [10]
+  final = _values(mux, "test", "metrics/precision_at_1")[-1]
+  metrics = json.loads((validated_dir / "metrics.json").read_text())
+  assert final == pytest.approx(metrics["precision_at_1"])
+  assert _values(mux, "test", "loss/cross_entropy")[-1] == pytest.approx(metrics["loss"])
+
+
+def test_hparams_are_the_few_columns_runs_are_compared_by(validated_dir):
+  mux = _multiplexer(validated_dir)
+  content = mux.PluginRunToTagToContent("hparams")["."]
+  experiment = plugin_data_pb2.HParamsPluginData.FromString(
+    content["_hparams_/experiment"]
+  ).experiment
+  columns = [h.name for h in experiment.hparam_infos]
+  assert sorted(columns) == sorted(
+    ["recipe", "batch_size", "learning_rate", "workers", "precision", "steps"]
+  )
+  assert {(m.name.group, m.name.tag) for m in experiment.metric_infos} == {
+    ("validation", "metrics/precision_at_1"),
+    ("test", "metrics/precision_at_1"),
+    ("validation", "loss/cross_entropy"),
+    ("test", "loss/cross_entropy"),
+    ("train", "loss/cross_entropy"),
   }
-  tags = set(acc.Tags()["tensors"])
-  assert expected <= tags
-  for tag in expected:
-    assert _plugin(acc, tag) == "scalars"
-    events = acc.Tensors(tag)
-    steps = [e.step for e in events]
-    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 20
-    assert [e.step for e in events] == [1, 5, 10, 15, 20]
-    for e in events:
-      value = tf.make_ndarray(e.tensor_proto)
-      assert value.shape == () and np.isfinite(value)
-  workers = {float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("workers")}
-  assert workers == {1.0}
+  start = plugin_data_pb2.HParamsPluginData.FromString(
+    content["_hparams_/session_start_info"]
+  ).session_start_info
+  values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+  assert values == {
+    "recipe": "mnist/mnist_basic",
+    "batch_size": 16,
+    "learning_rate": pytest.approx(
+      json.loads((validated_dir / "config.json").read_text())["recipe"]["learning_rate"]
+    ),
+    "workers": 1,
+    "precision": "float32",
+    "steps": 10,
+  }
+
+
+def test_scalars_fall_in_a_few_named_groups(run_dir):
+  mux = _multiplexer(run_dir)
+  assert {"train", "test", "."} == set(mux.Runs())
+  train = _tags(mux, "scalars", "train")
+  assert {
+    "loss/cross_entropy",
+    "loss/total",
+    "loss/cross_entropy_avg",
+    "loss/total_avg",
+    "metrics/precision_at_1",
+    "lr",
+    "speed/images_per_sec",
+    "speed/images_per_sec_per_worker",
+    "speed/step_time",
+    "speed/workers",
+  } <= train
+  groups = {tag.split("/")[0] for run in ("train", "test") for tag in _tags(mux, "scalars", run)}
+  assert groups == SCALAR_GROUPS
+  for tag in ("loss/cross_entropy", "lr", "speed/images_per_sec"):
+    assert _steps(mux, "train", tag) == [1, 5, 10, 15, 20]
+    assert all(np.isfinite(v) for v in _values(mux, "train", tag))
+  assert set(_values(mux, "train", "speed/workers")) == {1.0}
   # The weight decay terms make the total loss larger than the cross-entropy.
-  last = {
-    t: float(tf.make_ndarray(acc.Tensors(t)[-1].tensor_proto))
-    for t in ("cross_entropy", "total_loss")
-  }
-  assert last["total_loss"] > last["cross_entropy"]
+  assert _values(mux, "train", "loss/total")[-1] > _values(mux, "train", "loss/cross_entropy")[-1]
+  # The test split during training (--eval-every 10), then the final evaluation.
+  assert _steps(mux, "test", "metrics/precision_at_1") == [10, 20, 20]
 
 
-def test_histograms_of_weights_gradients_activations_and_relu_sparsity(run_dir):
-  acc = _accumulator(run_dir / "train")
-  tags = set(acc.Tags()["tensors"])
-  layers = ["conv1", "conv2", "local3", "local4", "softmax_linear"]
-  for layer in layers:
+def test_histograms_and_images_come_more_than_once_in_a_short_run(run_dir):
+  mux = _multiplexer(run_dir)
+  histograms = _tags(mux, "histograms", "train")
+  assert {tag.split("/")[0] for tag in histograms} == HISTOGRAM_GROUPS
+  for layer in ["conv1", "conv2", "local3", "local4", "softmax_linear"]:
     for kind in ("weights", "gradients"):
       for var in ("kernel", "bias"):
-        assert _plugin(acc, f"{kind}/{layer}/{var}") == "histograms"
-    assert _plugin(acc, f"activations/{layer}") == "histograms"
+        assert f"{kind}/{layer}/{var}" in histograms
+    assert f"activations/{layer}" in histograms
   for layer in ("norm1", "pool1", "norm2", "pool2"):
-    assert f"activations/{layer}" in tags
-  # Sparsity scalars for the ReLU layers only, each a fraction.
-  sparsity = {t for t in tags if t.startswith("sparsity/")}
-  assert sparsity == {f"sparsity/{l}" for l in ("conv1", "conv2", "local3", "local4")}
-  for tag in sparsity:
-    values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-    assert [e.step for e in acc.Tensors(tag)] == [1, 10, 20]
-    assert all(0.0 <= v <= 1.0 for v in values)
-  histogram = tf.make_ndarray(acc.Tensors("weights/conv1/kernel")[-1].tensor_proto)
+    assert f"activations/{layer}" in histograms
+  # A fifth of the 20-step run, on the 5-step grid of calls, and the first step.
+  assert _steps(mux, "train", "weights/conv1/kernel") == [1, 5, 10, 15, 20]
+  assert _steps(mux, "train", "inputs/augmented") == [1, 5, 10, 15, 20]
+  histogram = tf.make_ndarray(mux.Tensors("train", "weights/conv1/kernel")[-1].tensor_proto)
   assert histogram.ndim == 2 and histogram.shape[1] == 3  # (left edge, right edge, count) rows
   assert histogram[:, 2].sum() == 5 * 5 * 3 * 64
-
-
-def test_augmented_inputs_graph_and_config_text(run_dir):
-  acc = _accumulator(run_dir / "train")
-  assert _plugin(acc, "augmented_inputs") == "images"
-  image = tf.make_ndarray(acc.Tensors("augmented_inputs")[0].tensor_proto)
-  width, height = int(image[0]), int(image[1])
-  assert (width, height) == (24, 24) and len(image) == 2 + 6
+  # Sparsity scalars for the ReLU layers only, each a fraction.
+  sparsity = {t for t in _tags(mux, "scalars", "train") if t.startswith("activations/")}
+  assert sparsity == {f"activations/sparsity/{l}" for l in ("conv1", "conv2", "local3", "local4")}
+  for tag in sparsity:
+    assert all(0.0 <= v <= 1.0 for v in _values(mux, "train", tag))
+  assert _tags(mux, "images", "train") == {"inputs/augmented"}
+  image = tf.make_ndarray(mux.Tensors("train", "inputs/augmented")[0].tensor_proto)
+  assert (int(image[0]), int(image[1])) == (24, 24) and len(image) == 2 + 6
   decoded = tf.io.decode_png(image[2]).numpy()
   assert decoded.shape == (24, 24, 3) and decoded.max() > decoded.min()
-  assert _plugin(acc, "train_step") == "graph_run_metadata_graph"
-  assert _plugin(acc, "config") == "text"
-  text = tf.make_ndarray(acc.Tensors("config")[0].tensor_proto).item().decode()
+
+
+def test_the_demo_shows_histograms_more_than_once():
+  """The demo's cadences (scripts/demo.sh: 300 steps, --log-every 50, --eval-every 100)."""
+
+  class Demo:
+    steps_per_call = None
+    summary_every, histogram_every, checkpoint_every = 100, None, 1000
+
+    class recipe:  # noqa: N801 (the config's attribute)
+      log_every, eval_every = 50, 100
+
+  k = train_lib.steps_per_call(Demo)
+  every = train_lib.round_cadence(summaries.histogram_cadence(None, 300), k)
+  shown = [s for s in range(1, 301) if train_lib.due(s, every, first=1)]
+  assert shown == [1, 100, 200, 300]
+  assert summaries.histogram_cadence(None, 1_000_000) == 1000
+  assert summaries.histogram_cadence(7, 300) == 7
+
+
+def test_graph_is_the_models_layer_graph_and_config_text(run_dir):
+  mux = _multiplexer(run_dir)
+  assert mux.Runs()["train"]["graph"]
+  graph = mux.Graph("train")
+  ops = {node.op for node in graph.node}
+  # The inference graph of the model, not the training loop around it.
+  assert not ops & {"While", "StatelessWhile", "IteratorGetNext", "ResourceApplyGradientDescent"}
+  assert {"Conv2D", "MaxPool", "LRN", "MatMul", "Relu"} <= ops
+  scopes = {name for node in graph.node for name in node.name.split("/")}
+  assert any(s.startswith("conv1") for s in scopes) and any(s.startswith("local4") for s in scopes)
+  # Keras's conceptual graph: the layers and how they connect.
+  assert _tags(mux, "graph_keras_model", "train") == {"keras"}
+  model = json.loads(tf.make_ndarray(mux.Tensors("train", "keras")[0].tensor_proto).item().decode())
+  layers = [l["config"]["name"] for l in model["config"]["layers"]]
+  assert layers[-1] == "softmax_linear" and "conv1" in layers
+  assert _tags(mux, "text", "train") == {"config"}
+  text = tf.make_ndarray(mux.Tensors("train", "config")[0].tensor_proto).item().decode()
   assert '"name": "cifar10_tutorial"' in text and '"workers": 1' in text
-
-
-def test_eval_precision_curve_during_training_and_hparams(run_dir):
-  acc = _accumulator(run_dir / "eval")
-  for tag in ("test_precision_at_1", "test_loss", "train_batch_precision_at_1"):
-    assert _plugin(acc, tag) == "scalars"
-  # CIFAR-10 has no validation split by default: the tutorial's recipe
-  # evaluates the test split during training (cifar10_eval), so the accuracy
-  # curve exists: steps 10 and 20 of --eval-every 10, then the final evaluation.
-  assert "validation_precision_at_1" not in acc.Tags()["tensors"]
-  assert [e.step for e in acc.Tensors("test_precision_at_1")] == [10, 20, 20]
-  assert [e.step for e in acc.Tensors("train_batch_precision_at_1")] == [10, 20]
-  final = float(tf.make_ndarray(acc.Tensors("test_precision_at_1")[-1].tensor_proto))
-  assert final == pytest.approx(
-    json.loads((run_dir / "metrics.json").read_text())["precision_at_1"]
-  )
-  root = _accumulator(run_dir)
-  assert {_plugin(root, t) for t in root.Tags()["tensors"]} == {"hparams"}
-  start = plugin_data_pb2.HParamsPluginData.FromString(
-    root.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
-  ).session_start_info
-  assert start.hparams["recipe.name"].string_value == "cifar10_tutorial"
-  assert start.hparams["recipe.batch_size"].number_value == 16
-  experiment = plugin_data_pb2.HParamsPluginData.FromString(
-    root.SummaryMetadata("_hparams_/experiment").plugin_data.content
-  ).experiment
-  assert {m.name.tag for m in experiment.metric_infos} >= {"test_precision_at_1", "cross_entropy"}
 
 
 @pytest.mark.slow
@@ -185,15 +271,14 @@ def test_only_rank_zero_writes_event_files(tfrecords, tmp_path):
     ],
     np_=2,
   )
-  for sub in ("train", "eval", "."):
+  for sub in ("train", "validation", "test", "."):
     files = list((tmp_path / sub).glob("events.out.tfevents.*"))
     assert len(files) == 1, (sub, files)
-  acc = _accumulator(tmp_path / "train")
-  workers = {float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("workers")}
-  assert workers == {2.0}
+  mux = _multiplexer(tmp_path)
+  assert set(_values(mux, "train", "speed/workers")) == {2.0}
   # One value per step: a second writer would show up as repeated steps.
-  steps = [e.step for e in acc.Tensors("cross_entropy")]
-  assert steps == [1, 2, 4, 6]
+  assert _steps(mux, "train", "loss/cross_entropy") == [1, 2, 4, 6]
+  assert _steps(mux, "validation", "loss/cross_entropy") == [3, 6]
 
 
 def _free_port():
@@ -227,17 +312,17 @@ def test_tensorboard_serves_the_run_and_its_scalars(run_dir):
     while time.time() < deadline:
       try:
         runs = _get_json(f"http://127.0.0.1:{port}/data/runs")
-        if {"train", "eval"} <= set(runs):
+        if {"train", "test"} <= set(runs):
           break
       except OSError:
         pass
       time.sleep(0.5)
-    assert runs is not None and {"train", "eval"} <= set(runs), runs
+    assert runs is not None and {"train", "test"} <= set(runs), runs
     tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
-    assert {"cross_entropy", "learning_rate", "images_per_sec"} <= set(tags["train"])
-    assert "test_precision_at_1" in tags["eval"]
+    assert {"loss/cross_entropy", "lr", "speed/images_per_sec"} <= set(tags["train"])
+    assert {"loss/cross_entropy", "metrics/precision_at_1"} <= set(tags["test"])
     values = _get_json(
-      f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=train&tag=cross_entropy"
+      f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=train&tag=loss/cross_entropy"
     )
     assert [v[1] for v in values] == [1, 5, 10, 15, 20]
   finally:

@@ -78,7 +78,7 @@ class Config:
   checkpoint_every: int
   keep_checkpoints: int
   summary_every: int
-  histogram_every: int
+  histogram_every: int | None
   seed: int
   overwrite: bool
   export: bool
@@ -238,9 +238,10 @@ def _parser(dataset, generic=False):
   p.add_argument(
     "--histogram-every",
     type=int,
-    default=1000,
+    default=None,
     help="Write histograms of weights, gradients and activations, and input images, "
-    "every N steps (0: never).",
+    "every N steps (0: never; default: 1000, or a fifth of a shorter run, so a short run "
+    "shows them more than once).",
   )
   p.add_argument(
     "--seed",

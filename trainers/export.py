@@ -19,6 +19,28 @@ LABELS = "labels.txt"
 AUGMENTATION = "augmentation.json"
 
 
+def _check_image_shape(images, image_shape):
+  """Fails with a clear message unless `images` is [batch, height, width, channels]."""
+  height, width, channels = image_shape
+  shape = tf.shape(images)
+  ok = tf.cond(
+    tf.equal(tf.size(shape), 4),
+    lambda: tf.reduce_all(tf.equal(shape[1:], [height, width, channels])),
+    lambda: tf.constant(False),
+  )
+  check = tf.debugging.Assert(
+    ok,
+    [
+      f"images must be a batch of {height}x{width}x{channels} uint8 images, shape "
+      f"[batch, {height}, {width}, {channels}], as stored in the training shards; got shape",
+      shape,
+    ],
+    summarize=8,
+  )
+  with tf.control_dependencies([check]):
+    return tf.ensure_shape(images, [None, height, width, channels])
+
+
 def export_serving_model(
   eval_model, image_shape, class_names, augmentation, serving_policy, export_dir
 ):
@@ -38,10 +60,12 @@ def export_serving_model(
   policies = dict(augmentation, serving=serving_policy)
   module.augmentation = tf.constant(json.dumps(policies, sort_keys=True))
 
-  @tf.function(
-    input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="images")]
-  )
+  # Any shape is accepted at the signature and checked inside, so a client that
+  # sends images of another size gets one line saying what the model takes,
+  # instead of TensorFlow's signature-mismatch dump.
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve(images):
+    images = _check_image_shape(images, (height, width, channels))
     _, logits = eval_model(
       input_pipeline.serving_preprocess(images, serving_policy), training=False
     )

@@ -1,8 +1,9 @@
 """PNG figures of training loss and evaluation accuracy, drawn from TensorBoard event files.
 
 The last step of the data flow, after training: trainers/train.py writes TF2
-summaries under `<model_dir>/train/` and `<model_dir>/eval/` (see
-trainers/summaries.py); this module reads their scalars back and draws, per run,
+summaries under `<model_dir>/train/` and one directory per evaluated split,
+`<model_dir>/validation/` and `<model_dir>/test/` (trainers/tags.py names the
+runs and tags); this module reads their scalars back and draws, per run,
 loss vs step and accuracy vs step, plus one figure comparing the precision@1 of
 every run, for people who want a picture in a report rather than a TensorBoard
 server. It only reads the event files, so it can run while training goes on.
@@ -27,6 +28,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from preprocess import cli
+from trainers import tags
 
 FIGSIZE = (10, 4)  # inches; with DPI, 1000x400 px: readable in a report at page width
 DPI = 100
@@ -45,7 +47,8 @@ def _has_events(directory):
 
 
 def find_runs(logdir):
-  """Finds the runs under `logdir`: directories with event files in `train/` or `eval/`.
+  """Finds the runs under `logdir`: directories with event files in `train/`, `validation/` or
+  `test/`.
 
   Args:
     logdir: Directory to search recursively; it may itself be a run.
@@ -57,7 +60,7 @@ def find_runs(logdir):
   runs = []
   for path, dirs, _ in os.walk(logdir):
     dirs.sort()  # deterministic order, whatever the file system returns
-    if any(_has_events(os.path.join(path, kind)) for kind in ("train", "eval")):
+    if any(_has_events(os.path.join(path, kind)) for kind in tags.RUNS):
       name = os.path.relpath(path, logdir)
       if name == os.curdir:
         name = os.path.basename(os.path.abspath(logdir))
@@ -106,8 +109,8 @@ def read_scalars(event_dir):
 
 
 def read_run(run_dir):
-  """Returns {"train": {tag: Series}, "eval": {tag: Series}} for one run directory."""
-  return {kind: read_scalars(os.path.join(run_dir, kind)) for kind in ("train", "eval")}
+  """Returns {"train"|"validation"|"test": {tag: Series}} for one run directory."""
+  return {kind: read_scalars(os.path.join(run_dir, kind)) for kind in tags.RUNS}
 
 
 # --- drawing ----------------------------------------------------------------
@@ -170,14 +173,9 @@ def _finish(ax, title, ylabel):
 
 
 def _has_plot_data(scalars):
-  train, ev = scalars["train"], scalars["eval"]
   return any(
-    t in train
-    for t in ("cross_entropy", "cross_entropy_avg", "total_loss", "total_loss_avg", "accuracy")
-  ) or any(
-    t in ev
-    for t in ("validation_precision_at_1", "validation_loss", "test_precision_at_1", "test_loss")
-  )
+    t in scalars[run] for run in tags.RUNS for t in (tags.CROSS_ENTROPY, tags.PRECISION_AT_1)
+  ) or any(t in scalars[tags.TRAIN] for t in (tags.TOTAL_LOSS, tags.CROSS_ENTROPY_AVG))
 
 
 def _new_figure():
@@ -194,28 +192,28 @@ def plot_run(name, scalars, path):
     scalars: What `read_run` returns.
     path: PNG file to write.
   """
-  train, ev = scalars["train"], scalars["eval"]
+  train, val, test = (scalars[run] for run in tags.RUNS)
   fig = _new_figure()
   loss_ax, acc_ax = fig.subplots(1, 2)
 
-  ce, ce_avg = train.get("cross_entropy"), train.get("cross_entropy_avg")
+  ce, ce_avg = train.get(tags.CROSS_ENTROPY), train.get(tags.CROSS_ENTROPY_AVG)
   _raw_and_average(loss_ax, ce, ce_avg, "C0", "train cross-entropy")
-  total, total_avg = train.get("total_loss"), train.get("total_loss_avg")
+  total, total_avg = train.get(tags.TOTAL_LOSS), train.get(tags.TOTAL_LOSS_AVG)
   # Without weight decay total_loss is cross_entropy again; a second identical
   # curve would only clutter the panel.
   if total is not None and (ce is None or _differs(total, ce)):
     _raw_and_average(loss_ax, total, total_avg, "C1", "train total loss")
-  _eval_points(loss_ax, ev.get("validation_loss"), "C2", "o", "validation loss")
-  _eval_points(loss_ax, ev.get("test_loss"), "C3", "*", "test loss")
+  _eval_points(loss_ax, val.get(tags.CROSS_ENTROPY), "C2", "o", "validation loss")
+  _eval_points(loss_ax, test.get(tags.CROSS_ENTROPY), "C3", "*", "test loss")
   _finish(loss_ax, "Loss", "loss")
 
-  acc = train.get("accuracy")
+  acc = train.get(tags.PRECISION_AT_1)
   if acc is not None:
     acc_ax.plot(
       acc.steps, acc.values, color="C0", alpha=0.5, linewidth=0.8, label="train accuracy (batch)"
     )
-  _eval_points(acc_ax, ev.get("validation_precision_at_1"), "C2", "o", "validation precision@1")
-  _eval_points(acc_ax, ev.get("test_precision_at_1"), "C3", "*", "test precision@1")
+  _eval_points(acc_ax, val.get(tags.PRECISION_AT_1), "C2", "o", "validation precision@1")
+  _eval_points(acc_ax, test.get(tags.PRECISION_AT_1), "C3", "*", "test precision@1")
   acc_ax.set_ylim(0, 1.02)  # the full range, so runs read the same way side by side
   _finish(acc_ax, "Accuracy", "accuracy / precision@1")
 
@@ -237,10 +235,10 @@ def plot_comparison(runs, path):
   fig = _new_figure()
   ax = fig.subplots()
   for i, (name, scalars) in enumerate(runs):
-    train, ev = scalars["train"], scalars["eval"]
+    train = scalars[tags.TRAIN]
     # Ten colours, then the same colours dotted, so up to twenty runs stay apart.
     color, style = f"C{i % 10}", "-" if i < 10 else ":"
-    val, test = ev.get("validation_precision_at_1"), ev.get("test_precision_at_1")
+    val, test = (scalars[run].get(tags.PRECISION_AT_1) for run in tags.EVAL_RUNS)
     if val is not None:
       ax.plot(
         val.steps,
@@ -251,8 +249,8 @@ def plot_comparison(runs, path):
         markersize=4,
         label=f"{name} validation",
       )
-    elif "accuracy" in train:
-      acc = train["accuracy"]
+    elif tags.PRECISION_AT_1 in train:
+      acc = train[tags.PRECISION_AT_1]
       ax.plot(
         acc.steps,
         acc.values,
@@ -287,7 +285,7 @@ def _parse_args(argv):
       "TensorBoard event files of training runs: one figure per run (loss vs "
       "step, accuracy vs step) and all_runs.png comparing the precision@1 of "
       "every run. A run is any directory under --logdir with event files in "
-      "train/ or eval/. Prints the paths it writes."
+      "train/, validation/ or test/. Prints the paths it writes."
     ),
   )
   parser.add_argument(
@@ -311,7 +309,8 @@ def main(argv=None):
   runs = find_runs(args.logdir) if os.path.isdir(args.logdir) else []
   if not runs:
     print(
-      f"error: no runs under {args.logdir} (no train/ or eval/ directory with event files)",
+      f"error: no runs under {args.logdir} (no train/, validation/ or test/ directory with "
+      "event files)",
       file=sys.stderr,
     )
     return 2
@@ -335,7 +334,8 @@ def main(argv=None):
       scalars = read_run(path)
       if not _has_plot_data(scalars):
         print(
-          f"note: skipping {name}: no loss or accuracy scalars in train/ or eval/", file=sys.stderr
+          f"note: skipping {name}: no loss or accuracy scalars in train/, validation/ or test/",
+          file=sys.stderr,
         )
         continue
       png = os.path.join(out_dir, figure_name(name))

@@ -2,16 +2,18 @@
 
 The training loop calls a `Writer` on every rank; on ranks other than 0 it does
 nothing, so the loop has no rank checks and TensorBoard shows one run, not one
-per worker. Train and eval summaries go to `train/` and `eval/` under the model
-dir so their curves overlay; the HParams record (the run's configuration and
-which metrics to show beside it) goes to the model dir itself.
+per worker. The layout is Keras's own TensorBoard callback's (trainers/tags.py
+names every run and tag): `train/` and one run per evaluated split
+(`validation/`, `test/`) under the model dir, carrying the same loss and
+precision@1 tags so the curves overlay; the HParams record (the few settings
+runs are compared by, and their final metrics) goes to the model dir itself.
 
 What the loop writes (see trainers/train.py): scalars (losses and their moving
-averages, learning rate, accuracy, precision@1, images/sec, step time, number
-of workers), histograms of every weight, gradient and layer activation with the
+averages, learning rate, precision@1, images/sec, step time, number of
+workers), histograms of every weight, gradient and layer activation with the
 ReLU sparsity of each activation (as the CIFAR-10 tutorial's
-`_activation_summary`), a few augmented input images, the graph of the training
-step, the config as text, and HParams.
+`_activation_summary`), a few augmented input images, the model's layer graph,
+the config as text, and HParams.
 """
 
 import json
@@ -20,14 +22,42 @@ import os
 from tensorboard.plugins.hparams import api as hp
 import tensorflow as tf
 
-# Metrics the HParams dashboard shows beside each run's configuration:
-# (tag, subdirectory that holds it).
+from trainers import tags
+
+# Histograms and images of a run shorter than 5x --histogram-every's default
+# come 5 times (plus its first step), so a short run such as the demo's still
+# shows how they change.
+HISTOGRAM_EVERY = 1000
+HISTOGRAMS_PER_SHORT_RUN = 5
+
+# Metrics the HParams dashboard shows beside each run's settings: (tag, run).
 HPARAM_METRICS = (
-  ("test_precision_at_1", "eval"),
-  ("validation_precision_at_1", "eval"),
-  ("cross_entropy", "train"),
-  ("accuracy", "train"),
+  (tags.PRECISION_AT_1, "validation"),
+  (tags.PRECISION_AT_1, "test"),
+  (tags.CROSS_ENTROPY, "validation"),
+  (tags.CROSS_ENTROPY, "test"),
+  (tags.CROSS_ENTROPY, tags.TRAIN),
 )
+
+
+def histogram_cadence(asked, max_steps):
+  """--histogram-every as given, or by default 1000 steps, a fifth of a shorter run."""
+  if asked is not None:
+    return asked
+  return max(1, min(HISTOGRAM_EVERY, max_steps // HISTOGRAMS_PER_SHORT_RUN))
+
+
+def hparams(config_dict, steps):
+  """The columns a user compares runs by, from a run's config.json dict."""
+  recipe = config_dict["recipe"]
+  return {
+    "recipe": f"{config_dict['dataset']}/{recipe['name']}",
+    "batch_size": recipe["batch_size"],
+    "learning_rate": recipe["learning_rate"],
+    "workers": config_dict["workers"],
+    "precision": config_dict["precision"],
+    "steps": steps,
+  }
 
 
 class Writer:
@@ -42,28 +72,28 @@ class Writer:
   def active(self):
     return self._active
 
-  def _writer(self, kind):
-    if kind not in self._writers:
-      self._writers[kind] = tf.summary.create_file_writer(os.path.join(self._model_dir, kind))
-    return self._writers[kind]
+  def _writer(self, run):
+    if run not in self._writers:
+      self._writers[run] = tf.summary.create_file_writer(os.path.join(self._model_dir, run))
+    return self._writers[run]
 
-  def scalars(self, kind, step, values):
-    """Writes {name: number} under `kind` ("train" or "eval") at `step`."""
+  def scalars(self, run, step, values):
+    """Writes {tag: number} under `run` ("train" or the evaluated split) at `step`."""
     if not self._active:
       return
-    with self._writer(kind).as_default(step=step):
+    with self._writer(run).as_default(step=step):
       for name, value in values.items():
         tf.summary.scalar(name, value)
 
-  def histograms(self, kind, step, values):
-    """Writes {name: tensor} histograms under `kind` at `step`."""
+  def histograms(self, run, step, values):
+    """Writes {tag: tensor} histograms under `run` at `step`."""
     if not self._active:
       return
-    with self._writer(kind).as_default(step=step):
+    with self._writer(run).as_default(step=step):
       for name, value in values.items():
         tf.summary.histogram(name, value)
 
-  def images(self, kind, step, name, images, max_outputs=6):
+  def images(self, run, step, name, images, max_outputs=6):
     """Writes a few images; each is rescaled to [0, 1] on its own for viewing.
 
     Training inputs are standardized (zero mean, unit variance per image), so
@@ -75,44 +105,55 @@ class Writer:
     low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
     high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
     viewable = (images - low) / tf.maximum(high - low, 1e-6)
-    with self._writer(kind).as_default(step=step):
+    with self._writer(run).as_default(step=step):
       tf.summary.image(name, viewable, max_outputs=max_outputs)
 
-  def text(self, kind, step, name, markdown):
+  def text(self, run, step, name, markdown):
     if not self._active:
       return
-    with self._writer(kind).as_default(step=step):
+    with self._writer(run).as_default(step=step):
       tf.summary.text(name, markdown)
 
-  def config(self, config_dict):
-    """The full run config as a text summary, and its flat values as HParams."""
+  def config(self, config_dict, steps):
+    """The full run config as a text summary; a few of its values as HParams.
+
+    Args:
+      config_dict: The run's config.json.
+      steps: The run's step budget (the recipe's, or --max-steps, or --epochs').
+    """
     if not self._active:
       return
     pretty = json.dumps(config_dict, indent=2, sort_keys=True)
-    self.text("train", 0, "config", "```\n" + pretty + "\n```")
-    flat = {}
-    for key, value in config_dict.items():
-      if isinstance(value, dict):
-        flat.update({f"{key}.{k}": v for k, v in value.items()})
-      else:
-        flat[key] = value
-    hparams = {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
+    self.text(tags.TRAIN, 0, tags.CONFIG, "```\n" + pretty + "\n```")
+    values = hparams(config_dict, steps)
     with self._writer("").as_default(step=0):
       hp.hparams_config(
-        hparams=[hp.HParam(k) for k in sorted(hparams)],
-        metrics=[hp.Metric(tag, group=group) for tag, group in HPARAM_METRICS],
+        hparams=[hp.HParam(k) for k in values],
+        metrics=[
+          hp.Metric(tag, group=run, display_name=f"{run} {tag}") for tag, run in HPARAM_METRICS
+        ],
       )
-      hp.hparams(hparams)
+      hp.hparams(values)
 
-  def trace_on(self):
-    """Starts recording the graph of the next tf.function call."""
-    if self._active:
-      tf.summary.trace_on(graph=True, profiler=False)
+  def graph(self, model):
+    """The model's layer graph for the Graphs tab, as Keras's TensorBoard callback writes it.
 
-  def trace_export(self, kind, step, name):
-    if self._active:
-      with self._writer(kind).as_default(step=step):
-        tf.summary.trace_export(name=name, step=step)
+    Two views, both of the model alone (not of the training loop around it):
+    Keras's conceptual graph (layers and their connections) and the op graph
+    of one inference call, whose op names are scoped by layer.
+    """
+    if not self._active:
+      return
+    forward = tf.function(lambda images: model(images, training=False))
+    spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), model.input.dtype)
+    # The summary Keras's `keras_model_summary` writes: the model's JSON under
+    # the graph plugin's "graph_keras_model" (that function is not public API).
+    metadata = tf.compat.v1.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "graph_keras_model"
+    metadata.plugin_data.content = b"1"
+    with self._writer(tags.TRAIN).as_default(step=0):
+      tf.summary.write(tags.KERAS_MODEL, tf.constant(model.to_json()), metadata=metadata)
+      tf.summary.graph(forward.get_concrete_function(spec).graph)
 
   def close(self):
     for w in self._writers.values():

@@ -40,6 +40,7 @@ from trainers import input_pipeline
 from trainers import schedule
 from trainers import state
 from trainers import summaries
+from trainers import tags
 
 
 class TrainingError(Exception):
@@ -236,8 +237,8 @@ def round_cadence(every, k):
 
 
 def call_length(step, start, max_steps, k):
-  """Steps of the next call: 1 first (its graph is traced, its summaries are
-  written), then up to the next multiple of k, never past max_steps."""
+  """Steps of the next call: 1 first (its summaries are written at step 1), then up
+  to the next multiple of k, never past max_steps."""
   if step == start:
     return 1
   return min(k - step % k, max_steps - step)
@@ -346,8 +347,8 @@ def _prepare_model_dir(config, ctx):
         "checkpoints",
         "best",
         "export",
-        "train",
-        "eval",
+        *tags.RUNS,
+        "eval",  # the evaluation run of versions before trainers/tags.py
         "config.json",
         "metrics.json",
       ) + tuple(os.path.basename(p) for p in hparams):
@@ -542,18 +543,20 @@ class Run:
 def _train_summaries(run, step, metrics, averages, steps_per_second):
   recipe = run.config.recipe
   run.writer.scalars(
-    "train",
+    tags.TRAIN,
     step,
-    dict(
-      metrics,
-      cross_entropy_avg=averages["cross_entropy"],
-      total_loss_avg=averages["total_loss"],
-      learning_rate=float(run.schedule(step - 1)),
-      step_time=1.0 / steps_per_second,
-      images_per_sec=steps_per_second * run.global_batch,
-      images_per_sec_per_worker=steps_per_second * recipe.batch_size,
-      workers=run.ctx.size,
-    ),
+    {
+      tags.CROSS_ENTROPY: metrics["cross_entropy"],
+      tags.TOTAL_LOSS: metrics["total_loss"],
+      tags.PRECISION_AT_1: metrics["accuracy"],
+      tags.CROSS_ENTROPY_AVG: averages["cross_entropy"],
+      tags.TOTAL_LOSS_AVG: averages["total_loss"],
+      tags.LEARNING_RATE: float(run.schedule(step - 1)),
+      tags.STEP_TIME: 1.0 / steps_per_second,
+      tags.IMAGES_PER_SEC: steps_per_second * run.global_batch,
+      tags.IMAGES_PER_SEC_PER_WORKER: steps_per_second * recipe.batch_size,
+      tags.WORKERS: run.ctx.size,
+    },
   )
 
 
@@ -562,20 +565,20 @@ def _histograms(run, step, images, grads, probe):
   outputs = activations(images)
   variables = run.model.trainable_variables
   run.writer.histograms(
-    "train",
+    tags.TRAIN,
     step,
     {
-      **{f"weights/{v.path}": v.value for v in variables},
-      **{f"gradients/{v.path}": g for v, g in zip(variables, grads) if g is not None},
-      **{f"activations/{name}": out for name, out in outputs.items()},
+      **{tags.WEIGHTS + v.path: v.value for v in variables},
+      **{tags.GRADIENTS + v.path: g for v, g in zip(variables, grads) if g is not None},
+      **{tags.ACTIVATIONS + name: out for name, out in outputs.items()},
     },
   )
   run.writer.scalars(
-    "train",
+    tags.TRAIN,
     step,
-    {f"sparsity/{name}": tf.math.zero_fraction(outputs[name]) for name in sorted(relu_layers)},
+    {tags.SPARSITY + name: tf.math.zero_fraction(outputs[name]) for name in sorted(relu_layers)},
   )
-  run.writer.images("train", step, "augmented_inputs", images)
+  run.writer.images(tags.TRAIN, step, tags.INPUT_IMAGES, images)
 
 
 def _evaluate_during_training(run, step, images, labels, elapsed):
@@ -585,14 +588,11 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
   batch = evaluate(run.eval_step, [(images, labels)])
   result = run.evaluate(recipe.eval_on, recipe.eval_batches)
   split = recipe.eval_on
+  # The split's run: its curves overlay the train run's under the same tags.
   run.writer.scalars(
-    "eval",
+    split,
     step,
-    {
-      f"{split}_precision_at_1": result["precision_at_1"],
-      f"{split}_loss": result["loss"],
-      "train_batch_precision_at_1": batch["precision_at_1"],
-    },
+    {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
   )
   improved = stop = False
   if recipe.early_stopping_patience:
@@ -634,7 +634,7 @@ def train(run):
   asked = {
     "log": recipe.log_every,
     "summary": config.summary_every,
-    "histogram": config.histogram_every,
+    "histogram": summaries.histogram_cadence(config.histogram_every, run.max_steps),
     "checkpoint": config.checkpoint_every,
     "eval": recipe.eval_every,
   }
@@ -658,15 +658,10 @@ def train(run):
   step = start
   batches = iter(run.dataset("train", training=True))
   while step < run.max_steps:
-    # n steps in one call (the first call's graph goes to TensorBoard's Graphs tab).
     n = call_length(step, start, run.max_steps, k)
-    if step == start:
-      run.writer.trace_on()
     metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64))
     # The one device-to-host transfer of the call.
     metrics = {name: float(v) for name, v in metrics.items()}
-    if step == start:
-      run.writer.trace_export("train", step + 1, "train_step")
     step += n
     # Finite check: every rank sees the same rank-averaged call means, so all stop here.
     if not math.isfinite(metrics["mean_total_loss"]):
@@ -763,9 +758,9 @@ def run_eval(run, split, trained_step=None, best=None):
     f"{', EMA weights' if run.ema else ''})",
   )
   run.writer.scalars(
-    "eval",
+    split,
     run.step,
-    {f"{split}_precision_at_1": result["precision_at_1"], f"{split}_loss": result["loss"]},
+    {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
   )
   if ctx.is_chief:
     _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
@@ -821,7 +816,8 @@ def run(config, ctx):
   if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
     tf.io.gfile.makedirs(config.model_dir)
     _write_json(os.path.join(config.model_dir, "config.json"), saved)
-    r.writer.config(saved)
+    r.writer.config(saved, r.max_steps)
+    r.writer.graph(r.model)
   metrics = None
   if config.mode in ("train", "train_and_eval"):
     with _read_errors(r, ("train", config.recipe.eval_on)):
