@@ -284,7 +284,7 @@ def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
   train_step = make_train_step(model, optimizer, ema, ctx, fp16_allreduce, xla)
 
   @tf.function
-  def train_steps(iterator, n, stop):
+  def train_steps(iterator, n, stop=0.0):
     total = tf.zeros([3], tf.float32)
     for _ in tf.range(n - 1):
       images, labels = next(iterator)
