@@ -28,8 +28,6 @@ from trainers import preemption
 
 MAX_STEPS = 120
 FLAGS = [
-  "--recipe",
-  "tiny",
   "--mode",
   "train",
   "--max-steps",
@@ -49,13 +47,17 @@ FLAGS = [
 ]
 
 
-def _flags(tfrecords, model_dir):
-  return FLAGS + ["--data-dir", tfrecords / "cifar10", "--model-dir", model_dir]
+# The dropout recipe: each rank draws its own masks, which a resumed run must continue.
+DROPOUT = ["--recipe", "mnist_bn_dropout", "--batch-size", 16, "--early-stopping-patience", 0]
 
 
-def _start(np_, flags, log):
+def _flags(tfrecords, model_dir, dataset="cifar10", recipe=("--recipe", "tiny")):
+  return FLAGS + list(recipe) + ["--data-dir", tfrecords / dataset, "--model-dir", model_dir]
+
+
+def _start(np_, flags, log, dataset="cifar10"):
   """Starts the trainer as users do (alone, or under horovodrun); output goes to `log`."""
-  script = str(ROOT / "trainers" / "cifar10.py")
+  script = str(ROOT / "trainers" / f"{dataset}.py")
   args = [str(f) for f in flags]
   cmd = [script] + args
   if np_ > 1:
@@ -92,7 +94,7 @@ def _rank_pid(proc, rank):
   while time.time() < deadline:
     for child in psutil.Process(proc.pid).children(recursive=True):
       try:
-        if "cifar10.py" in " ".join(child.cmdline()) and child.environ().get("HOROVOD_RANK") == str(
+        if "trainers/" in " ".join(child.cmdline()) and child.environ().get("HOROVOD_RANK") == str(
           rank
         ):
           return child.pid
@@ -113,9 +115,9 @@ def _checkpoint(model_dir):
   }
 
 
-def _preempt(tfrecords, model_dir, np_, target):
+def _preempt(flags, model_dir, np_, target, dataset="cifar10"):
   """Runs a job and SIGTERMs `target` ("rank N" or "launcher") at step 40; returns (step, output)."""
-  proc = _start(np_, _flags(tfrecords, model_dir), model_dir.parent / f"{model_dir.name}.log")
+  proc = _start(np_, flags, model_dir.parent / f"{model_dir.name}.log", dataset)
   _wait_for(proc, rf"step 40/{MAX_STEPS}")
   pid = proc.pid if target == "launcher" else _rank_pid(proc, int(target.split()[1]))
   os.kill(pid, signal.SIGTERM)
@@ -129,15 +131,20 @@ def _preempt(tfrecords, model_dir, np_, target):
   return step, output
 
 
-@pytest.mark.parametrize("np_", [1, 2])
+@pytest.mark.parametrize(
+  "np_, dataset, recipe",
+  [(1, "cifar10", "tiny"), (2, "cifar10", "tiny"), (2, "mnist", "dropout")],
+)
 def test_a_run_preempted_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(
-  tfrecords, tmp_path, np_
+  tfrecords, tmp_path, np_, dataset, recipe
 ):
   """SIGTERM to one process (rank 1 of 2): the rerun resumes at the step and ends bitwise equal."""
   whole, cut = tmp_path / "whole", tmp_path / "cut"
-  run_trainer("cifar10", _flags(tfrecords, whole), np_=np_)
-  step, _ = _preempt(tfrecords, cut, np_, "rank 1" if np_ > 1 else "launcher")
-  resumed = run_trainer("cifar10", _flags(tfrecords, cut), np_=np_)
+  recipe = DROPOUT if recipe == "dropout" else ("--recipe", recipe)
+  run_trainer(dataset, _flags(tfrecords, whole, dataset, recipe), np_=np_)
+  target = "rank 1" if np_ > 1 else "launcher"
+  step, _ = _preempt(_flags(tfrecords, cut, dataset, recipe), cut, np_, target, dataset)
+  resumed = run_trainer(dataset, _flags(tfrecords, cut, dataset, recipe), np_=np_)
   assert re.search(rf"resumed from \S+ckpt-{step} at step {step}\b", resumed.stdout)
   assert f"trained {MAX_STEPS - step} steps" in resumed.stdout
   (end_whole, expected), (end_cut, got) = _checkpoint(whole), _checkpoint(cut)
@@ -160,7 +167,7 @@ def test_a_lone_process_exits_with_the_retry_code(tfrecords, tmp_path):
 
 def test_sigterm_to_horovodrun_stops_every_rank_at_one_step_with_a_checkpoint(tfrecords, tmp_path):
   """horovodrun forwards SIGTERM to every worker; they agree on a step, rank 0 saves it."""
-  step, output = _preempt(tfrecords, tmp_path / "run", 2, "launcher")
+  step, output = _preempt(_flags(tfrecords, tmp_path / "run"), tmp_path / "run", 2, "launcher")
   assert "Traceback" not in output.split("received SIGTERM")[0]
 
 

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 
+import numpy as np
 import tensorflow as tf
 
 # EX_TEMPFAIL of sysexits.h: a temporary failure, the run should be retried.
@@ -68,6 +69,38 @@ class InputPosition:
   def per_rank(self, size):
     """Examples of one rank's stream consumed so far (make_dataset's `position`)."""
     return int(self.variable.numpy()) // size
+
+
+def _seed_states(model):
+  return [v for v in model.variables if "seed_generator" in v.path]
+
+
+def seed_states(model):
+  """What checkpoints track of the model's random state (dropout's seed generators).
+
+  Keras does not checkpoint a seed generator's state; without it a resumed
+  run would draw the masks of step 0 again.
+  """
+  module = tf.Module(name="seed_states")
+  # Keras 3 variables wrap the tf.Variable that checkpoints can track.
+  module.states = [v.value for v in _seed_states(model)]
+  return module
+
+
+@contextlib.contextmanager
+def rank_seeds_kept(model):
+  """Within the block a checkpoint is restored; this rank keeps its own dropout seeds.
+
+  A Keras seed generator's state is [seed, count]. Each rank draws its own
+  dropout masks (seeded with seed + rank), but only the chief's state is in
+  the checkpoint; so every rank takes the restored count (the same on all) and
+  keeps its own seed, as an uninterrupted run would have.
+  """
+  generators = _seed_states(model)
+  seeds = [v.numpy()[0] for v in generators]
+  yield
+  for v, seed in zip(generators, seeds):
+    v.assign(np.array([seed, v.numpy()[1]], v.numpy().dtype))
 
 
 class StopSignal:

@@ -96,8 +96,9 @@ class Checkpoints:
   """
 
   # Objects that checkpoints written before them lack; restoring such a
-  # checkpoint leaves them as they are (trainers/preemption.py's input position).
-  OPTIONAL = ("input_position",)
+  # checkpoint leaves them as they are (trainers/preemption.py's input position
+  # and dropout seed states).
+  OPTIONAL = ("input_position", "seed_states")
 
   def __init__(self, model_dir, ctx, keep, **objects):
     self._objects = objects

@@ -568,6 +568,7 @@ class Run:
       objects["ema"] = self.ema.checkpointable
     self.input_position = preemption.InputPosition()
     objects["input_position"] = self.input_position.variable
+    objects["seed_states"] = preemption.seed_states(self.model)
     self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
     self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
@@ -723,7 +724,8 @@ def train(run):
     recipe stops early, else None).
   """
   config, ctx, recipe = run.config, run.ctx, run.config.recipe
-  restored = None if config.overwrite else run.checkpoints.restore("latest")
+  with preemption.rank_seeds_kept(run.model):
+    restored = None if config.overwrite else run.checkpoints.restore("latest")
   run.input_position.resolve(run.step, run.global_batch)
   run.broadcast()
   start = run.step
