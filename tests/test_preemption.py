@@ -202,3 +202,27 @@ def test_the_stream_started_at_any_position_is_the_uninterrupted_stream_from_the
     part = stream(position, 4)
     for expected, got in zip(whole, part):
       np.testing.assert_array_equal(got, expected[position : position + 100])
+
+
+def test_a_checkpoint_written_before_the_input_position_resumes_at_step_times_batch(tmp_path):
+  """Older checkpoints lack the position (and seed states): they load, the position follows the step."""
+  from trainers import distributed  # pylint: disable=g-import-not-at-top
+  from trainers import state  # pylint: disable=g-import-not-at-top
+
+  ctx = distributed.Context(rank=0, size=1, local_rank=0)
+  step = tf.Variable(7, dtype=tf.int64)
+  tf.train.Checkpoint(step=step).save(str(tmp_path / "checkpoints" / "ckpt"))
+  position = preemption.InputPosition()
+  checkpoints = state.Checkpoints(
+    str(tmp_path), ctx, 1, step=step, input_position=position.variable
+  )
+  step.assign(0)
+  assert checkpoints.restore("latest")
+  position.resolve(int(step.numpy()), global_batch=64)
+  assert int(step.numpy()) == 7 and position.per_rank(2) == 7 * 64 // 2
+  # A checkpoint that has it restores it as saved.
+  position.advance(10)
+  checkpoints.save(8)
+  position.variable.assign(-1)
+  checkpoints.restore("latest")
+  assert int(position.variable.numpy()) == 7 * 64 + 10
