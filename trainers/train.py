@@ -831,6 +831,7 @@ def train(run):
   if preempted or not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
   if preempted:
+    run.writer.close()  # the summaries up to this step, before the process exits
     raise preemption.Preempted(step)
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
   if best:
