@@ -87,6 +87,8 @@ class Config:
   steps_per_call: int | None = None
   precision: str = "float32"
   xla: bool = False
+  # Issue 17: op determinism, so a resumed run equals an uninterrupted one bitwise.
+  deterministic: bool = False
 
   def to_json(self):
     """JSON values of the config, the recipe as a nested dict."""
@@ -288,6 +290,13 @@ def _parser(dataset, generic=False):
     action="store_true",
     help="Compile the forward and backward pass with XLA (jit_compile).",
   )
+  p.add_argument(
+    "--deterministic",
+    action="store_true",
+    help="TensorFlow op determinism: the same seed gives the same weights bitwise, and a run "
+    "stopped and resumed at any step ends with the weights of an uninterrupted one "
+    "(docs/preemption.md). Slower on GPUs.",
+  )
   return p
 
 
@@ -378,6 +387,7 @@ def parse(dataset, argv):
     seed=a.seed,
     overwrite=a.overwrite,
     export=a.export,
+    deterministic=a.deterministic,
     **_speed(parser, a),
   )
 

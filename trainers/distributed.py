@@ -125,3 +125,9 @@ def average_variables(variables):
     means = hvd.grouped_allreduce(_tf_variables(variables), op=hvd.Average)
     for v, mean in zip(variables, means):
       v.assign(mean)
+
+
+def barrier():
+  """Returns once every rank has called it (e.g. so no rank exits before the chief's checkpoint)."""
+  if hvd.size() > 1:
+    hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="barrier")

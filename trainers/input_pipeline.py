@@ -387,7 +387,7 @@ def _decode_raw_fn(metadata):
 
 
 def _cached_training_dataset(
-  files, plan, metadata, steps, *, rank, size, batch_size, seed, with_ids, first_epoch
+  files, plan, metadata, steps, *, rank, size, batch_size, seed, with_ids, first_epoch, offset=0
 ):
   """The training stream from this rank's records, decoded once and held in memory.
 
@@ -395,8 +395,8 @@ def _cached_training_dataset(
   streaming chain, and it gives the same uint8 pixels every epoch; so it runs
   once, here, and each epoch only draws an order and augments. The order is a
   full permutation per epoch drawn from (run seed, rank, epoch), so the same
-  seed gives the same batches and a resumed run (`first_epoch`) continues the
-  stream; the pixels are `apply_policy` with `example_seed`, exactly those of
+  seed gives the same batches and a resumed run (`first_epoch`, `offset`)
+  continues the stream; the pixels are `apply_policy` with `example_seed`, exactly those of
   the streaming chain. Augmentation runs per batch (one tf.data element per
   batch, not per image), which removes tf.data's per-element overhead.
   """
@@ -441,6 +441,8 @@ def _cached_training_dataset(
     return out + (tf.gather(ids, index),) if with_ids else out
 
   dataset = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_indices)
+  # Mid-epoch resume: skipping indices is free (nothing is read or augmented).
+  dataset = dataset.skip(offset) if offset else dataset
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(batch_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -461,6 +463,7 @@ def make_dataset(
   shuffle_buffer=None,
   first_epoch=0,
   cache=None,
+  position=None,
 ):
   """Builds the input of one worker: batches of this rank's part of `split`.
 
@@ -486,6 +489,10 @@ def make_dataset(
     first_epoch: Training: the epoch the stream starts at, e.g. for a resumed
       run (step // steps_per_epoch), so it does not replay epoch 0's order and
       augmentation.
+    position: Training: examples of this rank's stream consumed before (a
+      resumed run's steps x batch_size; trainers/preemption.py). The stream
+      starts exactly there, mid-epoch if need be, so a resumed run sees the
+      batches an uninterrupted one would. Overrides `first_epoch`.
 
   Returns:
     A tf.data.Dataset of (images float32 [batch, h, w, c], labels int32
@@ -522,6 +529,9 @@ def make_dataset(
         f"rank {rank} of {size} gets no records of split {split!r} "
         f"({_split(metadata, split).num_examples} records): use fewer workers"
       )
+    offset = 0
+    if position is not None:
+      first_epoch, offset = divmod(int(position), plan.num_examples)
     pixels = plan.num_examples * int(np.prod(metadata.image_shape))
     if cache if cache is not None else pixels <= CACHE_BYTES:
       return _cached_training_dataset(
@@ -535,6 +545,7 @@ def make_dataset(
         seed=seed,
         with_ids=with_ids,
         first_epoch=first_epoch,
+        offset=offset,
       )
     buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
     file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
@@ -572,6 +583,8 @@ def make_dataset(
     # epoch draws fresh augmentation (the loop stops after a number of steps,
     # the same on every rank).
     dataset = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
+    # Mid-epoch resume: the skipped records are read, not decoded.
+    dataset = dataset.skip(offset) if offset else dataset
   else:
     # One pass in the files' order (their index order in metadata.json), so
     # evaluation sees every record once, deterministically.

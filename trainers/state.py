@@ -95,7 +95,13 @@ class Checkpoints:
   one with the best evaluation precision when the recipe stops early.
   """
 
+  # Objects that checkpoints written before them lack; restoring such a
+  # checkpoint leaves them as they are (trainers/preemption.py's input position
+  # and dropout seed states).
+  OPTIONAL = ("input_position", "seed_states")
+
   def __init__(self, model_dir, ctx, keep, **objects):
+    self._objects = objects
     self._ckpt = tf.train.Checkpoint(**objects)
     self._dirs = {
       "latest": os.path.join(model_dir, "checkpoints"),
@@ -118,7 +124,7 @@ class Checkpoints:
     try:
       path = self.path(which)
       if path:
-        self._ckpt.restore(path).assert_existing_objects_matched()
+        self._for(path).restore(path).assert_existing_objects_matched()
     except Exception as e:  # pylint: disable=broad-except  # OpError, IndexError, ValueError, ...: a damaged file
       text = (getattr(e, "message", None) or str(e)).strip().splitlines()
       raise CheckpointError(
@@ -126,6 +132,14 @@ class Checkpoints:
         "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite"
       ) from None
     return path
+
+  def _for(self, path):
+    """The checkpoint object to restore `path` with: without the optional objects it lacks."""
+    keys = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    missing = [k for k in self.OPTIONAL if k in self._objects and k not in keys]
+    if not missing:
+      return self._ckpt
+    return tf.train.Checkpoint(**{k: v for k, v in self._objects.items() if k not in missing})
 
   def save(self, step, which="latest"):
     if self._ctx.is_chief:

@@ -37,6 +37,7 @@ from preprocess import augment
 from trainers import distributed
 from trainers import export
 from trainers import input_pipeline
+from trainers import preemption
 from trainers import schedule
 from trainers import state
 from trainers import summaries
@@ -182,15 +183,17 @@ def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
   each step is in `make_train_step`).
 
   Returns:
-    A tf.function (iterator, n) -> (metrics, images, labels, grads): metrics
-    are rank means of the last step's cross_entropy, total_loss, accuracy and
-    of their means over the call ("mean_*"; non-finite if any step of any
-    rank was); images, labels and averaged gradients are the last step's.
+    A tf.function (iterator, n, stop) -> (metrics, images, labels, grads):
+    metrics are rank means of the last step's cross_entropy, total_loss,
+    accuracy and of their means over the call ("mean_*"; non-finite if any
+    step of any rank was), and "stop", the rank mean of the float32 `stop`
+    flags (> 0: some rank was asked to stop; trainers/preemption.py); images,
+    labels and averaged gradients are the last step's.
   """
   train_step = make_train_step(model, optimizer, ema, ctx, fp16_allreduce, xla)
 
   @tf.function
-  def train_steps(iterator, n):
+  def train_steps(iterator, n, stop=0.0):
     total = tf.zeros([3], tf.float32)
     for _ in tf.range(n - 1):
       images, labels = next(iterator)
@@ -202,11 +205,15 @@ def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
     local, grads = train_step(images, labels)
     total += local
     # Horovod: metrics shown to users, and the non-finite check, use rank means.
-    means = distributed.allreduce_mean(tf.concat([local, total / tf.cast(n, tf.float32)], 0))
+    # The stop flag rides along, so agreeing on a preemption costs no collective.
+    means = distributed.allreduce_mean(
+      tf.concat([local, total / tf.cast(n, tf.float32), [stop]], 0)
+    )
     names = ("cross_entropy", "total_loss", "accuracy")
     metrics = {
       **dict(zip(names, tf.unstack(means[:3]))),
-      **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:]))},
+      **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:6]))},
+      "stop": means[6],
     }
     return metrics, images, labels, grads
 
@@ -470,6 +477,9 @@ class Run:
     objects = {"model": self.model, "optimizer": self.optimizer, **self.early_stopping.variables}
     if self.ema:
       objects["ema"] = self.ema.checkpointable
+    self.input_position = preemption.InputPosition()
+    objects["input_position"] = self.input_position.variable
+    objects["seed_states"] = preemption.seed_states(self.model)
     self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
     self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
@@ -497,12 +507,13 @@ class Run:
     """Horovod: every rank takes rank 0's model, optimizer, EMA and early-stopping state."""
     variables = [v for v in self.model.variables if "seed_generator" not in v.path]
     variables += list(self.optimizer.variables) + list(self.early_stopping.variables.values())
+    variables.append(self.input_position.variable)
     if self.ema:
       variables += self.ema.shadows
     distributed.broadcast_variables(variables, root_rank=0)
 
   def dataset(self, split, training):
-    # A resumed run starts at its epoch, not at epoch 0's order and augmentation.
+    # A resumed run starts where its input stopped, mid-epoch if need be.
     return input_pipeline.make_dataset(
       self.config.data_dir,
       dataclasses.replace(self.metadata, augmentation=self.augmentation),
@@ -513,7 +524,7 @@ class Run:
       training=training,
       seed=self.config.seed,
       image_shape=self.model.input_shape[1:],
-      first_epoch=self.step // self.steps_per_epoch,
+      position=self.input_position.per_rank(self.ctx.size) if training else None,
     )
 
   def evaluation_weights(self):
@@ -623,7 +634,9 @@ def train(run):
     recipe stops early, else None).
   """
   config, ctx, recipe = run.config, run.ctx, run.config.recipe
-  restored = None if config.overwrite else run.checkpoints.restore("latest")
+  with preemption.rank_seeds_kept(run.model):
+    restored = None if config.overwrite else run.checkpoints.restore("latest")
+  run.input_position.resolve(run.step, run.global_batch)
   run.broadcast()
   start = run.step
   if restored or start:
@@ -657,12 +670,16 @@ def train(run):
   last_log, last_summary = (start, started), (start, started)
   step = start
   batches = iter(run.dataset("train", training=True))
+  # SIGTERM/SIGINT: stop at a step every rank agrees on (trainers/preemption.py).
+  stop, preempted = preemption.StopSignal(), False
+  stop.install()
   while step < run.max_steps:
     n = call_length(step, start, run.max_steps, k)
-    metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64))
+    metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64), stop.flag())
     # The one device-to-host transfer of the call.
     metrics = {name: float(v) for name, v in metrics.items()}
     step += n
+    run.input_position.advance(n * run.global_batch)
     # Finite check: every rank sees the same rank-averaged call means, so all stop here.
     if not math.isfinite(metrics["mean_total_loss"]):
       raise TrainingError(
@@ -670,6 +687,9 @@ def train(run):
         f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
         "(--warmup-epochs)"
       )
+    if metrics["stop"] > 0:  # the same rank mean everywhere: every rank stops here
+      preempted = True
+      break
     # The tutorial's moving averages (decay 0.9 a step), over the call's mean.
     for name in ("cross_entropy", "total_loss"):
       decay = 0.9**n
@@ -706,14 +726,18 @@ def train(run):
       run, step, images, labels, time.time() - started
     ):
       break
+  stop.uninstall()
   seconds = time.time() - started
   _log(
     ctx,
     f"trained {step - start} steps in {seconds:.2f}s "
     f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)",
   )
-  if not due(step, every["checkpoint"]):
+  if preempted or not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
+  if preempted:
+    run.writer.close()  # the summaries up to this step, before the process exits
+    raise preemption.Preempted(step)
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
   if best:
     run.checkpoints.restore("best")
@@ -805,6 +829,7 @@ def _read_errors(run, splits):
 def run(config, ctx):
   """Runs `config.mode` in this process; returns the final metrics (or None)."""
   previous = _prepare_model_dir(config, ctx)
+  preemption.set_determinism(config.deterministic)
   r = Run(config, ctx)
   _check_same_data(config, previous, r.metadata)
   input_pipeline.check_first_records(config.data_dir, r.metadata)
@@ -860,6 +885,14 @@ def main(dataset, argv=None, config=None):
   ctx = distributed.init()
   try:
     run(config, ctx)
+  except preemption.Preempted as e:
+    # The chief says so after writing; the others once it has (the barrier).
+    if ctx.is_chief:
+      print(e, flush=True)
+    distributed.barrier()
+    if not ctx.is_chief:
+      print(e, flush=True)
+    return preemption.EXIT_PREEMPTED
   except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
