@@ -72,6 +72,9 @@ class RawDataset:
     splits: Split name -> ordered list of `Source`s.
     rejects: Inputs rejected while listing (unknown class, non-image files).
     files: Name relative to the data set root -> path, for every source file.
+    skipped: Files that are not data (hidden, OS metadata, notes) or lie outside
+      the layout's splits, as `Reject`s: ledgered, never read, never counted
+      against a split.
   """
 
   name: str
@@ -82,6 +85,7 @@ class RawDataset:
   splits: dict
   rejects: list
   files: dict
+  skipped: list = dataclasses.field(default_factory=list)
 
 
 def _list(root):
@@ -186,7 +190,7 @@ def _list_cifar_binary(spec, root, options):
   batches = FileSystems.join(root, layout.batches_dir)
   archive = FileSystems.join(root, layout.archive)
   if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
-    from preprocess import download  # pylint: disable=g-import-not-at-top
+    from preprocess import download
 
     # The layout's own install: verified archive (the official checksum when
     # it is the official file, the gzip CRC always), extracted into a hidden
@@ -230,16 +234,20 @@ def _list_image_folder(spec, root, options):
   folders = "/ and ".join(spec.layout.splits)
   files, others = _list_required(root, f"{spec.name} images ({folders}/ folders)")
   splits, rejects, used = {}, [], {}
+  skipped = _outside_splits(spec.layout.splits, files, others)
   for split in spec.layout.splits:
     in_split = {rel[len(split) + 1 :]: rel for rel in files if rel.startswith(split + "/")}
     # Listed but unreadable (fifos, devices, dangling or looping symlinks, names
     # that are not UTF-8): ledgered rejects, never opened.
     unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
-    if not in_split and not unusable:
+    candidates, split_rejects, split_skipped = imagefolder.list_split(
+      sorted(in_split), spec.class_names
+    )
+    if not candidates and not split_rejects and not unusable:
       raise DataFormatError(FileSystems.join(root, split), "no images for this split")
     rejects += [Reject(file=rel, index=None, reason=others[rel]) for rel in unusable]
-    candidates, split_rejects = imagefolder.list_split(sorted(in_split), spec.class_names)
     rejects += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_rejects]
+    skipped += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_skipped]
     # Sorted by path, all of one class would come before the next and every
     # shard (and the validation split) would hold one class; a hash order mixes them.
     candidates = sorted(candidates, key=lambda c: hashlib.sha256(c[0].encode()).digest())
@@ -259,7 +267,26 @@ def _list_image_folder(spec, root, options):
     splits,
     rejects,
     used,
+    sorted(skipped, key=lambda r: r.file),
   )
+
+
+def _outside_splits(split_names, files, others):
+  """Skipped entries for everything below the root that no split folder holds.
+
+  Images there (`catdog/validation/cat/x.jpg`, `catdog/x.jpg`) are not
+  converted, but ledgered with the reason, never silently dropped.
+  """
+  inside = tuple(s + "/" for s in split_names)
+  skipped = []
+  for rel in sorted(set(files) | set(others)):
+    if rel.startswith(inside) or rel in split_names:
+      continue
+    why = imagefolder.skip_reason(rel) or (
+      f"outside the split folders ({', '.join(inside)}); not converted"
+    )
+    skipped.append(Reject(file=rel, index=None, reason=why))
+  return skipped
 
 
 def load(dataset, raw_dir, image_size=150, image_format="jpeg"):

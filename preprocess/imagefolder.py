@@ -22,6 +22,7 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from preprocess import fileio
+from preprocess.errors import one_line
 from preprocess.schema import Record
 from preprocess.schema import Reject
 
@@ -57,7 +58,7 @@ class FolderLayout:
 
   def install(self, local_files, root, log):
     """Extracts each downloaded archive into `root` (specs with other archive layouts override)."""
-    from preprocess import download  # pylint: disable=g-import-not-at-top
+    from preprocess import download
 
     for archive in local_files:
       log(f"{archive}: extracting")
@@ -76,6 +77,32 @@ def _class_of(parts):
   return parts[0].split(".", 1)[0]
 
 
+# Files that real folders hold besides the data: operating-system metadata and
+# a person's notes. Hidden entries (.DS_Store, macOS "._x.jpg" resource forks,
+# .ipynb_checkpoints/) are such litter too, even when the extension says image.
+_OS_METADATA = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+_NOTE_EXTENSIONS = frozenset(
+  {".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".doc", ".docx", ".rtf", ".csv", ".json"}
+)
+
+
+def skip_reason(relpath):
+  """Why a file is not data and is skipped (hidden, OS metadata, notes), or None if it may be.
+
+  Skipped files are ledgered, not rejected: they say nothing about the data's
+  quality and never count against --max-reject-fraction.
+  """
+  parts = relpath.strip("/").split("/")
+  name = parts[-1]
+  if any(part.startswith(".") for part in parts):
+    return "hidden file, not data"
+  if name.lower() in _OS_METADATA:
+    return "operating-system metadata, not data"
+  if posixpath.splitext(name)[1].lower() in _NOTE_EXTENSIONS:
+    return "notes or documents, not data"
+  return None
+
+
 def list_split(paths, class_names):
   """Assigns labels to the files of a split directory from their paths alone.
 
@@ -87,9 +114,10 @@ def list_split(paths, class_names):
       Microsoft's "Cat/" folder is class "cat".
 
   Returns:
-    (candidates, rejects): candidates is a list of (relpath, label) sorted by
-    relpath; rejects is a list of `Reject(file=relpath, index=None, ...)`, also
-    sorted, for files that are not images or whose class is unknown.
+    (candidates, rejects, skipped): candidates is a list of (relpath, label)
+    sorted by relpath; rejects is a list of `Reject(file=relpath, index=None,
+    ...)`, also sorted, for files that are not images or whose class is
+    unknown; skipped the same for files that are not data (`skip_reason`).
 
   Raises:
     ValueError: Two class names differ only in case.
@@ -98,15 +126,13 @@ def list_split(paths, class_names):
   if len(labels) != len(class_names):
     raise ValueError(f"class names must differ other than in case: {class_names}")
   expected = ", ".join(class_names)
-  candidates, rejects = [], []
+  candidates, rejects, skipped = [], [], []
   for relpath in sorted(paths):
     parts = relpath.strip("/").split("/")
-    name = parts[-1]
-    extension = posixpath.splitext(name)[1].lower()
-    # Hidden entries are OS litter (.DS_Store, macOS "._x.jpg" resource forks,
-    # .ipynb_checkpoints/) even when the extension says image.
-    if any(part.startswith(".") for part in parts):
-      rejects.append(Reject(file=relpath, index=None, reason="not an image file (hidden)"))
+    extension = posixpath.splitext(parts[-1])[1].lower()
+    why_skip = skip_reason(relpath)
+    if why_skip:
+      skipped.append(Reject(file=relpath, index=None, reason=why_skip))
       continue
     if extension not in IMAGE_EXTENSIONS:
       why = f"extension {extension!r}" if extension else "no extension"
@@ -124,7 +150,7 @@ def list_split(paths, class_names):
       )
       continue
     candidates.append((relpath, label))
-  return candidates, rejects
+  return candidates, rejects, skipped
 
 
 def _to_rgb(image):
@@ -211,17 +237,12 @@ def load_image(path, relpath, label, size, opener=fileio.open_rb):
       file=relpath, index=None, reason="cannot decode image: not a recognised image format"
     )
   except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-    return Reject(file=relpath, index=None, reason=f"decompression bomb: {_one_line(e)}")
-  except Exception as e:  # pylint: disable=broad-except
+    return Reject(file=relpath, index=None, reason=f"decompression bomb: {one_line(e)}")
+  except Exception as e:
     # Pillow's plugins raise many types on malformed input (OSError, SyntaxError,
     # ValueError, EOFError, struct.error, ...). One bad file among thousands of
     # photos must not stop the job, so every decode failure becomes a Reject.
-    return Reject(file=relpath, index=None, reason=f"cannot decode image: {_one_line(e)}")
+    return Reject(file=relpath, index=None, reason=f"cannot decode image: {one_line(e)}")
   return Record(
     source_id=relpath, label=label, image=pixels, content_sha256=hashlib.sha256(data).hexdigest()
   )
-
-
-def _one_line(exc):
-  text = " ".join(str(exc).split())
-  return text or type(exc).__name__

@@ -179,7 +179,7 @@ def parse_example(serialized):
 
   Reader-side twin of `make_example`; imports TensorFlow when called.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   dtypes = {"bytes": tf.string, "int64": tf.int64}
   spec = {k: tf.io.FixedLenFeature([], dtypes[t]) for k, t in FEATURE_SPEC.items()}
@@ -236,7 +236,7 @@ class TFRecordError(ValueError):
 
 
 def _masked_crc(data):
-  import google_crc32c  # pylint: disable=g-import-not-at-top  # Writers only.
+  import google_crc32c  # Writers only.
 
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -286,6 +286,9 @@ def count_records(f, size, path):
 # --- metadata.json: the typed contract between the Beam job and the trainers ---
 
 METADATA_FILE = "metadata.json"
+# The ledgers beside it: one JSON line per rejected record, per skipped file.
+REJECTS_FILE = "rejects.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
 # 2: every shard carries its sha256 and size.
 METADATA_FORMAT_VERSION = 2
 
@@ -324,11 +327,17 @@ class SplitInfo:
 
 @dataclasses.dataclass
 class RecordCounts:
-  """records read == written + rejected, over the whole run."""
+  """records read == written + rejected, over the whole run.
+
+  `skipped` counts files that were never read as records: files that are not
+  data (hidden, OS metadata, notes) and images outside the layout's splits.
+  They are listed in skipped.jsonl and are in none of the other three counts.
+  """
 
   read: int
   written: int
   rejected: int
+  skipped: int = 0
 
 
 @dataclasses.dataclass
@@ -646,7 +655,7 @@ def _iter_frames(f, path):
 
   Checks both CRCs of every record, as TensorFlow's reader does.
   """
-  import google_crc32c  # pylint: disable=g-import-not-at-top
+  import google_crc32c
 
   del google_crc32c  # Imported here so a missing package fails before reading.
   index = offset = 0

@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from pipeline import plan
+from preprocess import errors
 from preprocess import download
 from preprocess import sample_data
 from preprocess import schema
@@ -360,17 +361,15 @@ def test_killed_worker_ends_the_run_with_one_line(raw, tmp_path):
 
 
 def test_root_cause_finds_the_projects_line_in_a_beam_traceback():
-  from pipeline import build_tfrecords  # pylint: disable=g-import-not-at-top
-
   wrapped = RuntimeError(
     "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
     "pipeline.convert.ShardFailure: /data/a.bin: cannot read: Permission denied "
     "[while running 'ConvertShards/ParDo(ConvertShardFn)']\n"
   )
-  assert build_tfrecords.root_cause(wrapped) == "/data/a.bin: cannot read: Permission denied"
+  assert errors.root_cause(wrapped) == "/data/a.bin: cannot read: Permission denied"
   other = RuntimeError("Traceback (most recent call last):\n  File \"y\"\nValueError: boom\n")
-  assert build_tfrecords.root_cause(other) == "ValueError: boom"
-  assert build_tfrecords.root_cause(PermissionError(13, "Permission denied", "/o")) == (
+  assert errors.root_cause(other) == "ValueError: boom"
+  assert errors.root_cause(PermissionError(13, "Permission denied", "/o")) == (
     "/o: Permission denied"
   )
 

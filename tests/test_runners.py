@@ -27,6 +27,8 @@ import time
 import pytest
 
 from pipeline import build_tfrecords
+from pipeline import options as job_options
+from pipeline import outdir
 from preprocess import sample_data
 from tests.conftest import BIN
 from tests.conftest import ROOT
@@ -361,7 +363,7 @@ def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
       json.dumps({"stats": stats, "rejects": rejects})
     )
   (tmp_path / (tasks[2].filename + convert.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
-  stats, rejects = build_tfrecords._read_sidecars(str(tmp_path), tasks)  # pylint: disable=protected-access
+  stats, rejects = outdir.read_sidecars(str(tmp_path), tasks)
   assert [s["file"] for s in stats] == [tasks[0].filename, tasks[1].filename]
   assert [r["file"] for r in rejects] == ["f0", "f1"]
 
@@ -394,7 +396,7 @@ def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner)
   options = _parse(
     f"--runner={runner}", "--dask_client_address", "127.0.0.1:8786", "--dask_connection_timeout=30"
   )
-  assert options.view_as(StandardOptions).runner == build_tfrecords.DASK_RUNNER
+  assert options.view_as(StandardOptions).runner == job_options.DASK_RUNNER
   dask = options.view_as(DaskOptions)
   assert (dask.address, dask.timeout, dask.partition_size) == ("127.0.0.1:8786", 30, 1)
 
