@@ -27,6 +27,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import outdir
 from pipeline import plan
 from preprocess import atomic
 from preprocess import errors
@@ -76,7 +77,7 @@ class ConvertShardFn(beam.DoFn):
       # also sweeps `.*.tmp-*` when the run fails, for workers that died).
       try:
         if FileSystems.exists(temp):
-          FileSystems.delete([temp])
+          outdir.delete([temp])
       except Exception:
         pass  # The original error is the one to report.
       raise

@@ -15,6 +15,7 @@ never listed, counted or deleted.
 import glob
 import json
 import os
+import shutil
 import warnings
 
 from apache_beam.io.filesystems import FileSystems
@@ -56,6 +57,24 @@ def match(directory, *patterns):
   return sorted({m.path for result in results for m in result.metadata_list})
 
 
+def delete(paths):
+  """Deletes files and folders (recursively) at exactly these paths.
+
+  Beam's local `FileSystems.delete` matches each path as a pattern (a file
+  named `a[1]` is not found, and `a*` deletes `abc`); local paths are deleted
+  here directly.
+  """
+  local = [p for p in paths if "://" not in p]
+  for path in local:
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
+  remote = [p for p in paths if "://" in p]
+  if remote:
+    FileSystems.delete(remote)
+
+
 def prepare(out_dir, overwrite):
   """Makes `out_dir` ready for a new run; refuses to clobber an output without `overwrite`.
 
@@ -70,10 +89,10 @@ def prepare(out_dir, overwrite):
   metadata = FileSystems.join(out_dir, METADATA)
   # metadata.json goes first, so an interrupted overwrite never looks complete.
   if metadata in existing:
-    FileSystems.delete([metadata])
+    delete([metadata])
   rest = [p for p in existing if p != metadata]
   if rest:
-    FileSystems.delete(rest)
+    delete(rest)
   if "://" not in out_dir:
     os.makedirs(out_dir, exist_ok=True)
 
@@ -105,9 +124,9 @@ def remove_work_files(out_dir, work):
   """Deletes the sidecars and the temporary files of failed or retried tasks."""
   files = match(work, "*") + match(out_dir, ".*.tmp-*")
   if files:
-    FileSystems.delete(files)
+    delete(files)
   if FileSystems.exists(work):  # The local directory itself.
-    FileSystems.delete([work])
+    delete([work])
 
 
 def write_atomically(path, text):

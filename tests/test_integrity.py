@@ -24,8 +24,8 @@ import psutil
 import pytest
 
 from pipeline import plan
-from preprocess import errors
 from preprocess import download
+from preprocess import errors
 from preprocess import sample_data
 from preprocess import schema
 from preprocess.errors import DataFormatError
