@@ -266,7 +266,7 @@ def test_split_emptied_while_listing_fails_with_one_line(raw, tmp_path):
   tree = tmp_path / "raw" / "catdog"
   shutil.copytree(raw / "catdog", tree)
   for image in (tree / "test").rglob("*.*"):
-    image.rename(image.with_suffix(".txt"))
+    image.rename(image.with_suffix(".bin"))
   line = one_error_line(build(tmp_path / "raw", tmp_path / "out"))
   assert "split 'test' has no usable records" in line and "not an image file" in line
 
