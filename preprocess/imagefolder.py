@@ -13,7 +13,9 @@ a flat directory whose file names start with the class (`dog.45.jpg`).
 import dataclasses
 import hashlib
 import io
+import os
 import posixpath
+import stat
 import warnings
 
 import numpy as np
@@ -22,6 +24,8 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from preprocess import fileio
+from preprocess import rawfiles
+from preprocess.errors import DataFormatError
 from preprocess.errors import one_line
 from preprocess.schema import Record
 from preprocess.schema import Reject
@@ -63,6 +67,80 @@ class FolderLayout:
     for archive in local_files:
       log(f"{archive}: extracting")
       download.extract_archive(archive, root, force=True)
+
+  def list_raw(self, spec, root, files, options):
+    """Lists the image files under `root` (RAW/<name>); returns a `RawDataset`.
+
+    Nothing is opened: labels come from the paths (`list_split`), files that
+    are not data are skipped (`skip_reason`), and everything outside the split
+    folders is ledgered as skipped (`_outside_splits`). Entries that cannot be
+    read (fifos, devices, dangling or looping symlinks, names that are not
+    UTF-8) are rejects, never opened.
+    """
+    folders = "/ and ".join(self.splits)
+    found, others = rawfiles.list_required(files, root, f"{spec.name} images ({folders}/ folders)")
+    splits, rejects, used = {}, [], {}
+    skipped = _outside_splits(self.splits, found, others)
+    for split in self.splits:
+      in_split = {rel[len(split) + 1 :]: rel for rel in found if rel.startswith(split + "/")}
+      unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
+      candidates, split_rejects, split_skipped = list_split(sorted(in_split), spec.class_names)
+      if not candidates and not split_rejects and not unusable:
+        raise DataFormatError(files.join(root, split), "no images for this split")
+      rejects += [Reject(file=rel, index=None, reason=others[rel]) for rel in unusable]
+      rejects += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_rejects]
+      skipped += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_skipped]
+      # Sorted by path, all of one class would come before the next and every
+      # shard (and the validation split) would hold one class; a hash order mixes them.
+      candidates = sorted(candidates, key=lambda c: hashlib.sha256(c[0].encode()).digest())
+      sources = []
+      for rel, label in candidates:
+        name = in_split[rel]
+        sources.append(rawfiles.Source(self.format, (found[name][0],), name, 1, label))
+        used[name] = found[name][0]
+      splits[split] = sources
+    size = options["image_size"]
+    shape, image_format = (size, size, 3), options["image_format"]
+    skipped = sorted(skipped, key=lambda r: r.file)
+    return rawfiles.RawDataset(
+      spec.name, list(spec.class_names), shape, image_format, size, splits, rejects, used, skipped
+    )
+
+  @staticmethod
+  def read(source, start, stop, image_size, opener):
+    """The `Record` or `Reject` of one image file `Source`, as a one-item list."""
+    del start, stop  # One image a source.
+    path = source.paths[0]
+    if "://" not in path:
+      # Listed as a regular file, but it may have been swapped since: never open
+      # a fifo (blocks forever) or a device.
+      try:
+        info = os.stat(path)
+      except OSError as e:
+        return [Reject(file=source.name, index=None, reason=f"cannot stat: {e.strerror or e}")]
+      if not stat.S_ISREG(info.st_mode):
+        return [Reject(file=source.name, index=None, reason="not a regular file; not opened")]
+    try:
+      return [load_image(path, source.name, source.label, image_size, opener=opener)]
+    except OSError as e:
+      # One unreadable photo among thousands is a reject, like an undecodable one.
+      return [Reject(file=source.name, index=None, reason=f"cannot read: {e.strerror or e}")]
+
+
+def _outside_splits(split_names, found, others):
+  """Skipped entries for everything below the root that no split folder holds.
+
+  Images there (`catdog/validation/cat/x.jpg`, `catdog/x.jpg`) are not
+  converted, but ledgered with the reason, never silently dropped.
+  """
+  inside = tuple(s + "/" for s in split_names)
+  skipped = []
+  for rel in sorted(set(found) | set(others)):
+    if rel.startswith(inside) or rel in split_names:
+      continue
+    why = skip_reason(rel) or f"outside the split folders ({', '.join(inside)}); not converted"
+    skipped.append(Reject(file=rel, index=None, reason=why))
+  return skipped
 
 
 # Modes that carry an alpha channel (upper case: straight alpha; lower: premultiplied).

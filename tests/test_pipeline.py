@@ -107,7 +107,9 @@ def test_cifar10_shards_hold_every_record_with_exact_pixels(raw, cifar_out):
   assert meta["records"] == {"read": 3000, "written": 3000, "rejected": 0, "skipped": 0}
   assert "read 3000 = written 3000 + rejected 0" in result.stderr
   assert (out / "rejects.jsonl").read_text() == ""
-  assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp or work files
+  # No temp or work files; the folder's lock file stays, empty once released.
+  assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]
+  assert (out / ".lock").read_text() == ""
 
 
 def test_cifar10_metadata_describes_policy_schema_and_sources(raw, cifar_out):

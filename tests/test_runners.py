@@ -283,8 +283,9 @@ def test_local_default_writes_shards_metadata_and_every_reject(local_out):
     assert len(shards) == 15
     # No sidecars, work directories or temporary files are left behind.
     assert sorted(p.name for p in out.iterdir()) == sorted(
-      shards + ["metadata.json", "rejects.jsonl"]
+      shards + [".lock", "metadata.json", "rejects.jsonl", "skipped.jsonl"]
     )
+    assert (out / ".lock").read_text() == ""  # Released: no holder named.
 
 
 @pytest.mark.slow
@@ -339,7 +340,9 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
   assert result.stderr.splitlines()[-1].startswith("error: "), result.stderr[-3000:]
   left = sorted(p.name for p in out.iterdir())
   assert "metadata.json" not in left
-  assert not [n for n in left if n.startswith(".")], left  # no .work-* directory, no .*.tmp-* file
+  # No .work-* directory, no .*.tmp-* file; the lock file stays, released.
+  assert [n for n in left if n.startswith(".")] == [".lock"], left
+  assert (out / ".lock").read_text() == ""
 
 
 def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):

@@ -24,12 +24,14 @@ one a line.
 import dataclasses
 import hashlib
 import math
+import pathlib
 
 import numpy as np
 
 from preprocess import atomic
 from preprocess import download
 from preprocess import fileio
+from preprocess import rawfiles
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
@@ -100,6 +102,46 @@ class BinaryLayout:
         )
       # download() has refused a partial install unless `force`: replacing is safe.
       download.replace(batches, root / self.batches_dir)
+
+  def list_raw(self, spec, root, files, options):
+    """Lists and checks the batch files under `root` (RAW/<name>); returns a `RawDataset`.
+
+    A missing batches folder is extracted again from the kept archive: checked
+    first (the official checksum when it is the official file, the gzip CRC
+    always), extracted into a hidden folder and renamed into place only when
+    every batch file is there.
+    """
+    del options  # Stored as is, 32x32 PNG.
+    batches = files.join(root, self.batches_dir)
+    archive = files.join(root, self.archive)
+    if not files.exists(batches) and files.exists(archive) and "://" not in archive:
+      download.verify_archive(archive, spec.sources)
+      self.install([pathlib.Path(archive)], pathlib.Path(root), log=lambda line: None)
+    what = f"{spec.name} binary batches ({self.batches_dir}/)"
+    found, others = rawfiles.list_required(files, batches, what)
+    meta_path, _ = rawfiles.required_file(
+      files, found, others, batches, self.meta_file, "class names file"
+    )
+    class_names = read_class_names(meta_path, opener=files.open)
+    splits = {}
+    for split, names in self.splits.items():
+      sources = []
+      for name in names:
+        path, size = rawfiles.required_file(
+          files, found, others, batches, name, f"{spec.name} batch file"
+        )
+        count = count_records(path, size)
+        sources.append(rawfiles.Source(self.format, (path,), f"{self.batches_dir}/{name}", count))
+      splits[split] = sources
+    used = {s.name: s.paths[0] for split in splits.values() for s in split}
+    used[f"{self.batches_dir}/{self.meta_file}"] = meta_path
+    return rawfiles.RawDataset(spec.name, class_names, IMAGE_SHAPE, "png", None, splits, [], used)
+
+  @staticmethod
+  def read(source, start, stop, image_size, opener):
+    """Yields the `Record`s and `Reject`s of records [start, stop) of a batch file `Source`."""
+    del image_size  # Stored as is, 32x32.
+    return read_records(source.paths[0], source.name, start, stop, opener=opener)
 
 
 def _plural(n, word):
