@@ -45,7 +45,7 @@ EXPECTED_REJECTS = {
     ("test/bird/bird.1.jpg", None),
     ("train/cat/cut.jpg", None),
     ("train/cat/empty.jpg", None),
-    ("train/cat/notes.txt", None),
+    ("train/cat/scan.tiff", None),
   ],
 }
 
@@ -173,7 +173,7 @@ def raw(tmp_path_factory):
   victim = sorted((catdog / "train" / "dog").glob("*.jpg"))[0]
   (catdog / "train" / "cat" / "empty.jpg").write_bytes(b"")  # rejected by a worker
   (catdog / "train" / "cat" / "cut.jpg").write_bytes(victim.read_bytes()[:300])  # by a worker
-  (catdog / "train" / "cat" / "notes.txt").write_text("not an image")  # while listing
+  (catdog / "train" / "cat" / "scan.tiff").write_text("not an image")  # while listing
   (catdog / "test" / "bird").mkdir()
   shutil.copy(victim, catdog / "test" / "bird" / "bird.1.jpg")  # while listing
   return root
