@@ -45,6 +45,14 @@ def parse_args(argv, description=None):
   Returns:
     (args, options): the job's flags, and Beam's `PipelineOptions` (None with --verify-data).
   """
+  parser = _parser(description)
+  args, beam_args = parser.parse_known_args(argv)
+  args.log_file = os.devnull  # main() makes one per run.
+  return args, _check(parser, args, beam_args)
+
+
+def _parser(description):
+  """The job's own flags, a table of `add_argument`s."""
   parser = cli.ArgumentParser(
     prog="python -m pipeline.build_tfrecords",
     description=description,
@@ -122,8 +130,11 @@ def parse_args(argv, description=None):
     help="Show Beam's and the workers' own log lines and full tracebacks (they "
     "always go to a log file whose path is printed when a run fails).",
   )
-  args, beam_args = parser.parse_known_args(argv)
-  args.log_file = os.devnull  # main() makes one per run.
+  return parser
+
+
+def _check(parser, args, beam_args):
+  """Refuses bad values and combinations (via `parser.error`); returns the Beam options."""
   if args.num_shards is not None and args.num_shards < 1:
     parser.error("--num-shards must be at least 1")
   if args.image_size < 8:
@@ -139,16 +150,15 @@ def parse_args(argv, description=None):
   if args.verify_data:
     if beam_args:
       parser.error(f"unrecognized arguments: {' '.join(beam_args)} (--verify-data runs no job)")
-    return args, None
+    return None
   if args.raw_dir is None:
     parser.error("the following arguments are required: --raw-dir")
   if "://" not in args.raw_dir and os.path.exists(args.raw_dir) and not os.path.isdir(args.raw_dir):
     parser.error(f"--raw-dir {args.raw_dir}: exists and is not a folder")
   try:
-    options = beam_options(beam_args)
+    return beam_options(beam_args)
   except UsageError as e:
     parser.error(str(e))
-  return args, options
 
 
 def beam_options(beam_args):

@@ -27,6 +27,18 @@ class DataFormatError(Exception):
     super().__init__(f"{self.path}: {problem}")
 
 
+class DownloadError(DataFormatError):
+  """A file could not be fetched, failed verification, or is an unsafe archive.
+
+  Subclasses `DataFormatError` so that callers which already print those as one
+  line (the Beam driver extracts archives) handle these too. The message is
+  `<path or URL>: <problem>` on a single line.
+  """
+
+  def __init__(self, path, problem):
+    super().__init__(path, " ".join(str(problem).splitlines()))
+
+
 def one_line(error):
   """The error's message on one line (whitespace collapsed), or its type's name if empty."""
   text = " ".join(str(error).split())

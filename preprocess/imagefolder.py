@@ -62,11 +62,11 @@ class FolderLayout:
 
   def install(self, local_files, root, log):
     """Extracts each downloaded archive into `root` (specs with other archive layouts override)."""
-    from preprocess import download
+    from preprocess import extract
 
     for archive in local_files:
       log(f"{archive}: extracting")
-      download.extract_archive(archive, root, force=True)
+      extract.extract_archive(archive, root, force=True)
 
   def list_raw(self, spec, root, files, options):
     """Lists the image files under `root` (RAW/<name>); returns a `RawDataset`.

@@ -30,6 +30,7 @@ import pytest
 
 from preprocess import datasets
 from preprocess import download
+from preprocess import extract
 from preprocess.datasets import catdog as catdog_spec
 from preprocess.datasets import cifar10
 from preprocess.download import DownloadError
@@ -422,7 +423,7 @@ def test_unsafe_archive_is_refused_and_nothing_is_written(tmp_path, fmt, kind, n
   dest = tmp_path / "dest" / "cifar10"
 
   with pytest.raises(DownloadError) as excinfo:
-    download.extract_archive(archive, dest)
+    extract.extract_archive(archive, dest)
 
   message = str(excinfo.value)
   assert "\n" not in message and repr(name) in message and str(archive) in message
@@ -457,10 +458,10 @@ def test_extract_archive_does_not_overwrite_unless_forced(tmp_path):
   (dest / "cifar-10-batches-bin" / "mine.txt").write_text("keep")
 
   with pytest.raises(DownloadError, match="already exists"):
-    download.extract_archive(archive, dest)
+    extract.extract_archive(archive, dest)
   assert files_under(dest) == ["cifar-10-batches-bin/mine.txt"]
 
-  assert download.extract_archive(archive, dest, force=True) == [dest / "cifar-10-batches-bin"]
+  assert extract.extract_archive(archive, dest, force=True) == [dest / "cifar-10-batches-bin"]
   assert "cifar-10-batches-bin/data_batch_1.bin" in files_under(dest)
   assert "cifar-10-batches-bin/mine.txt" not in files_under(dest)
 

@@ -26,6 +26,7 @@ import pytest
 from pipeline import plan
 from preprocess import download
 from preprocess import errors
+from preprocess import extract
 from preprocess import sample_data
 from preprocess import schema
 from preprocess.errors import DataFormatError
@@ -220,8 +221,8 @@ def test_official_file_with_the_right_size_but_another_digest_is_refused(raw, tm
     archive.name, ("https://example.invalid/x",), sha256="0" * 64, size=archive.stat().st_size
   )
   with pytest.raises(download.DownloadError, match="sha256 mismatch.*damaged"):
-    download.verify_archive(archive, [official])
-  download.verify_archive(archive, [])  # Not the official file: the gzip CRC alone passes.
+    extract.verify_archive(archive, [official])
+  extract.verify_archive(archive, [])  # Not the official file: the gzip CRC alone passes.
 
 
 # --- 3: empty splits and splits that lose too much fail without metadata.json ---
