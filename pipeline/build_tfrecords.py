@@ -304,13 +304,13 @@ def verify(args, log):
 
 def main(argv=None):
   args, options = parse_args(sys.argv[1:] if argv is None else argv)
-  supervise.terminate_on_sigterm()
 
   def log(msg):
     print(msg, file=supervise.CapturedStderr.terminal or sys.stderr, flush=True)
 
   if args.verify_data:
-    return verify(args, log)
+    return verify(args, log)  # Writes nothing: SIGTERM may end it as it ends any process.
+  supervise.terminate_on_sigterm()
   fd, args.log_file = tempfile.mkstemp(prefix="build_tfrecords-", suffix=".log")
   os.close(fd)
   keep_log = True
