@@ -573,3 +573,17 @@ def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   out, err = capsys.readouterr()
   assert out.count("mnist: 4 paths ready") == 2
   assert "already in" in err and "error" not in err
+
+
+def test_download_takes_a_raw_dir_with_pattern_characters_literally(server, tmp_path):
+  served = mnist_files(server.root)
+  (tmp_path / "r1" / "mnist").mkdir(parents=True)  # What "r[1]" would match as a pattern.
+  raw = tmp_path / "r[1]"
+
+  paths = download.download(
+    "mnist", raw, sources=[remote(server, n) for n in MNIST_NAMES], log=lambda line: None
+  )
+
+  assert paths == [raw / "mnist" / n for n in MNIST_NAMES]
+  assert {p.name: p.read_bytes() for p in paths} == served
+  assert files_under(tmp_path / "r1") == []
