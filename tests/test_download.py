@@ -473,7 +473,7 @@ def test_second_call_does_not_download_and_force_does(server, tmp_path):
   write_tar(server.root / "cifar-10-binary.tar.gz", cifar_members())
   source = [remote(server, "cifar-10-binary.tar.gz")]
   raw = tmp_path / "raw"
-  quiet = lambda line: None  # pylint: disable=unnecessary-lambda-assignment
+  quiet = lambda line: None
 
   first = download.download("cifar10", raw, sources=source, log=quiet)
   assert len(server.requests) == 1
@@ -562,7 +562,7 @@ def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   local = dataclasses.replace(
     datasets.get("mnist"), sources=tuple(remote(server, n) for n in MNIST_NAMES)
   )
-  monkeypatch.setitem(datasets._REGISTRY, "mnist", local)  # pylint: disable=protected-access
+  monkeypatch.setitem(datasets._REGISTRY, "mnist", local)
   raw = tmp_path / "raw"
 
   assert download.main(["--dataset", "mnist", "--raw-dir", str(raw)]) == 0

@@ -599,7 +599,7 @@ def test_load_image_keeps_pillow_warnings_quiet(tmp_path):
 def test_readers_accept_beams_file_system_opener(tmp_path):
   # The pipeline passes FileSystems.open, whose file objects differ from io's:
   # `seekable` is a property, and .gz files come back already gunzipped.
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystems import FileSystems
 
   path = tmp_path / "b.bin"
   write_cifar(path, [i % 10 for i in range(20)])

@@ -80,7 +80,7 @@ class _Processes:
     self._procs = []
 
   def start(self, name, cmd):
-    log = open(self._log_dir / f"{name}.log", "wb")  # pylint: disable=consider-using-with
+    log = open(self._log_dir / f"{name}.log", "wb")
     proc = subprocess.Popen(
       [str(c) for c in cmd],
       cwd=ROOT,
@@ -232,7 +232,7 @@ def job_service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
   """A `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields (client, address)."""
-  from distributed import Client  # pylint: disable=g-import-not-at-top
+  from distributed import Client
 
   procs = _Processes(tmp_path_factory.mktemp("dask-logs"))
   client = None
@@ -347,8 +347,8 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
 
 def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
   """Sidecars of other shards and half-written temporaries are ignored; a missing one is left out."""
-  from pipeline import convert  # pylint: disable=g-import-not-at-top
-  from pipeline import plan  # pylint: disable=g-import-not-at-top
+  from pipeline import convert
+  from pipeline import plan
 
   tasks = [plan.ShardTask("train", i, 3, ()) for i in range(3)]
   for task in tasks[:2] + [plan.ShardTask("train", 0, 2, ())]:
@@ -393,8 +393,8 @@ def _parse_error(*beam_flags):
   "runner", ["DaskRunner", "daskrunner", "dask", "apache_beam.runners.dask.dask_runner.DaskRunner"]
 )
 def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner):
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
-  from apache_beam.runners.dask.dask_runner import DaskOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import StandardOptions
+  from apache_beam.runners.dask.dask_runner import DaskOptions
 
   options = _parse(
     f"--runner={runner}", "--dask_client_address", "127.0.0.1:8786", "--dask_connection_timeout=30"
@@ -405,7 +405,7 @@ def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner)
 
 
 def test_dask_partitioning_given_by_the_user_is_kept():
-  from apache_beam.runners.dask.dask_runner import DaskOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.dask.dask_runner import DaskOptions
 
   dask = _parse("--runner=DaskRunner", "--dask_npartitions=3").view_as(DaskOptions)
   assert (dask.npartitions, dask.partition_size) == (3, None)
@@ -445,7 +445,7 @@ def test_dask_partitioning_given_by_the_user_is_kept():
   ],
 )
 def test_cluster_runner_options_are_accepted(flags):
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import StandardOptions
 
   options = _parse(*flags)
   assert options.view_as(StandardOptions).runner == flags[0].split("=", 1)[1]
@@ -492,7 +492,7 @@ def _readme_commands():
 
 
 def test_readme_runner_commands_are_accepted_by_the_job_parser():
-  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import StandardOptions
 
   commands = _readme_commands()
   runners = set()
