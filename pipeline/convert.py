@@ -27,8 +27,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import outdir
 from pipeline import plan
 from preprocess import atomic
+from preprocess import errors
 from preprocess import schema
 from preprocess.schema import Reject
 
@@ -75,8 +77,8 @@ class ConvertShardFn(beam.DoFn):
       # also sweeps `.*.tmp-*` when the run fails, for workers that died).
       try:
         if FileSystems.exists(temp):
-          FileSystems.delete([temp])
-      except Exception:  # pylint: disable=broad-except
+          outdir.delete([temp])
+      except Exception:
         pass  # The original error is the one to report.
       raise
     self._read.inc(stats["read"])
@@ -143,20 +145,12 @@ class ShardFailure(RuntimeError):
     super().__init__(f"{path}: {' '.join(str(problem).split())}")
 
 
-def _reason(error):
-  """One line for an OSError: the errno text when there is one, else the message."""
-  if isinstance(error, OSError) and error.strerror:
-    return error.strerror
-  text = " ".join(str(error).split())
-  return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 @contextlib.contextmanager
 def _reading(path):
   try:
     yield
   except OSError as e:
-    raise ShardFailure(path, f"cannot read: {_reason(e)}") from e
+    raise ShardFailure(path, f"cannot read: {errors.reason(e)}") from e
 
 
 @contextlib.contextmanager
@@ -164,7 +158,7 @@ def _writing(path, what):
   try:
     yield
   except OSError as e:
-    raise ShardFailure(path, f"{what}: {_reason(e)}") from e
+    raise ShardFailure(path, f"{what}: {errors.reason(e)}") from e
 
 
 class ConvertShards(beam.PTransform):

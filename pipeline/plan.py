@@ -1,24 +1,24 @@
 """What goes into which shard: list, check, split, shard.
 
 Runs on the driver of the Beam job (pipeline/build_tfrecords.py), before any
-pixels are read. First it lists a data set's raw files following its spec
-(preprocess/datasets/): the source files of each split in a fixed order, with
+pixels are read. First the data set's layout (its spec in preprocess/datasets/)
+lists its raw files: the source files of each split in a fixed order, with
 their record counts, checked for structural problems up front so a bad file
-stops the run before anything is written. Then it cuts the record counts into
-splits and shards: each output shard becomes one `ShardTask`, a list of
-contiguous record ranges of the sources. A worker converts a whole task with
-`read_source` and writes its shard in one go (pipeline/convert.py), so no step
-has to gather the data set in memory, and the same inputs always give the same
-shards on any runner. All file access goes through Beam's `FileSystems`, so RAW
-can be a local folder or a bucket.
+stops the run before anything is written. Each layout owns its format end to
+end, listing and reading (preprocess/rawfiles.py says how); this module only
+hands it the storage. Then it cuts the record counts into splits and shards:
+each output shard becomes one `ShardTask`, a list of contiguous record ranges
+of the sources. A worker converts a whole task with `read_source` and writes
+its shard in one go (pipeline/convert.py), so no step has to gather the data
+set in memory, and the same inputs always give the same shards on any runner.
+All file access goes through Beam's `FileSystems`, so RAW can be a local
+folder or a bucket.
 """
 
 import dataclasses
 import errno
-import hashlib
 import math
 import os
-import pathlib
 import stat
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -26,11 +26,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from preprocess import datasets
 from preprocess import hashing
-from preprocess import imagefolder
-from preprocess.datasets import cifar10
-from preprocess.datasets import mnist
-from preprocess.errors import DataFormatError
-from preprocess.schema import Reject
 
 # --- List and check: the sources of each split ---
 
@@ -38,50 +33,6 @@ from preprocess.schema import Reject
 def open_raw(path):
   """Opens a file for reading as stored (no transparent gunzip), on any FileSystem."""
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """A run of records in the raw data: a record file, or one image file.
-
-  Attributes:
-    kind: The layout's format, "cifar_binary", "idx" or "image"; selects the reader.
-    paths: What the reader opens (the MNIST images and labels files, or one file).
-    name: The source's name relative to the data set root; record ids derive from it.
-    count: Records in the source (1 for an image file).
-    label: The class of an image file (from its folder or name), else None.
-  """
-
-  kind: str
-  paths: tuple
-  name: str
-  count: int
-  label: int | None = None
-
-
-@dataclasses.dataclass
-class RawDataset:
-  """What the planner needs to know about one data set's raw files.
-
-  Attributes:
-    name: Data set name.
-    class_names: Class names, index = label.
-    image_shape: (height, width, channels) of every record after decoding.
-    image_format: "png" or "jpeg": how records are encoded in the shards.
-    image_size: The side images were resized to (image folders), else None.
-    splits: Split name -> ordered list of `Source`s.
-    rejects: Inputs rejected while listing (unknown class, non-image files).
-    files: Name relative to the data set root -> path, for every source file.
-  """
-
-  name: str
-  class_names: list
-  image_shape: tuple
-  image_format: str
-  image_size: int | None
-  splits: dict
-  rejects: list
-  files: dict
 
 
 def _list(root):
@@ -163,103 +114,13 @@ def _walk_local(root):
   return files, others
 
 
-def _list_required(root, what):
-  """`_list(root)`, or a DataFormatError if `root` is missing or holds nothing."""
-  files, others = _list(root) if FileSystems.exists(root) else ({}, {})
-  if not files and not others:
-    raise DataFormatError(root, f"no {what} found here (run with --download, or see README)")
-  return files, others
+class _Files:
+  """The storage a layout lists and reads through (preprocess/rawfiles.py): Beam's FileSystems."""
 
-
-def _required_file(files, others, directory, name, what):
-  """The (path, size) of a required source file, or a DataFormatError saying why not."""
-  if name in files:
-    return files[name]
-  path = FileSystems.join(directory, name)
-  if name in others:
-    raise DataFormatError(path, others[name])
-  raise DataFormatError(path, f"missing {what}")
-
-
-def _list_cifar_binary(spec, root, options):
-  layout = spec.layout
-  batches = FileSystems.join(root, layout.batches_dir)
-  archive = FileSystems.join(root, layout.archive)
-  if not FileSystems.exists(batches) and FileSystems.exists(archive) and "://" not in archive:
-    from preprocess import download  # pylint: disable=g-import-not-at-top
-
-    # The layout's own install: verified archive (the official checksum when
-    # it is the official file, the gzip CRC always), extracted into a hidden
-    # folder, and renamed into place only when every batch file is there.
-    download.verify_archive(archive, spec.sources)
-    spec.layout.install([pathlib.Path(archive)], pathlib.Path(root), log=lambda line: None)
-  files, others = _list_required(batches, f"{spec.name} binary batches ({layout.batches_dir}/)")
-  meta_name = layout.meta_file
-  meta_path, _ = _required_file(files, others, batches, meta_name, "class names file")
-  class_names = cifar10.read_class_names(meta_path, opener=open_raw)
-  splits = {}
-  for split, names in layout.splits.items():
-    sources = []
-    for fname in names:
-      path, size = _required_file(files, others, batches, fname, f"{spec.name} batch file")
-      count = cifar10.count_records(path, size)
-      sources.append(Source(layout.format, (path,), f"{layout.batches_dir}/{fname}", count))
-    splits[split] = sources
-  used = {s.name: s.paths[0] for split in splits.values() for s in split}
-  used[f"{layout.batches_dir}/{meta_name}"] = files[meta_name][0]
-  return RawDataset(spec.name, class_names, cifar10.IMAGE_SHAPE, "png", None, splits, [], used)
-
-
-def _list_idx(spec, root, options):
-  files, others = _list_required(root, f"{spec.name} IDX files")
-  del others  # Only the files the spec names are read; mnist.find_split_files names a missing one.
-  splits, used = {}, {}
-  for split, bases in spec.layout.splits.items():
-    images, labels = mnist.find_split_files(set(files), bases, directory=root)
-    count = mnist.check_files(files[images][0], files[labels][0], opener=open_raw)
-    splits[split] = [
-      Source(spec.layout.format, (files[images][0], files[labels][0]), images, count)
-    ]
-    used[images], used[labels] = files[images][0], files[labels][0]
-  return RawDataset(
-    spec.name, list(spec.class_names), mnist.IMAGE_SHAPE, "png", None, splits, [], used
-  )
-
-
-def _list_image_folder(spec, root, options):
-  folders = "/ and ".join(spec.layout.splits)
-  files, others = _list_required(root, f"{spec.name} images ({folders}/ folders)")
-  splits, rejects, used = {}, [], {}
-  for split in spec.layout.splits:
-    in_split = {rel[len(split) + 1 :]: rel for rel in files if rel.startswith(split + "/")}
-    # Listed but unreadable (fifos, devices, dangling or looping symlinks, names
-    # that are not UTF-8): ledgered rejects, never opened.
-    unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
-    if not in_split and not unusable:
-      raise DataFormatError(FileSystems.join(root, split), "no images for this split")
-    rejects += [Reject(file=rel, index=None, reason=others[rel]) for rel in unusable]
-    candidates, split_rejects = imagefolder.list_split(sorted(in_split), spec.class_names)
-    rejects += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_rejects]
-    # Sorted by path, all of one class would come before the next and every
-    # shard (and the validation split) would hold one class; a hash order mixes them.
-    candidates = sorted(candidates, key=lambda c: hashlib.sha256(c[0].encode()).digest())
-    sources = []
-    for rel, label in candidates:
-      name = in_split[rel]
-      sources.append(Source(spec.layout.format, (files[name][0],), name, 1, label))
-      used[name] = files[name][0]
-    splits[split] = sources
-  size = options["image_size"]
-  return RawDataset(
-    spec.name,
-    list(spec.class_names),
-    (size, size, 3),
-    options["image_format"],
-    size,
-    splits,
-    rejects,
-    used,
-  )
+  join = staticmethod(FileSystems.join)
+  exists = staticmethod(FileSystems.exists)
+  open = staticmethod(open_raw)
+  list = staticmethod(_list)
 
 
 def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
@@ -272,63 +133,29 @@ def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
     image_format: Shard encoding for image-folder data sets ("jpeg" or "png").
 
   Returns:
-    A `RawDataset`.
+    A `preprocess.rawfiles.RawDataset`.
 
   Raises:
     DataFormatError: A file is missing or structurally broken.
   """
   spec = datasets.get(dataset)
   root = FileSystems.join(raw_dir, spec.name)
-  lister = _FORMATS[spec.layout.format][0]
-  return lister(spec, root, {"image_size": image_size, "image_format": image_format})
+  options = {"image_size": image_size, "image_format": image_format}
+  return spec.layout.list_raw(spec, root, _Files, options)
 
 
-def _read_cifar_binary(source, start, stop, image_size):
-  del image_size  # Stored as is, 32x32.
-  return cifar10.read_records(source.paths[0], source.name, start, stop, opener=open_raw)
-
-
-def _read_idx(source, start, stop, image_size):
-  del image_size  # Stored as is, 28x28.
-  return mnist.read_records(
-    source.paths[0], source.paths[1], source.name, start, stop, opener=open_raw
-  )
-
-
-def _read_image(source, start, stop, image_size):
-  del start, stop  # One image a source.
-  path = source.paths[0]
-  if "://" not in path:
-    # Listed as a regular file, but it may have been swapped since: never open
-    # a fifo (blocks forever) or a device.
-    try:
-      info = os.stat(path)
-    except OSError as e:
-      return [Reject(file=source.name, index=None, reason=f"cannot stat: {e.strerror or e}")]
-    if not stat.S_ISREG(info.st_mode):
-      return [Reject(file=source.name, index=None, reason="not a regular file; not opened")]
-  try:
-    return [imagefolder.load_image(path, source.name, source.label, image_size, opener=open_raw)]
-  except OSError as e:
-    # One unreadable photo among thousands is a reject, like an undecodable one.
-    return [Reject(file=source.name, index=None, reason=f"cannot read: {e.strerror or e}")]
-
-
-# Format (a layout's `format`, a Source's `kind`) -> (lister on the driver,
-# reader of one record range on a worker). Formats, not data sets: every data
-# set in a format shares them.
-_FORMATS = {
-  "cifar_binary": (_list_cifar_binary, _read_cifar_binary),
-  "idx": (_list_idx, _read_idx),
-  "image": (_list_image_folder, _read_image),
-}
+def _reader(kind):
+  """The reader of the layouts of format `kind` (a layout's `read` uses only the `Source`)."""
+  for name in datasets.names():
+    layout = datasets.get(name).layout
+    if layout.format == kind:
+      return layout.read
+  raise ValueError(f"unknown source kind {kind!r}")
 
 
 def read_source(source, start, stop, image_size):
   """Yields the `Record`s and `Reject`s of `source` records [start, stop)."""
-  if source.kind not in _FORMATS:
-    raise ValueError(f"unknown source kind {source.kind!r}")
-  yield from _FORMATS[source.kind][1](source, start, stop, image_size)
+  yield from _reader(source.kind)(source, start, stop, image_size, open_raw)
 
 
 def sha256_file(path):

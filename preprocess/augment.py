@@ -46,7 +46,7 @@ def _cropped(step, shape):
 
 
 def _random_crop(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   return tf.image.stateless_random_crop(
     image, [step["height"], step["width"], image.shape[-1]], seed=seed
@@ -54,26 +54,26 @@ def _random_crop(image, step, seed):
 
 
 def _random_flip_left_right(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   del step
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
 def _random_brightness(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   return tf.image.stateless_random_brightness(image, step["max_delta"], seed=seed)
 
 
 def _random_contrast(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   return tf.image.stateless_random_contrast(image, step["lower"], step["upper"], seed=seed)
 
 
 def _central_crop(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   del seed
   # The tutorial's eval input: crop (or pad) around the centre.
@@ -81,14 +81,14 @@ def _central_crop(image, step, seed):
 
 
 def _per_image_standardization(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   del step, seed
   return tf.image.per_image_standardization(image)
 
 
 def _scale(image, step, seed):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   del seed
   return image * tf.constant(step["factor"], image.dtype)

@@ -13,7 +13,9 @@ a flat directory whose file names start with the class (`dog.45.jpg`).
 import dataclasses
 import hashlib
 import io
+import os
 import posixpath
+import stat
 import warnings
 
 import numpy as np
@@ -22,6 +24,9 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from preprocess import fileio
+from preprocess import rawfiles
+from preprocess.errors import DataFormatError
+from preprocess.errors import one_line
 from preprocess.schema import Record
 from preprocess.schema import Reject
 
@@ -57,11 +62,85 @@ class FolderLayout:
 
   def install(self, local_files, root, log):
     """Extracts each downloaded archive into `root` (specs with other archive layouts override)."""
-    from preprocess import download  # pylint: disable=g-import-not-at-top
+    from preprocess import extract
 
     for archive in local_files:
       log(f"{archive}: extracting")
-      download.extract_archive(archive, root, force=True)
+      extract.extract_archive(archive, root, force=True)
+
+  def list_raw(self, spec, root, files, options):
+    """Lists the image files under `root` (RAW/<name>); returns a `RawDataset`.
+
+    Nothing is opened: labels come from the paths (`list_split`), files that
+    are not data are skipped (`skip_reason`), and everything outside the split
+    folders is ledgered as skipped (`_outside_splits`). Entries that cannot be
+    read (fifos, devices, dangling or looping symlinks, names that are not
+    UTF-8) are rejects, never opened.
+    """
+    folders = "/ and ".join(self.splits)
+    found, others = rawfiles.list_required(files, root, f"{spec.name} images ({folders}/ folders)")
+    splits, rejects, used = {}, [], {}
+    skipped = _outside_splits(self.splits, found, others)
+    for split in self.splits:
+      in_split = {rel[len(split) + 1 :]: rel for rel in found if rel.startswith(split + "/")}
+      unusable = sorted(rel for rel in others if rel.startswith(split + "/") or rel == split)
+      candidates, split_rejects, split_skipped = list_split(sorted(in_split), spec.class_names)
+      if not candidates and not split_rejects and not unusable:
+        raise DataFormatError(files.join(root, split), "no images for this split")
+      rejects += [Reject(file=rel, index=None, reason=others[rel]) for rel in unusable]
+      rejects += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_rejects]
+      skipped += [dataclasses.replace(r, file=f"{split}/{r.file}") for r in split_skipped]
+      # Sorted by path, all of one class would come before the next and every
+      # shard (and the validation split) would hold one class; a hash order mixes them.
+      candidates = sorted(candidates, key=lambda c: hashlib.sha256(c[0].encode()).digest())
+      sources = []
+      for rel, label in candidates:
+        name = in_split[rel]
+        sources.append(rawfiles.Source(self.format, (found[name][0],), name, 1, label))
+        used[name] = found[name][0]
+      splits[split] = sources
+    size = options["image_size"]
+    shape, image_format = (size, size, 3), options["image_format"]
+    skipped = sorted(skipped, key=lambda r: r.file)
+    return rawfiles.RawDataset(
+      spec.name, list(spec.class_names), shape, image_format, size, splits, rejects, used, skipped
+    )
+
+  @staticmethod
+  def read(source, start, stop, image_size, opener):
+    """The `Record` or `Reject` of one image file `Source`, as a one-item list."""
+    del start, stop  # One image a source.
+    path = source.paths[0]
+    if "://" not in path:
+      # Listed as a regular file, but it may have been swapped since: never open
+      # a fifo (blocks forever) or a device.
+      try:
+        info = os.stat(path)
+      except OSError as e:
+        return [Reject(file=source.name, index=None, reason=f"cannot stat: {e.strerror or e}")]
+      if not stat.S_ISREG(info.st_mode):
+        return [Reject(file=source.name, index=None, reason="not a regular file; not opened")]
+    try:
+      return [load_image(path, source.name, source.label, image_size, opener=opener)]
+    except OSError as e:
+      # One unreadable photo among thousands is a reject, like an undecodable one.
+      return [Reject(file=source.name, index=None, reason=f"cannot read: {e.strerror or e}")]
+
+
+def _outside_splits(split_names, found, others):
+  """Skipped entries for everything below the root that no split folder holds.
+
+  Images there (`catdog/validation/cat/x.jpg`, `catdog/x.jpg`) are not
+  converted, but ledgered with the reason, never silently dropped.
+  """
+  inside = tuple(s + "/" for s in split_names)
+  skipped = []
+  for rel in sorted(set(found) | set(others)):
+    if rel.startswith(inside) or rel in split_names:
+      continue
+    why = skip_reason(rel) or f"outside the split folders ({', '.join(inside)}); not converted"
+    skipped.append(Reject(file=rel, index=None, reason=why))
+  return skipped
 
 
 # Modes that carry an alpha channel (upper case: straight alpha; lower: premultiplied).
@@ -76,6 +155,32 @@ def _class_of(parts):
   return parts[0].split(".", 1)[0]
 
 
+# Files that real folders hold besides the data: operating-system metadata and
+# a person's notes. Hidden entries (.DS_Store, macOS "._x.jpg" resource forks,
+# .ipynb_checkpoints/) are such litter too, even when the extension says image.
+_OS_METADATA = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+_NOTE_EXTENSIONS = frozenset(
+  {".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".doc", ".docx", ".rtf", ".csv", ".json"}
+)
+
+
+def skip_reason(relpath):
+  """Why a file is not data and is skipped (hidden, OS metadata, notes), or None if it may be.
+
+  Skipped files are ledgered, not rejected: they say nothing about the data's
+  quality and never count against --max-reject-fraction.
+  """
+  parts = relpath.strip("/").split("/")
+  name = parts[-1]
+  if any(part.startswith(".") for part in parts):
+    return "hidden file, not data"
+  if name.lower() in _OS_METADATA:
+    return "operating-system metadata, not data"
+  if posixpath.splitext(name)[1].lower() in _NOTE_EXTENSIONS:
+    return "notes or documents, not data"
+  return None
+
+
 def list_split(paths, class_names):
   """Assigns labels to the files of a split directory from their paths alone.
 
@@ -87,9 +192,10 @@ def list_split(paths, class_names):
       Microsoft's "Cat/" folder is class "cat".
 
   Returns:
-    (candidates, rejects): candidates is a list of (relpath, label) sorted by
-    relpath; rejects is a list of `Reject(file=relpath, index=None, ...)`, also
-    sorted, for files that are not images or whose class is unknown.
+    (candidates, rejects, skipped): candidates is a list of (relpath, label)
+    sorted by relpath; rejects is a list of `Reject(file=relpath, index=None,
+    ...)`, also sorted, for files that are not images or whose class is
+    unknown; skipped the same for files that are not data (`skip_reason`).
 
   Raises:
     ValueError: Two class names differ only in case.
@@ -98,15 +204,13 @@ def list_split(paths, class_names):
   if len(labels) != len(class_names):
     raise ValueError(f"class names must differ other than in case: {class_names}")
   expected = ", ".join(class_names)
-  candidates, rejects = [], []
+  candidates, rejects, skipped = [], [], []
   for relpath in sorted(paths):
     parts = relpath.strip("/").split("/")
-    name = parts[-1]
-    extension = posixpath.splitext(name)[1].lower()
-    # Hidden entries are OS litter (.DS_Store, macOS "._x.jpg" resource forks,
-    # .ipynb_checkpoints/) even when the extension says image.
-    if any(part.startswith(".") for part in parts):
-      rejects.append(Reject(file=relpath, index=None, reason="not an image file (hidden)"))
+    extension = posixpath.splitext(parts[-1])[1].lower()
+    why_skip = skip_reason(relpath)
+    if why_skip:
+      skipped.append(Reject(file=relpath, index=None, reason=why_skip))
       continue
     if extension not in IMAGE_EXTENSIONS:
       why = f"extension {extension!r}" if extension else "no extension"
@@ -124,7 +228,7 @@ def list_split(paths, class_names):
       )
       continue
     candidates.append((relpath, label))
-  return candidates, rejects
+  return candidates, rejects, skipped
 
 
 def _to_rgb(image):
@@ -211,17 +315,12 @@ def load_image(path, relpath, label, size, opener=fileio.open_rb):
       file=relpath, index=None, reason="cannot decode image: not a recognised image format"
     )
   except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-    return Reject(file=relpath, index=None, reason=f"decompression bomb: {_one_line(e)}")
-  except Exception as e:  # pylint: disable=broad-except
+    return Reject(file=relpath, index=None, reason=f"decompression bomb: {one_line(e)}")
+  except Exception as e:
     # Pillow's plugins raise many types on malformed input (OSError, SyntaxError,
     # ValueError, EOFError, struct.error, ...). One bad file among thousands of
     # photos must not stop the job, so every decode failure becomes a Reject.
-    return Reject(file=relpath, index=None, reason=f"cannot decode image: {_one_line(e)}")
+    return Reject(file=relpath, index=None, reason=f"cannot decode image: {one_line(e)}")
   return Record(
     source_id=relpath, label=label, image=pixels, content_sha256=hashlib.sha256(data).hexdigest()
   )
-
-
-def _one_line(exc):
-  text = " ".join(str(exc).split())
-  return text or type(exc).__name__

@@ -30,6 +30,7 @@ import pytest
 
 from preprocess import datasets
 from preprocess import download
+from preprocess import extract
 from preprocess.datasets import catdog as catdog_spec
 from preprocess.datasets import cifar10
 from preprocess.download import DownloadError
@@ -422,7 +423,7 @@ def test_unsafe_archive_is_refused_and_nothing_is_written(tmp_path, fmt, kind, n
   dest = tmp_path / "dest" / "cifar10"
 
   with pytest.raises(DownloadError) as excinfo:
-    download.extract_archive(archive, dest)
+    extract.extract_archive(archive, dest)
 
   message = str(excinfo.value)
   assert "\n" not in message and repr(name) in message and str(archive) in message
@@ -457,10 +458,10 @@ def test_extract_archive_does_not_overwrite_unless_forced(tmp_path):
   (dest / "cifar-10-batches-bin" / "mine.txt").write_text("keep")
 
   with pytest.raises(DownloadError, match="already exists"):
-    download.extract_archive(archive, dest)
+    extract.extract_archive(archive, dest)
   assert files_under(dest) == ["cifar-10-batches-bin/mine.txt"]
 
-  assert download.extract_archive(archive, dest, force=True) == [dest / "cifar-10-batches-bin"]
+  assert extract.extract_archive(archive, dest, force=True) == [dest / "cifar-10-batches-bin"]
   assert "cifar-10-batches-bin/data_batch_1.bin" in files_under(dest)
   assert "cifar-10-batches-bin/mine.txt" not in files_under(dest)
 
@@ -572,3 +573,17 @@ def test_cli_downloads_and_then_skips(server, tmp_path, monkeypatch, capsys):
   out, err = capsys.readouterr()
   assert out.count("mnist: 4 paths ready") == 2
   assert "already in" in err and "error" not in err
+
+
+def test_download_takes_a_raw_dir_with_pattern_characters_literally(server, tmp_path):
+  served = mnist_files(server.root)
+  (tmp_path / "r1" / "mnist").mkdir(parents=True)  # What "r[1]" would match as a pattern.
+  raw = tmp_path / "r[1]"
+
+  paths = download.download(
+    "mnist", raw, sources=[remote(server, n) for n in MNIST_NAMES], log=lambda line: None
+  )
+
+  assert paths == [raw / "mnist" / n for n in MNIST_NAMES]
+  assert {p.name: p.read_bytes() for p in paths} == served
+  assert files_under(tmp_path / "r1") == []

@@ -463,7 +463,7 @@ def _edit_metadata(data_dir, edit):
 def test_missing_metadata_json(cifar_copy):
   (cifar_copy / "metadata.json").unlink()
   assert _error(cifar_copy) == (
-    f"{cifar_copy}/metadata.json not found: run make preprocess (the Beam job writes it last; "
+    f"{cifar_copy}/metadata.json: not found: run make preprocess (the Beam job writes it last; "
     "without it the shards are incomplete)"
   )
 

@@ -25,6 +25,8 @@ import pytest
 
 from pipeline import plan
 from preprocess import download
+from preprocess import errors
+from preprocess import extract
 from preprocess import sample_data
 from preprocess import schema
 from preprocess.errors import DataFormatError
@@ -219,8 +221,8 @@ def test_official_file_with_the_right_size_but_another_digest_is_refused(raw, tm
     archive.name, ("https://example.invalid/x",), sha256="0" * 64, size=archive.stat().st_size
   )
   with pytest.raises(download.DownloadError, match="sha256 mismatch.*damaged"):
-    download.verify_archive(archive, [official])
-  download.verify_archive(archive, [])  # Not the official file: the gzip CRC alone passes.
+    extract.verify_archive(archive, [official])
+  extract.verify_archive(archive, [])  # Not the official file: the gzip CRC alone passes.
 
 
 # --- 3: empty splits and splits that lose too much fail without metadata.json ---
@@ -265,7 +267,7 @@ def test_split_emptied_while_listing_fails_with_one_line(raw, tmp_path):
   tree = tmp_path / "raw" / "catdog"
   shutil.copytree(raw / "catdog", tree)
   for image in (tree / "test").rglob("*.*"):
-    image.rename(image.with_suffix(".txt"))
+    image.rename(image.with_suffix(".bin"))
   line = one_error_line(build(tmp_path / "raw", tmp_path / "out"))
   assert "split 'test' has no usable records" in line and "not an image file" in line
 
@@ -360,17 +362,15 @@ def test_killed_worker_ends_the_run_with_one_line(raw, tmp_path):
 
 
 def test_root_cause_finds_the_projects_line_in_a_beam_traceback():
-  from pipeline import build_tfrecords
-
   wrapped = RuntimeError(
     "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
     "pipeline.convert.ShardFailure: /data/a.bin: cannot read: Permission denied "
     "[while running 'ConvertShards/ParDo(ConvertShardFn)']\n"
   )
-  assert build_tfrecords.root_cause(wrapped) == "/data/a.bin: cannot read: Permission denied"
+  assert errors.root_cause(wrapped) == "/data/a.bin: cannot read: Permission denied"
   other = RuntimeError("Traceback (most recent call last):\n  File \"y\"\nValueError: boom\n")
-  assert build_tfrecords.root_cause(other) == "ValueError: boom"
-  assert build_tfrecords.root_cause(PermissionError(13, "Permission denied", "/o")) == (
+  assert errors.root_cause(other) == "ValueError: boom"
+  assert errors.root_cause(PermissionError(13, "Permission denied", "/o")) == (
     "/o: Permission denied"
   )
 

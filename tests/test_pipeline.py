@@ -104,10 +104,12 @@ def test_cifar10_shards_hold_every_record_with_exact_pixels(raw, cifar_out):
     assert sum(s["num_examples"] for s in shards) == expected
     assert sum(meta["splits"][split]["label_counts"]) == expected
   assert "validation" not in meta["splits"]
-  assert meta["records"] == {"read": 3000, "written": 3000, "rejected": 0}
+  assert meta["records"] == {"read": 3000, "written": 3000, "rejected": 0, "skipped": 0}
   assert "read 3000 = written 3000 + rejected 0" in result.stderr
   assert (out / "rejects.jsonl").read_text() == ""
-  assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp or work files
+  # No temp or work files; the folder's lock file stays, empty once released.
+  assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]
+  assert (out / ".lock").read_text() == ""
 
 
 def test_cifar10_metadata_describes_policy_schema_and_sources(raw, cifar_out):
@@ -209,11 +211,13 @@ def test_catdog_resizes_every_image_and_ledgers_bad_files(raw, tmp_path):
   assert {r["file"] for r in ledger} == {
     "train/cat/empty.jpg",
     "train/cat/cut.jpg",
-    "train/cat/notes.txt",
     "test/bird/bird.1.jpg",
   }
   assert all(r["reason"] for r in ledger)
-  assert meta["records"] == {"read": good + 4, "written": good, "rejected": 4}
+  # A note is not data: skipped and ledgered apart, never a reject.
+  skipped = [json.loads(l) for l in (out / "skipped.jsonl").read_text().splitlines()]
+  assert [s["file"] for s in skipped] == ["train/cat/notes.txt"]
+  assert meta["records"] == {"read": good + 3, "written": good, "rejected": 3, "skipped": 1}
 
 
 def test_cifar10_archive_is_extracted_and_converted(raw, cifar_out, tmp_path):
@@ -244,7 +248,7 @@ def test_bad_cifar_labels_are_rejected_and_the_rest_kept(raw, tmp_path):
   ]
   assert "12" in ledger[0]["reason"]
   meta = json.loads((out / "metadata.json").read_text())
-  assert meta["records"] == {"read": 3000, "written": 2998, "rejected": 2}
+  assert meta["records"] == {"read": 3000, "written": 2998, "rejected": 2, "skipped": 0}
   rows = read_split(out, "train")
   assert len(rows) == 2498 and "cifar-10-batches-bin/data_batch_2.bin:6" in rows
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline import plan
-from pipeline.plan import Source
+from preprocess.rawfiles import Source
 
 
 def _sources(*counts, kind="cifar10"):

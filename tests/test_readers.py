@@ -422,7 +422,7 @@ def test_list_split_class_folders():
     "cat/y.BMP",
     "PetImages/Cat/1.jpg",
   ]
-  candidates, rejects = imagefolder.list_split(paths, ["cat", "dog"])
+  candidates, rejects, skipped = imagefolder.list_split(paths, ["cat", "dog"])
   assert candidates == [
     ("Cat/cat.1.JPG", 0),
     ("cat/a.jpeg", 0),
@@ -435,19 +435,26 @@ def test_list_split_class_folders():
   assert all(r.index is None for r in rejects)
   assert reasons["bird/b.jpg"] == "unknown class 'bird' (expected one of cat, dog)"
   assert "unknown class 'PetImages'" in reasons["PetImages/Cat/1.jpg"]
-  for stray in ("cat/notes.txt", ".DS_Store", "cat/Thumbs.db", "cat/._cat.1.jpg"):
-    assert reasons[stray].startswith("not an image file"), stray
-  assert len(candidates) + len(rejects) == len(paths)
+  # Files that are not data are skipped, not rejected: they never count against a split.
+  skips = {r.file: r.reason for r in skipped}
+  assert skips == {
+    "cat/notes.txt": "notes or documents, not data",
+    ".DS_Store": "hidden file, not data",
+    "cat/Thumbs.db": "operating-system metadata, not data",
+    "cat/._cat.1.jpg": "hidden file, not data",
+  }
+  assert len(candidates) + len(rejects) + len(skipped) == len(paths)
 
 
 def test_list_split_flat_layout():
-  paths = ["dog.45.jpg", "cat.1.jpg", "Cat.2.PNG", "bird.3.jpg", "readme.txt"]
-  candidates, rejects = imagefolder.list_split(paths, ["cat", "dog"])
+  paths = ["dog.45.jpg", "cat.1.jpg", "Cat.2.PNG", "bird.3.jpg", "readme.txt", "setup.exe"]
+  candidates, rejects, skipped = imagefolder.list_split(paths, ["cat", "dog"])
   assert candidates == [("Cat.2.PNG", 0), ("cat.1.jpg", 0), ("dog.45.jpg", 1)]
   assert [(r.file, r.reason) for r in rejects] == [
     ("bird.3.jpg", "unknown class 'bird' (expected one of cat, dog)"),
-    ("readme.txt", "not an image file (extension '.txt')"),
+    ("setup.exe", "not an image file (extension '.exe')"),
   ]
+  assert [(r.file, r.reason) for r in skipped] == [("readme.txt", "notes or documents, not data")]
 
 
 def test_load_image_record(tmp_path):

@@ -209,7 +209,7 @@ def test_a_new_spec_is_seen_by_download_sample_data_and_the_beam_job(spec_dir, t
   assert meta["splits"]["train"]["num_examples"] == 16
   assert meta["splits"]["test"]["num_examples"] == 6
   assert meta["augmentation"]["train"] == [{"op": "random_flip_left_right"}]
-  assert meta["records"] == {"read": 26, "written": 26, "rejected": 0}
+  assert meta["records"] == {"read": 26, "written": 26, "rejected": 0, "skipped": 0}
 
 
 def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp_path):
@@ -256,7 +256,7 @@ def test_a_new_spec_in_the_idx_format_needs_only_its_spec_file(idx_spec_dir, tmp
     "train": 12,
     "test": 6,
   }
-  assert meta["records"] == {"read": 21, "written": 21, "rejected": 0}
+  assert meta["records"] == {"read": 21, "written": 21, "rejected": 0, "skipped": 0}
 
 
 def _package(tmp_path, monkeypatch, name, modules):

@@ -27,6 +27,8 @@ import time
 import pytest
 
 from pipeline import build_tfrecords
+from pipeline import options as job_options
+from pipeline import outdir
 from preprocess import sample_data
 from tests.conftest import BIN
 from tests.conftest import ROOT
@@ -43,7 +45,7 @@ EXPECTED_REJECTS = {
     ("test/bird/bird.1.jpg", None),
     ("train/cat/cut.jpg", None),
     ("train/cat/empty.jpg", None),
-    ("train/cat/notes.txt", None),
+    ("train/cat/scan.tiff", None),
   ],
 }
 
@@ -171,7 +173,7 @@ def raw(tmp_path_factory):
   victim = sorted((catdog / "train" / "dog").glob("*.jpg"))[0]
   (catdog / "train" / "cat" / "empty.jpg").write_bytes(b"")  # rejected by a worker
   (catdog / "train" / "cat" / "cut.jpg").write_bytes(victim.read_bytes()[:300])  # by a worker
-  (catdog / "train" / "cat" / "notes.txt").write_text("not an image")  # while listing
+  (catdog / "train" / "cat" / "scan.tiff").write_text("not an image")  # while listing
   (catdog / "test" / "bird").mkdir()
   shutil.copy(victim, catdog / "test" / "bird" / "bird.1.jpg")  # while listing
   return root
@@ -281,8 +283,9 @@ def test_local_default_writes_shards_metadata_and_every_reject(local_out):
     assert len(shards) == 15
     # No sidecars, work directories or temporary files are left behind.
     assert sorted(p.name for p in out.iterdir()) == sorted(
-      shards + ["metadata.json", "rejects.jsonl"]
+      shards + [".lock", "metadata.json", "rejects.jsonl", "skipped.jsonl"]
     )
+    assert (out / ".lock").read_text() == ""  # Released: no holder named.
 
 
 @pytest.mark.slow
@@ -337,7 +340,9 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
   assert result.stderr.splitlines()[-1].startswith("error: "), result.stderr[-3000:]
   left = sorted(p.name for p in out.iterdir())
   assert "metadata.json" not in left
-  assert not [n for n in left if n.startswith(".")], left  # no .work-* directory, no .*.tmp-* file
+  # No .work-* directory, no .*.tmp-* file; the lock file stays, released.
+  assert [n for n in left if n.startswith(".")] == [".lock"], left
+  assert (out / ".lock").read_text() == ""
 
 
 def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
@@ -361,7 +366,7 @@ def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
       json.dumps({"stats": stats, "rejects": rejects})
     )
   (tmp_path / (tasks[2].filename + convert.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
-  stats, rejects = build_tfrecords._read_sidecars(str(tmp_path), tasks)
+  stats, rejects = outdir.read_sidecars(str(tmp_path), tasks)
   assert [s["file"] for s in stats] == [tasks[0].filename, tasks[1].filename]
   assert [r["file"] for r in rejects] == ["f0", "f1"]
 
@@ -394,7 +399,7 @@ def test_dask_runner_resolves_by_short_name_and_its_options_are_accepted(runner)
   options = _parse(
     f"--runner={runner}", "--dask_client_address", "127.0.0.1:8786", "--dask_connection_timeout=30"
   )
-  assert options.view_as(StandardOptions).runner == build_tfrecords.DASK_RUNNER
+  assert options.view_as(StandardOptions).runner == job_options.DASK_RUNNER
   dask = options.view_as(DaskOptions)
   assert (dask.address, dask.timeout, dask.partition_size) == ("127.0.0.1:8786", 30, 1)
 

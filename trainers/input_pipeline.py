@@ -92,16 +92,14 @@ def load_metadata(data_dir, check_records=True):
     InputError: metadata.json is missing or malformed, a shard is missing, or a
       count disagrees. The message names the file and what disagrees.
   """
-  path = _join(data_dir, METADATA)
-  if not tf.io.gfile.exists(path):
-    raise InputError(
-      f"{path} not found: run make preprocess (the Beam job writes it last; "
-      "without it the shards are incomplete)"
-    )
-  with tf.io.gfile.GFile(path, "r") as f:
-    text = f.read()
+
+  def open_any(path, mode):  # Local or any tf.io.gfile scheme; a missing file as open() says it.
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(path)
+    return tf.io.gfile.GFile(path, mode)
+
   try:
-    metadata = schema.Metadata.from_json(text, path)
+    metadata = schema.read_metadata(data_dir, opener=open_any)  # The one reader of the contract.
   except schema.MetadataError as e:
     raise InputError(str(e)) from None
   for split, entry in metadata.splits.items():

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 
@@ -34,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocess import augment
+from preprocess.errors import first_line
 from trainers import distributed
 from trainers import export
 from trainers import input_pipeline
@@ -370,7 +370,7 @@ def _prepare_model_dir(config, ctx):
     try:
       tf.io.gfile.makedirs(d)
     except (tf.errors.OpError, OSError) as e:
-      raise TrainingError(f"--model-dir {d} cannot be created: {_first_line(e)}") from None
+      raise TrainingError(f"--model-dir {d} cannot be created: {first_line(e)}") from None
   if not tf.io.gfile.exists(saved):
     return None
   if tf.io.gfile.isdir(saved):
@@ -424,15 +424,6 @@ def _check_same_data(config, previous, metadata):
         f"trained on {what} {recorded[key]}, but {config.data_dir} has {now[key]}: use the "
         "same data, another --model-dir, or --overwrite"
       )
-
-
-def _first_line(error):
-  """The first line of an error's message, without TensorFlow's op-location decorations."""
-  text = getattr(error, "message", None) or str(error) or type(error).__name__
-  text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)  # {{function_node ...}}
-  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-  line = lines[0] if lines else type(error).__name__
-  return re.sub(r"\s*\[Op:\w+\]$", "", line)
 
 
 class Run:
@@ -899,6 +890,6 @@ def main(dataset, argv=None, config=None):
   except (tf.errors.OpError, OSError) as e:
     # What is left is the environment's (a full disk, a read-only model dir):
     # TensorFlow's and the OS's messages name the file; one line of it is enough.
-    print(f"error: {_first_line(e)}", file=sys.stderr, flush=True)
+    print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
     return 1
   return 0

@@ -57,7 +57,10 @@ class DatasetSpec:
       raw files instead, as CIFAR-10's batches.meta.txt; they must agree).
     layout: Where the raw files are and how to read them: a
       `cifar10.BinaryLayout`, `mnist.IdxLayout` (both in this package) or
-      `imagefolder.FolderLayout`.
+      `imagefolder.FolderLayout`. A layout owns its format end to end:
+      `list_raw` (files -> checked sources per split) and `read` (a source's
+      records), as preprocess/rawfiles.py describes; pipeline/plan.py only
+      hands them the storage.
     sources: `download.RemoteFile`s of the official files.
     sample: The `Sample` generator.
     validation_size: Training records moved to a validation split by default.

@@ -18,10 +18,12 @@ from PIL import ImageDraw
 
 from preprocess import atomic
 from preprocess import download
+from preprocess import extract
 from preprocess import imagefolder
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
+from preprocess.errors import DownloadError
 
 CLASS_NAMES = ("cat", "dog")
 LAYOUT = imagefolder.FolderLayout(splits=("train", "test"))
@@ -57,12 +59,12 @@ def _install(local_files, root, log):
   """
   archive = local_files[0]
   log(f"{archive}: extracting")
-  with download.extracted(archive, root) as tmp:
+  with extract.extracted(archive, root) as tmp:
     counts = {split: 0 for split in LAYOUT.splits}
     for class_name in CLASS_NAMES:
       source = tmp / "PetImages" / class_name.capitalize()
       if not source.is_dir():
-        raise download.DownloadError(archive, f"no PetImages/{source.name}/ folder in the archive")
+        raise DownloadError(archive, f"no PetImages/{source.name}/ folder in the archive")
       for split in LAYOUT.splits:
         (tmp / split / class_name).mkdir(parents=True)
       for path in sorted(source.iterdir()):
@@ -74,12 +76,12 @@ def _install(local_files, root, log):
           os.replace(path, tmp / split / class_name / path.name)
           counts[split] += 1
     for split in LAYOUT.splits:  # Refused earlier unless `force`, as above.
-      download.replace(tmp / split, root / split)
+      extract.replace(tmp / split, root / split)
     # What is left (Thumbs.db, licence, readme) is the archive's, kept beside
     # the splits rather than silently deleted; re-running replaces it.
     left = sorted(tmp.iterdir())
     for entry in left:
-      download.replace(entry, root / entry.name)
+      extract.replace(entry, root / entry.name)
     log(
       f"catdog: {counts['train']} train and {counts['test']} test images "
       f"({TEST_PERCENT}% test by name hash); other archive files left in "

@@ -24,16 +24,20 @@ one a line.
 import dataclasses
 import hashlib
 import math
+import pathlib
 
 import numpy as np
 
 from preprocess import atomic
 from preprocess import download
+from preprocess import extract
 from preprocess import fileio
+from preprocess import rawfiles
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
 from preprocess.errors import DataFormatError
+from preprocess.errors import DownloadError
 from preprocess.schema import Record
 from preprocess.schema import Reject
 
@@ -88,17 +92,57 @@ class BinaryLayout:
     """Extracts `batches_dir` from the downloaded archive into `root`."""
     archive = local_files[0]
     log(f"{archive}: extracting")
-    with download.extracted(archive, root) as tmp:
+    with extract.extracted(archive, root) as tmp:
       batches = tmp / self.batches_dir
       missing = [n for n in self.file_names() if not (batches / n).is_file()]
       if missing:
-        raise download.DownloadError(
+        raise DownloadError(
           archive,
           f"no {self.batches_dir}/{missing[0]} in the "
           f"archive ({len(missing)} expected files missing)",
         )
       # download() has refused a partial install unless `force`: replacing is safe.
-      download.replace(batches, root / self.batches_dir)
+      extract.replace(batches, root / self.batches_dir)
+
+  def list_raw(self, spec, root, files, options):
+    """Lists and checks the batch files under `root` (RAW/<name>); returns a `RawDataset`.
+
+    A missing batches folder is extracted again from the kept archive: checked
+    first (the official checksum when it is the official file, the gzip CRC
+    always), extracted into a hidden folder and renamed into place only when
+    every batch file is there.
+    """
+    del options  # Stored as is, 32x32 PNG.
+    batches = files.join(root, self.batches_dir)
+    archive = files.join(root, self.archive)
+    if not files.exists(batches) and files.exists(archive) and "://" not in archive:
+      extract.verify_archive(archive, spec.sources)
+      self.install([pathlib.Path(archive)], pathlib.Path(root), log=lambda line: None)
+    what = f"{spec.name} binary batches ({self.batches_dir}/)"
+    found, others = rawfiles.list_required(files, batches, what)
+    meta_path, _ = rawfiles.required_file(
+      files, found, others, batches, self.meta_file, "class names file"
+    )
+    class_names = read_class_names(meta_path, opener=files.open)
+    splits = {}
+    for split, names in self.splits.items():
+      sources = []
+      for name in names:
+        path, size = rawfiles.required_file(
+          files, found, others, batches, name, f"{spec.name} batch file"
+        )
+        count = count_records(path, size)
+        sources.append(rawfiles.Source(self.format, (path,), f"{self.batches_dir}/{name}", count))
+      splits[split] = sources
+    used = {s.name: s.paths[0] for split in splits.values() for s in split}
+    used[f"{self.batches_dir}/{self.meta_file}"] = meta_path
+    return rawfiles.RawDataset(spec.name, class_names, IMAGE_SHAPE, "png", None, splits, [], used)
+
+  @staticmethod
+  def read(source, start, stop, image_size, opener):
+    """Yields the `Record`s and `Reject`s of records [start, stop) of a batch file `Source`."""
+    del image_size  # Stored as is, 32x32.
+    return read_records(source.paths[0], source.name, start, stop, opener=opener)
 
 
 def _plural(n, word):
@@ -266,22 +310,9 @@ def _stripes(coord, period):
   return np.clip(0.5 + 1.5 * np.cos(2 * np.pi * coord / period), 0, 1)
 
 
-def _cifar_image(rng, label):
-  """Draws one 32x32x3 uint8 image of class `label`."""
-  radius = rng.uniform(6.5, 10.0)
-  cx, cy = 16 + rng.uniform(-3, 3, size=2)
-  if label in _CIFAR_MAX_ROTATION:
-    angle = math.radians(rng.uniform(-1, 1) * _CIFAR_MAX_ROTATION[label])
-  else:
-    angle = rng.uniform(0, 2 * math.pi)
-  if label == 7:  # Both diagonals, so a left-right flip stays in the class.
-    angle += math.radians(45 if rng.random() < 0.5 else -45)
-  dx, dy = _CIFAR_XX - cx, _CIFAR_YY - cy
-  cos, sin = math.cos(angle), math.sin(angle)
-  u_px = cos * dx + sin * dy  # Rotated coordinates, in pixels ...
-  v_px = -sin * dx + cos * dy
-  u, v = u_px / radius, v_px / radius  # ... and in object radii.
-
+def _cifar_alpha(rng, label, u_px, v_px, radius):
+  """Coverage (0..1) of the object of class `label`, from rotated pixel coordinates."""
+  u, v = u_px / radius, v_px / radius  # In object radii.
   # Signed distance (in radii, negative inside) of the outline, then alpha with
   # a one-pixel soft edge.
   square = np.maximum(np.abs(u), np.abs(v)) - 0.85
@@ -321,7 +352,25 @@ def _cifar_image(rng, label):
     gu = (u_px + spacing / 2) % spacing - spacing / 2
     gv = (v_px + spacing / 2) % spacing - spacing / 2
     pattern = np.clip(1.3 - np.hypot(gu, gv), 0, 1)  # Dots of radius ~1.3 px.
-  alpha = np.clip(0.5 - sdf * radius, 0, 1) * pattern
+  return np.clip(0.5 - sdf * radius, 0, 1) * pattern
+
+
+def _cifar_image(rng, label):
+  """Draws one 32x32x3 uint8 image of class `label`."""
+  radius = rng.uniform(6.5, 10.0)
+  cx, cy = 16 + rng.uniform(-3, 3, size=2)
+  if label in _CIFAR_MAX_ROTATION:
+    angle = math.radians(rng.uniform(-1, 1) * _CIFAR_MAX_ROTATION[label])
+  else:
+    angle = rng.uniform(0, 2 * math.pi)
+  if label == 7:  # Both diagonals, so a left-right flip stays in the class.
+    angle += math.radians(45 if rng.random() < 0.5 else -45)
+  dx, dy = _CIFAR_XX - cx, _CIFAR_YY - cy
+  cos, sin = math.cos(angle), math.sin(angle)
+  u_px = cos * dx + sin * dy  # Rotated coordinates, in pixels.
+  v_px = -sin * dx + cos * dy
+
+  alpha = _cifar_alpha(rng, label, u_px, v_px, radius)
 
   # Object and background differ in value, so the shape survives grayscale-ish
   # colour jitter; the background hue is arbitrary and unsaturated.

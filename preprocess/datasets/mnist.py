@@ -41,6 +41,7 @@ from PIL import ImageDraw
 from preprocess import atomic
 from preprocess import download
 from preprocess import fileio
+from preprocess import rawfiles
 from preprocess import sample_data
 from preprocess.datasets import DatasetSpec
 from preprocess.datasets import Sample
@@ -88,6 +89,28 @@ class IdxLayout:
 
   def install(self, local_files, root, log):
     del local_files, root, log  # The readers take the gzipped files as downloaded.
+
+  def list_raw(self, spec, root, files, options):
+    """Lists and checks the IDX files under `root` (RAW/<name>); returns a `RawDataset`."""
+    del options  # Stored as is, 28x28 PNG.
+    found, _ = rawfiles.list_required(files, root, f"{spec.name} IDX files")
+    # Only the files the layout names are read; find_split_files names a missing one.
+    splits, used = {}, {}
+    for split, bases in self.splits.items():
+      images, labels = find_split_files(set(found), bases, directory=root)
+      paths = (found[images][0], found[labels][0])
+      count = check_files(*paths, opener=files.open)
+      splits[split] = [rawfiles.Source(self.format, paths, images, count)]
+      used[images], used[labels] = paths
+    return rawfiles.RawDataset(
+      spec.name, list(spec.class_names), IMAGE_SHAPE, "png", None, splits, [], used
+    )
+
+  @staticmethod
+  def read(source, start, stop, image_size, opener):
+    """Yields the `Record`s and `Reject`s of records [start, stop) of an images+labels `Source`."""
+    del image_size  # Stored as is, 28x28.
+    return read_records(source.paths[0], source.paths[1], source.name, start, stop, opener=opener)
 
 
 def find_split_files(names, split_files, directory=None):
