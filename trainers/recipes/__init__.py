@@ -60,6 +60,9 @@ class Recipe:
       None for the eval policy (which must then be deterministic).
     validation_size: Training examples the recipe holds out for validation
       (the Beam job's --validation-size), 0 if it holds out none.
+    image_shape: (height, width, channels) of the stored images (metadata.json
+      `image_shape`) the recipe is written for, or None for any; data of
+      another shape is refused at start-up.
   """
 
   name: str
@@ -83,6 +86,7 @@ class Recipe:
   augmentation: dict | None = None
   serving_augmentation: list | None = None
   validation_size: int = 0
+  image_shape: tuple | None = None
 
   def build_model(self, num_classes, input_shape):
     """The recipe's model for `num_classes` logits and (h, w, c) inputs."""
