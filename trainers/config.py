@@ -18,8 +18,6 @@ import json
 import math
 import sys
 import textwrap
-import types
-import typing
 
 from preprocess import cli
 from trainers import recipes
@@ -65,56 +63,6 @@ INVOCATION = ("mode", "overwrite", "model_dir")
 # Keys config.json holds besides Config's fields: what the run found and
 # applied (trainers/train.py `Run.config_json`); read back as records only.
 RECORDS = ("augmentation_source", "workers", "data")
-
-
-class ConfigError(ValueError):
-  """A config.json that cannot be read back; the message is one line naming the file."""
-
-
-def _type_ok(value, tp):
-  """Whether a JSON value has the type a dataclass field declares (int, float, str, bool, X | None)."""
-  if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-    return any(_type_ok(value, t) for t in typing.get_args(tp))
-  if tp is type(None):
-    return value is None
-  if tp is bool:
-    return isinstance(value, bool)
-  if tp is int:
-    return isinstance(value, int) and not isinstance(value, bool)
-  if tp is float:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if tp is str:
-    return isinstance(value, str)
-  return True
-
-
-def _typed(path, key, value, tp):
-  if not _type_ok(value, tp):
-    raise ConfigError(f"{path}: {key} is {json.dumps(value)}, not of type {tp}")
-  return float(value) if tp is float or (tp == float | None and value is not None) else value
-
-
-def recipe_from_json(data, path="config.json"):
-  """The recipe of a saved run: the recipe file's, with the values the run overrode.
-
-  Raises:
-    ConfigError: Not an object, an unknown recipe or key, or a value of the wrong type.
-  """
-  if not isinstance(data, dict):
-    raise ConfigError(f"{path}: recipe is not a JSON object")
-  name = data.get("name")
-  if name not in recipes.RECIPES:
-    raise ConfigError(f"{path}: recipe {name!r} is not one of trainers/recipes/")
-  fields = {f.name: f for f in dataclasses.fields(recipes.Recipe)}
-  unknown = sorted(set(data) - set(fields))
-  if unknown:
-    raise ConfigError(f"{path}: unknown recipe key {unknown[0]!r}")
-  values = {
-    key: _typed(path, f"recipe.{key}", data[key], fields[key].type)
-    for key in RECIPE_OVERRIDES
-    if key in data
-  }
-  return dataclasses.replace(recipes.RECIPES[name], **values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,24 +117,24 @@ class Config:
     Keys missing from an older config.json take the field's default.
 
     Raises:
-      ConfigError: Not an object, an unknown key, a missing one without a
+      recipes.ConfigError: Not an object, an unknown key, a missing one without a
         default, or a value of the wrong type; one line naming `path`.
     """
     if not isinstance(data, dict):
-      raise ConfigError(f"{path}: not a JSON object")
+      raise recipes.ConfigError(f"{path}: not a JSON object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields) - set(RECORDS))
     if unknown:
-      raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+      raise recipes.ConfigError(f"{path}: unknown key {unknown[0]!r}")
     missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
     if missing:
-      raise ConfigError(f"{path}: no {missing[0]!r}")
+      raise recipes.ConfigError(f"{path}: no {missing[0]!r}")
     values = {}
     for key, f in fields.items():
       if key == "recipe":
-        values[key] = recipe_from_json(data[key], path)
+        values[key] = recipes.Recipe.from_json(data[key], path, RECIPE_OVERRIDES)
       elif key in data:
-        values[key] = _typed(path, key, data[key], f.type)
+        values[key] = recipes.typed(path, key, data[key], f.type)
     return cls(**values)
 
 
@@ -194,8 +142,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
   """Every flag's default in --help (those without a fixed one say what decides it)."""
 
   def _get_help_string(self, action):
-    if action.default is None or "default" in (action.help or ""):
-      return action.help
+    text = action.help or ""
+    if action.default is None and text.startswith("(recipe)"):
+      return text + " (default: the recipe's value, listed below)"
+    if action.default is None or "default" in text.lower():
+      return text
     return super()._get_help_string(action)
 
 
@@ -205,18 +156,19 @@ def _recipe_table(dataset):
   for name in recipes.for_dataset(dataset):
     r = recipes.RECIPES[name]
     decay = (
-      f"{r.lr_decay_epochs:g} epochs"
+      f" (every {r.lr_decay_epochs:g} epochs)"
       if r.lr_decay_epochs
-      else f"{r.lr_decay_steps} steps"
-      if r.lr_decay_steps
-      else "none"
+      else f" (every {r.lr_decay_steps} steps)"
+      if r.lr_decay_steps and r.lr_decay_rate != 1
+      else ""
     )
-    lines.append(
+    line = (
       f"  {name}: --batch-size {r.batch_size} --max-steps {r.max_steps} "
-      f"--learning-rate {r.learning_rate:g} --lr-decay-rate {r.lr_decay_rate:g} (every {decay}) "
+      f"--learning-rate {r.learning_rate:g} --lr-decay-rate {r.lr_decay_rate:g}{decay} "
       f"--eval-every {r.eval_every} --early-stopping-patience {r.early_stopping_patience or 0} "
       f"--log-every {r.log_every}"
     )
+    lines.append(textwrap.fill(line, 100, subsequent_indent="      ", break_on_hyphens=False))
   return "\n".join(lines)
 
 
@@ -582,11 +534,14 @@ def resolve(dataset, argv):
   else:
     try:
       before = Config.from_json(saved, run_dir.config_path(model_dir))
-    except ConfigError as e:
+    except recipes.ConfigError as e:
       _fail(f"{e}: cannot tell what run {model_dir} holds; {run_dir.advice(mode)}")
-    run_dir.check_holds(
-      model_dir, before.dataset, before.recipe.name, dataset, given.get("recipe"), mode
-    )
+    try:
+      run_dir.check_holds(
+        model_dir, before.dataset, before.recipe.name, dataset, given.get("recipe"), mode
+      )
+    except run_dir.RunError as e:
+      _fail(str(e))
     check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.to_json())
     check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.recipe.to_json())
     values = before.to_json()

@@ -115,7 +115,7 @@ def check_holds(model_dir, held_dataset, held_recipe, dataset, recipe, mode):
       f"one: use trainers/{held_dataset}.py for it, or {advice(mode)}"
     )
   if recipe is not None and recipe != held_recipe:
-    verb = "resume" if mode in TRAIN_MODES else mode
+    verb = "resume" if mode in TRAIN_MODES else {"eval": "evaluate"}.get(mode, mode)
     raise RunError(
       f"{model_dir} holds a {dataset}/{held_recipe} run, not {dataset}/{recipe}: leave out "
       f"--recipe to {verb} it, or {advice(mode)}"
@@ -216,7 +216,8 @@ def check_data(config, metadata, previous):
   meta = os.path.join(data_dir, "metadata.json")
   if metadata.dataset != config.dataset:
     raise RunError(
-      f"{meta}: {data_dir} holds {metadata.dataset} data, but trainers/{config.dataset}.py "
+      f"{data_dir} holds {metadata.dataset} data (its metadata.json), but "
+      f"trainers/{config.dataset}.py "
       f"trains {config.dataset} models: use trainers/{metadata.dataset}.py, or pass the "
       f"--data-dir of {config.dataset} data"
     )
@@ -227,10 +228,12 @@ def check_data(config, metadata, previous):
       f"holds {_shape(metadata.image_shape)} images: convert the data at that size, or use "
       "another --recipe"
     )
-  splits = ", ".join(sorted(metadata.splits))
+  order = {"train": 0, "validation": 1, "test": 2}
+  splits = ", ".join(sorted(metadata.splits, key=lambda name: (order.get(name, 3), name)))
   if config.mode in ("eval", "train_and_eval") and config.eval_split not in metadata.splits:
     raise RunError(
-      f"{meta}: --eval-split {config.eval_split}: {data_dir} has no such split (it has {splits})"
+      f"--eval-split {config.eval_split}: {data_dir} has no such split (its metadata.json "
+      f"lists {splits})"
     )
   if config.mode in TRAIN_MODES and recipe.eval_every and recipe.eval_on not in metadata.splits:
     hint = (
