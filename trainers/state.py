@@ -137,7 +137,7 @@ class Checkpoints:
       text = (getattr(e, "message", None) or str(e)).strip().splitlines()
       raise CheckpointError(
         f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "
-        "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite"
+        "it is damaged or cut short; delete its files to use an earlier one"
       ) from None
     return path
 

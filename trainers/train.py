@@ -9,7 +9,9 @@ trainers/recipes/ plus flags) and calls `run`.
 Read top to bottom: the periodic-work helper, the model and its optimizer, the
 train and eval steps, the per-process `Run`, the loop (`train`), the final
 evaluation, the entry. Run state that outlives a step (EMA, checkpoints, early
-stopping) is in trainers/state.py, the serving export in trainers/export.py.
+stopping) is in trainers/state.py, the serving export in trainers/export.py,
+the model dir (its config.json, its lock, the start-up checks against the
+data) in trainers/run_dir.py.
 
 Every rank builds the same model, restores the same checkpoint and then takes
 rank 0's variables, so all ranks start bitwise identical; each step averages
