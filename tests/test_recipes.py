@@ -41,7 +41,8 @@ def test_every_recipe_field_is_read_by_the_trainer():
   # Each field must be read as `recipe.<field>` (or `self.<field>` inside the
   # Recipe's own methods) somewhere in the trainer: no unused fields.
   sources = "".join(
-    (ROOT / "trainers" / f).read_text() for f in ("train.py", "config.py", "export.py", "state.py")
+    (ROOT / "trainers" / f).read_text()
+    for f in ("train.py", "config.py", "export.py", "state.py", "run_dir.py")
   )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:

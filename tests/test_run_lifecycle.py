@@ -325,7 +325,7 @@ def test_the_progress_line_counts_training_time_and_shows_total_loss_only_when_i
   steps = [l for l in result.stdout.splitlines() if l.startswith("step ") and "/20 loss" in l]
   assert len(steps) == 2 and all("(total" not in l for l in steps), steps
   trained = re.search(
-    r"trained 20 steps in ([\d.]+)s, ([\d.]+)s of them in training steps \((\d+) img/s\)",
+    r"trained 20 steps in ([\d.]+)s \(([\d.]+)s of training steps, (\d+) img/s\)",
     result.stdout,
   )
   assert trained, result.stdout

@@ -221,7 +221,7 @@ def check_data(config, metadata, previous):
       f"trains {config.dataset} models: use trainers/{metadata.dataset}.py, or pass the "
       f"--data-dir of {config.dataset} data"
     )
-  wanted = getattr(recipe, "image_shape", None)
+  wanted = recipe.image_shape
   if wanted and list(wanted) != list(metadata.image_shape):
     raise RunError(
       f"{meta}: recipe {recipe.name} is written for {_shape(wanted)} images, but {data_dir} "

@@ -697,8 +697,8 @@ def train(run):
   seconds = time.time() - started
   _log(
     ctx,
-    f"trained {step - start} steps in {seconds:.2f}s, {training:.2f}s of them in training "
-    f"steps ({(step - start) * run.global_batch / max(training, 1e-9):.0f} img/s)",
+    f"trained {step - start} steps in {seconds:.2f}s ({training:.2f}s of training steps, "
+    f"{(step - start) * run.global_batch / max(training, 1e-9):.0f} img/s)",
   )
   if not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
