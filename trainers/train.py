@@ -766,11 +766,12 @@ def _log_start(run, previous, overrides):
   scale = lr_scale(config, ctx.size)
   warmup = warmup_steps(config, ctx.size, run.steps_per_epoch, run.max_steps)
   params = sum(int(np.prod(v.shape)) for v in run.model.weights)
-  what = "resuming the run in" if previous and config.mode in ("train", "train_and_eval") else "in"
+  training = config.mode in ("train", "train_and_eval")
+  what = ("resuming the run in" if previous else "a new run in") if training else "the run in"
   _log(
     ctx,
     f"{config.dataset}/{recipe.name} ({params:,} parameters), {config.mode}, {what} "
-    f"{config.model_dir}" + ("" if previous or config.mode != "train_and_eval" else " (new)"),
+    f"{config.model_dir}",
   )
   if overrides:
     _log(ctx, overrides)
@@ -783,14 +784,15 @@ def _log_start(run, previous, overrides):
     f"data {config.data_dir}: {meta.dataset}, {shape} images, {meta.num_classes} classes; {counts}",
   )
   how = (
-    f" ({recipe.learning_rate:g} x {scale:.4g}, --lr-scaling {config.lr_scaling})"
+    f" ({recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
+    f"--lr-scaling {config.lr_scaling})"
     if scale != 1
     else ""
   )
   _log(
     ctx,
-    f"{ctx.size} worker(s), batch {recipe.batch_size}/worker = {run.global_batch} global, "
-    f"{run.max_steps} steps ({run.steps_per_epoch} steps/epoch), learning rate "
+    f"on {ctx.size} worker(s), batch {recipe.batch_size}/worker ({run.global_batch} global), "
+    f"{run.max_steps} steps ({run.steps_per_epoch} steps/epoch); learning rate "
     f"{recipe.learning_rate * scale:.4g}{how}"
     + (f", warmed up over {warmup} steps" if warmup else ""),
   )
