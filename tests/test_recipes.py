@@ -44,7 +44,7 @@ def test_every_recipe_field_is_read_by_the_trainer():
   # Recipe's own methods) somewhere in the trainer: no unused fields.
   sources = "".join(
     (ROOT / "trainers" / f).read_text()
-    for f in ("train.py", "schedule.py", "config.py", "export.py", "state.py")
+    for f in ("train.py", "schedule.py", "config.py", "export.py", "state.py", "run_dir.py")
   )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:

@@ -362,13 +362,15 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
     "num_classes": 10,
     "class_names": saved["data"]["class_names"],
   }
-  # Another image size: the tiny recipe accepts any data set; the CIFAR-10 data are 32x32x3.
+  # Another image size (the tiny recipe accepts any): 32x32 images in a copy of the data.
+  bigger = _copy(tfrecords / "mnist", tmp_path / "bigger")
+  _edit_metadata(bigger, lambda m: m.update(image_shape=[32, 32, 1]))
   result = run_trainer(
     "mnist",
-    ["--data-dir", tfrecords / "cifar10", "--model-dir", model_dir, "--max-steps", "5"] + TINY,
+    ["--data-dir", bigger, "--model-dir", model_dir, "--max-steps", "5"] + TINY,
     check=False,
   )
-  one_line_error(result, "config.json", "[28, 28, 1]", "[32, 32, 3]")
+  one_line_error(result, "config.json", "[28, 28, 1]", "[32, 32, 1]")
   # Other classes (same shape): class names renamed in a copy of the data.
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   _edit_metadata(data, lambda m: m.update(class_names=[f"c{i}" for i in range(10)]))

@@ -416,7 +416,7 @@ def test_cookbook_evaluates_one_test_batch_per_evaluation_and_logs_the_recipes_l
   # One batch of the test split (the recipe's one test batch of batch_size).
   assert all("test precision@1" in l and "(8 examples)" in l for l in lines)
   assert "improved" not in result.stdout  # no early stopping in this recipe
-  # The model summary, printed at start-up.
-  assert "Total params: 1,068,298" in result.stdout
+  # The parameter count, in the start-up summary.
+  assert "(1,068,298 parameters)" in result.stdout
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["recipe"]["lr_decay_rate"] == 1.0 and config["recipe"]["learning_rate"] == 0.1

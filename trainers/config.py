@@ -2,25 +2,35 @@
 
 The generic entry (`python -m trainers --dataset NAME`) or an entry script
 (trainers/cifar10.py, mnist.py, catdog.py) names the data set;
-`parse(dataset, argv)` starts from the recipe chosen with `--recipe`
-(trainers/recipes/<name>.py), replaces the recipe fields the flags override,
-and rejects unknown or inconsistent flags. The result keeps each value once:
-recipe values live in `Config.recipe`, the rest of the run (directories, mode,
-checkpoint and summary cadence, seed) beside it. It is printed and saved as
-`config.json` in the model dir at the start of a run.
+`parse(dataset, argv)` starts from the run the model dir already holds (its
+`config.json`, read back by `Config.from_json`) or, for a new run, from the
+recipe chosen with `--recipe` (trainers/recipes/<name>.py); then it applies the
+flags the user actually gave (argparse records no defaults here, so a flag
+given is told apart from one left out), and rejects unknown or inconsistent
+flags. The result keeps each value once: recipe values live in
+`Config.recipe`, the rest of the run (directories, mode, checkpoint and summary
+cadence, seed) beside it. It is saved as `config.json` in the model dir at the
+start of a training run; `--print-config` prints it and exits.
 """
 
+import argparse
 import dataclasses
+import json
 import math
+import sys
+import textwrap
 
 from preprocess import cli
 from preprocess import datasets
 from trainers import recipes
+from trainers import run_dir
 
 # The generic entry (trainers/__main__.py), for any data set.
 GENERIC = "python -m trainers"
 
-MODES = ("train", "eval", "train_and_eval")
+MODES = ("train", "eval", "train_and_eval", "export")
+# Modes that train: the only ones in which --overwrite (delete the run, train anew) makes sense.
+TRAIN_MODES = ("train", "train_and_eval")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 LR_SCALINGS = ("sqrt", "linear")
@@ -47,6 +57,17 @@ RECIPE_FLAGS = (
   "early_stopping_patience",
   "log_every",
 )
+# Recipe fields a run may hold changed (the flags above, and the decay period
+# --lr-decay-steps replaces); config.json's other recipe keys are the recipe
+# file's, or what the run applied (the augmentation), and are not read back.
+RECIPE_OVERRIDES = RECIPE_FLAGS + ("lr_decay_epochs",)
+
+# Config fields that say what to do now, not what the run is: taken from the
+# command line (or its defaults), never from the run's config.json.
+INVOCATION = ("mode", "overwrite", "model_dir")
+# Keys config.json holds besides Config's fields: what the run found and
+# applied (trainers/train.py `Run.config_json`); read back as records only.
+RECORDS = ("augmentation_source", "workers", "data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +75,7 @@ class Config:
   """Everything one run depends on. See `_parser` for the meaning of each flag.
 
   Attributes:
-    dataset: The data set (--dataset, or the entry script's).
+    dataset: The entry script's data set.
     recipe: The recipe with the command-line overrides applied.
     epochs: If set, train for this many epochs instead of recipe.max_steps.
     warmup_steps, warmup_epochs: The warmup asked for, or both None for the
@@ -96,6 +117,67 @@ class Config:
     d["recipe"] = self.recipe.to_json()
     return d
 
+  @classmethod
+  def from_json(cls, data, path="config.json"):
+    """The Config a run's config.json holds (its records, `RECORDS`, are skipped).
+
+    Keys missing from an older config.json take the field's default.
+
+    Raises:
+      recipes.ConfigError: Not an object, an unknown key, a missing one without a
+        default, or a value of the wrong type; one line naming `path`.
+    """
+    if not isinstance(data, dict):
+      raise recipes.ConfigError(f"{path}: not a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields) - set(RECORDS))
+    if unknown:
+      raise recipes.ConfigError(f"{path}: unknown key {unknown[0]!r}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
+    if missing:
+      raise recipes.ConfigError(f"{path}: no {missing[0]!r}")
+    values = {}
+    for key, f in fields.items():
+      if key == "recipe":
+        values[key] = recipes.Recipe.from_json(data[key], path, RECIPE_OVERRIDES)
+      elif key in data:
+        values[key] = recipes.typed(path, key, data[key], f.type)
+    return cls(**values)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+  """Every flag's default in --help (those without a fixed one say what decides it)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default is None and text.startswith("(recipe)"):
+      return text + " (default: the recipe's value, listed below)"
+    if action.default is None or "default" in text.lower():
+      return text
+    return super()._get_help_string(action)
+
+
+def _recipe_table(dataset):
+  """The --help epilog: what each (recipe) flag defaults to, per recipe."""
+  lines = ["values of the (recipe) flags for a new run, by --recipe:"]
+  for name in recipes.for_dataset(dataset):
+    r = recipes.RECIPES[name]
+    decay = (
+      f" (every {r.lr_decay_epochs:g} epochs)"
+      if r.lr_decay_epochs
+      else f" (every {r.lr_decay_steps} steps)"
+      if r.lr_decay_steps and r.lr_decay_rate != 1
+      else ""
+    )
+    line = (
+      f"  {name}: --batch-size {r.batch_size} --max-steps {r.max_steps} "
+      f"--learning-rate {r.learning_rate:g} --lr-decay-rate {r.lr_decay_rate:g}{decay} "
+      f"--eval-every {r.eval_every} --early-stopping-patience {r.early_stopping_patience or 0} "
+      f"--log-every {r.log_every}"
+    )
+    lines.append(textwrap.fill(line, 100, subsequent_indent="      ", break_on_hyphens=False))
+  return "\n".join(lines)
+
 
 def _parser(dataset, generic=False):
   # No abbreviations: the retired `--model NAME` would otherwise be taken as
@@ -104,12 +186,19 @@ def _parser(dataset, generic=False):
   p = cli.ArgumentParser(
     prog=GENERIC if generic else command,
     allow_abbrev=False,
-    description=(
-      f"Train or evaluate a {dataset or 'DATASET'} model on the TFRecords of `make preprocess`. "
-      f"One process per GPU: `horovodrun -np 4 {command}`; "
+    formatter_class=_HelpFormatter,
+    description=textwrap.fill(
+      f"Train, evaluate or export a {dataset or 'DATASET'} model on the TFRecords of "
+      f"`make preprocess`. One process per GPU: `horovodrun -np 4 {command}`; "
       f"`{command}` alone runs one process. Flags marked (recipe) "
-      f"override the recipe's value (trainers/recipes/<name>.py)."
+      f"override the recipe's value (trainers/recipes/<name>.py). A --model-dir "
+      f"that holds a run is self-describing: every flag not given is taken from its "
+      f"config.json (the defaults below are a new run's), a flag given overrides it "
+      f"and the run says so; --mode and --overwrite are never taken from it. "
+      f"See docs/run-lifecycle.md.",
+      width=100,
     ),
+    epilog=_recipe_table(dataset),
   )
   if generic:
     _dataset_flag(p).required = True
@@ -130,14 +219,16 @@ def _parser(dataset, generic=False):
   p.add_argument(
     "--model-dir",
     default=None,
-    help="Checkpoints, summaries, config.json, metrics.json, export (default: runs/<recipe>).",
+    help="The run directory: checkpoints, summaries, config.json, metrics.json, export "
+    "(default: runs/<recipe>).",
   )
   p.add_argument(
     "--mode",
     choices=MODES,
     default="train_and_eval",
-    help="train; eval (latest checkpoint, or the best one if early stopping kept one); "
-    "or train then evaluate on --eval-split.",
+    help="train (resuming from the latest checkpoint); eval (latest checkpoint, or the best "
+    "one if early stopping kept one) on --eval-split; train_and_eval: train, then eval; "
+    "export: write the serving model of that checkpoint to <model-dir>/export.",
   )
   p.add_argument(
     "--batch-size",
@@ -157,7 +248,8 @@ def _parser(dataset, generic=False):
     "--epochs",
     type=float,
     default=None,
-    help="Train for this many passes over the training split instead of --max-steps.",
+    help="Train for this many passes over the training split instead of --max-steps "
+    "(default: none, --max-steps decides).",
   )
   p.add_argument(
     "--learning-rate", type=float, default=None, help="(recipe) Base learning rate for one worker."
@@ -175,17 +267,17 @@ def _parser(dataset, generic=False):
     help="(recipe) Decay the learning rate every N steps (replaces a decay period in epochs).",
   )
   p.add_argument(
-    "--no-scale-lr",
-    dest="scale_lr",
-    action="store_false",
-    help="Do not scale the learning rate with the number of workers.",
+    "--scale-lr",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="Scale the learning rate with the number of workers (see --lr-scaling).",
   )
   p.add_argument(
     "--lr-scaling",
     choices=LR_SCALINGS,
     default="sqrt",
     help="How the learning rate grows with N workers (N times the global batch): "
-    "'sqrt' multiplies it by sqrt(N) (default: on the CIFAR-10 sample data the "
+    "'sqrt' multiplies it by sqrt(N) (on the CIFAR-10 sample data the "
     "tutorial diverges at N x 0.1 for N = 2 even with warmup, and trains at "
     "sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et al.'s rule).",
   )
@@ -205,11 +297,13 @@ def _parser(dataset, generic=False):
     "--warmup-steps",
     type=int,
     default=None,
-    help="Ramp the learning rate up linearly over this many steps instead.",
+    help="Ramp the learning rate up linearly over this many steps instead "
+    "(default: the rule of --warmup-epochs).",
   )
   p.add_argument(
     "--fp16-allreduce",
-    action="store_true",
+    action=argparse.BooleanOptionalAction,
+    default=False,
     help="Send gradients as float16 in the allreduce (halves the traffic).",
   )
   p.add_argument(
@@ -257,13 +351,20 @@ def _parser(dataset, generic=False):
   p.add_argument(
     "--overwrite",
     action="store_true",
-    help="Start from scratch, deleting checkpoints in --model-dir, instead of resuming.",
+    help="Delete the run in --model-dir (checkpoints, summaries, export) and train anew "
+    "instead of resuming. Training modes only.",
   )
   p.add_argument(
-    "--no-export",
-    dest="export",
-    action="store_false",
-    help="Do not export the serving model at the end of training.",
+    "--export",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="Export the serving model at the end of training.",
+  )
+  p.add_argument(
+    "--print-config",
+    action="store_true",
+    help="Print the resolved config (the run's config.json with the flags applied) as JSON "
+    "and exit.",
   )
   # --- speed: steps per call, precision, XLA (issue 11) ---
   p.add_argument(
@@ -287,109 +388,19 @@ def _parser(dataset, generic=False):
   )
   p.add_argument(
     "--xla",
-    action="store_true",
+    action=argparse.BooleanOptionalAction,
+    default=False,
     help="Compile the forward and backward pass with XLA (jit_compile).",
   )
   p.add_argument(
     "--deterministic",
-    action="store_true",
+    action=argparse.BooleanOptionalAction,
+    default=False,
     help="TensorFlow op determinism: the same seed gives the same weights bitwise, and a run "
     "stopped and resumed at any step ends with the weights of an uninterrupted one "
     "(docs/preemption.md). Slower on GPUs.",
   )
   return p
-
-
-def _flag(name):
-  return "--" + name.replace("_", "-")
-
-
-def _check_flags(parser, a):
-  """Every numeric flag in its range, at parse time (a usage error, one line)."""
-  for name in (
-    "batch_size",
-    "max_steps",
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "lr_decay_steps",
-  ):
-    value = getattr(a, name)
-    if value is not None and value < 1:
-      parser.error(f"{_flag(name)} must be at least 1")
-  for name in (
-    "eval_every",
-    "warmup_steps",
-    "early_stopping_patience",
-    "summary_every",
-    "histogram_every",
-  ):
-    if getattr(a, name) is not None and getattr(a, name) < 0:
-      parser.error(f"{_flag(name)} must not be negative")
-  # float flags: nan compares false to everything, so test finiteness first.
-  for name in ("epochs", "learning_rate", "lr_decay_rate"):
-    value = getattr(a, name)
-    if value is not None and not (math.isfinite(value) and value > 0):
-      parser.error(f"{_flag(name)} must be a positive finite number, got {value}")
-  if a.warmup_epochs is not None and not (math.isfinite(a.warmup_epochs) and a.warmup_epochs >= 0):
-    parser.error(f"--warmup-epochs must be a non-negative finite number, got {a.warmup_epochs}")
-  if a.lr_decay_rate is not None and a.lr_decay_rate > 1:
-    parser.error(f"--lr-decay-rate must be at most 1 (a decay), got {a.lr_decay_rate}")
-  if not 0 <= a.seed <= MAX_SEED:
-    parser.error(f"--seed must be between 0 and {MAX_SEED} (2**31 - 1), got {a.seed}")
-  for name in ("data_dir", "model_dir", "eval_split"):
-    value = getattr(a, name)
-    if value is not None and not value.strip():
-      parser.error(f"{_flag(name)} must not be empty")
-
-
-def parse(dataset, argv):
-  """Builds the Config of one run from `argv`.
-
-  `dataset` is the entry script's data set, or None for the generic entry
-  (`python -m trainers`), which takes it from --dataset. Unknown flags and
-  inconsistent values exit with a usage error (argparse).
-  """
-  generic = dataset is None
-  if generic:
-    dataset = _dataset_of(argv)
-  parser = _parser(dataset, generic)
-  a = parser.parse_args(argv)
-  _check_flags(parser, a)
-  overrides = {name: getattr(a, name) for name in RECIPE_FLAGS if getattr(a, name) is not None}
-  if "lr_decay_steps" in overrides:
-    overrides["lr_decay_epochs"] = None  # one decay period, in steps
-  if overrides.get("early_stopping_patience") == 0:
-    overrides["early_stopping_patience"] = None
-  recipe = dataclasses.replace(recipes.get(a.recipe), **overrides)
-  if recipe.early_stopping_patience and recipe.eval_every == 0:
-    parser.error(
-      "early stopping needs evaluation: --eval-every 0 would disable it "
-      "(add --early-stopping-patience 0 to train without it)"
-    )
-  return Config(
-    dataset=dataset,
-    recipe=recipe,
-    data_dir=a.data_dir,
-    model_dir=a.model_dir or f"runs/{recipe.name}",
-    mode=a.mode,
-    epochs=a.epochs,
-    scale_lr=a.scale_lr,
-    lr_scaling=a.lr_scaling,
-    warmup_steps=a.warmup_steps,
-    warmup_epochs=a.warmup_epochs,
-    fp16_allreduce=a.fp16_allreduce,
-    eval_split=a.eval_split,
-    checkpoint_every=a.checkpoint_every,
-    keep_checkpoints=a.keep_checkpoints,
-    summary_every=a.summary_every,
-    histogram_every=a.histogram_every,
-    seed=a.seed,
-    overwrite=a.overwrite,
-    export=a.export,
-    deterministic=a.deterministic,
-    **_speed(parser, a),
-  )
 
 
 def _dataset_flag(parser):
@@ -407,8 +418,199 @@ def _dataset_of(argv):
   return p.parse_known_args(argv)[0].dataset
 
 
-def _speed(parser, a):
-  """The speed flags' Config fields (issue 11)."""
-  if a.steps_per_call is not None and a.steps_per_call < 1:
-    parser.error("--steps-per-call must be at least 1")
-  return dict(steps_per_call=a.steps_per_call, precision=a.precision, xla=a.xla)
+def _flag(name):
+  return "--" + name.replace("_", "-")
+
+
+# A value no flag parses to: the namespace starts with it, so what is still
+# UNSET after parsing was not given (argparse only fills in a default for a
+# missing attribute, and --help still shows the real defaults).
+UNSET = object()
+
+
+def _given(parser, argv):
+  """{dest: value} of the flags on the command line, and only those."""
+  dests = _defaults(parser)
+  namespace = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(dests, UNSET)))
+  return {k: v for k, v in vars(namespace).items() if v is not UNSET}
+
+
+def _defaults(parser):
+  return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+
+
+def check_values(error, values):
+  """Every numeric value in its range; `error(message)` is called with one line for the first bad one.
+
+  Args:
+    error: Called with the message (parser.error for flags; it does not return).
+    values: {flag dest: value}; missing or None values are not checked.
+  """
+  for name in (
+    "batch_size",
+    "max_steps",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "lr_decay_steps",
+    "steps_per_call",
+  ):
+    value = values.get(name)
+    if value is not None and value < 1:
+      error(f"{_flag(name)} must be at least 1")
+  for name in (
+    "eval_every",
+    "warmup_steps",
+    "early_stopping_patience",
+    "summary_every",
+    "histogram_every",
+  ):
+    if values.get(name) is not None and values[name] < 0:
+      error(f"{_flag(name)} must not be negative")
+  # float flags: nan compares false to everything, so test finiteness first.
+  for name in ("epochs", "learning_rate", "lr_decay_rate"):
+    value = values.get(name)
+    if value is not None and not (math.isfinite(value) and value > 0):
+      error(f"{_flag(name)} must be a positive finite number, got {value}")
+  warmup = values.get("warmup_epochs")
+  if warmup is not None and not (math.isfinite(warmup) and warmup >= 0):
+    error(f"--warmup-epochs must be a non-negative finite number, got {warmup}")
+  if values.get("lr_decay_rate") is not None and values["lr_decay_rate"] > 1:
+    error(f"--lr-decay-rate must be at most 1 (a decay), got {values['lr_decay_rate']}")
+  seed = values.get("seed")
+  if seed is not None and not 0 <= seed <= MAX_SEED:
+    error(f"--seed must be between 0 and {MAX_SEED} (2**31 - 1), got {seed}")
+  for name in ("data_dir", "model_dir", "eval_split"):
+    value = values.get(name)
+    if value is not None and not value.strip():
+      error(f"{_flag(name)} must not be empty")
+
+
+def _apply_recipe_flags(recipe, given):
+  overrides = {name: given[name] for name in RECIPE_FLAGS if name in given}
+  if "lr_decay_steps" in overrides:
+    overrides["lr_decay_epochs"] = None  # one decay period, in steps
+  if overrides.get("early_stopping_patience") == 0:
+    overrides["early_stopping_patience"] = None
+  return dataclasses.replace(recipe, **overrides)
+
+
+def _shown(name, value):
+  """A flag as typed: `--data-dir X`, `--export` / `--no-export`."""
+  if isinstance(value, bool):
+    return _flag(name) if value else "--no-" + name.replace("_", "-")
+  return f"{_flag(name)} {value}"
+
+
+def _override_line(before, after, given):
+  """'overriding config.json: --x NEW (was OLD), ...' for the given flags that change the run."""
+  changes = []
+  old, new = before.to_json(), after.to_json()
+  for name in given:
+    if name in INVOCATION + ("recipe", "print_config"):
+      continue
+    was, now = (old["recipe"], new["recipe"]) if name in RECIPE_FLAGS else (old, new)
+    if name == "max_steps" and old["epochs"] is not None:
+      changes.append(f"{_shown(name, now[name])} (was {_shown('epochs', old['epochs'])})")
+    elif name == "warmup_steps" and old["warmup_epochs"] is not None:
+      changes.append(
+        f"{_shown(name, now[name])} (was {_shown('warmup_epochs', old['warmup_epochs'])})"
+      )
+    elif name == "warmup_epochs" and old["warmup_steps"] is not None:
+      changes.append(
+        f"{_shown(name, now[name])} (was {_shown('warmup_steps', old['warmup_steps'])})"
+      )
+    elif was.get(name) != now.get(name):
+      old_value = was.get(name)
+      changes.append(
+        f"{_shown(name, given[name])} (was "
+        f"{_shown(name, old_value) if isinstance(old_value, bool) else old_value})"
+      )
+  return "overriding config.json: " + ", ".join(changes) if changes else None
+
+
+def _fail(message):
+  """A run that cannot start, as the trainers report one: one line, exit 2."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def resolve(dataset, argv):
+  """Builds the Config of one run from `argv` and the run its model dir holds.
+
+  Unknown flags and inconsistent values exit with a usage error (argparse); a
+  model dir whose config.json cannot be read back, or that holds a run of
+  another data set or recipe, exits with one line.
+
+  `dataset` is the entry script's data set, or None for the generic entry
+  (`python -m trainers`), which takes it from --dataset.
+
+  Returns:
+    (the Config, the one line naming the flags that override the run's
+    config.json, or None).
+  """
+  generic = dataset is None
+  if generic:
+    dataset = _dataset_of(argv)
+  parser = _parser(dataset, generic)
+  given = _given(parser, argv)
+  check_values(parser.error, given)
+  defaults = _defaults(parser)
+  mode = given.get("mode", defaults["mode"])
+  overwrite = given.get("overwrite", False)
+  if overwrite and mode not in TRAIN_MODES:
+    parser.error(f"--overwrite deletes the run in --model-dir; --mode {mode} never needs it")
+  model_dir = given.get("model_dir") or f"runs/{given.get('recipe', defaults['recipe'])}"
+  saved = None
+  if not overwrite:
+    try:
+      saved = run_dir.read_config(model_dir, mode in TRAIN_MODES)
+    except run_dir.RunError as e:
+      _fail(str(e))
+  if saved is None:
+    values = {
+      k: v for k, v in defaults.items() if k in {f.name for f in dataclasses.fields(Config)}
+    }
+    before = None
+    recipe = recipes.get(given.get("recipe", defaults["recipe"]))
+  else:
+    try:
+      before = Config.from_json(saved, run_dir.config_path(model_dir))
+    except recipes.ConfigError as e:
+      _fail(f"{e}: cannot tell what run {model_dir} holds; {run_dir.advice(mode)}")
+    try:
+      run_dir.check_holds(
+        model_dir, before.dataset, before.recipe.name, dataset, given.get("recipe"), mode
+      )
+    except run_dir.RunError as e:
+      _fail(str(e))
+    check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.to_json())
+    check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.recipe.to_json())
+    values = before.to_json()
+    recipe = before.recipe
+  fields = {f.name for f in dataclasses.fields(Config)} - {"recipe"}
+  values.update({k: v for k, v in given.items() if k in fields and k not in RECIPE_FLAGS})
+  if "max_steps" in given:
+    values["epochs"] = None
+  if "warmup_steps" in given:
+    values["warmup_epochs"] = None
+  if "warmup_epochs" in given:
+    values["warmup_steps"] = None
+  recipe = _apply_recipe_flags(recipe, given)
+  if recipe.early_stopping_patience and recipe.eval_every == 0:
+    parser.error(
+      "early stopping needs evaluation: --eval-every 0 would disable it "
+      "(add --early-stopping-patience 0 to train without it)"
+    )
+  values.update(dataset=dataset, recipe=recipe, model_dir=model_dir, mode=mode, overwrite=overwrite)
+  config = Config(**values)
+  overrides = _override_line(before, config, given) if saved is not None else None
+  if given.get("print_config"):
+    print(json.dumps(config.to_json(), indent=2, sort_keys=True))
+    sys.exit(0)
+  return config, overrides
+
+
+def parse(dataset, argv):
+  """The Config of `resolve` (without its override line)."""
+  return resolve(dataset, argv)[0]

@@ -101,6 +101,13 @@ def broadcast_variables(variables, root_rank=0):
   hvd.broadcast_variables(_tf_variables(variables), root_rank=root_rank)
 
 
+def broadcast_object(value, root_rank=0):
+  """The root rank's `value` (any picklable object) on every rank, e.g. a start-up outcome."""
+  if hvd.size() == 1:
+    return value
+  return hvd.broadcast_object(value, root_rank=root_rank)
+
+
 def allreduce_mean(value, name=None):
   """Mean of a scalar or tensor over all ranks (for metrics shown to users)."""
   if hvd.size() == 1:

@@ -1,8 +1,9 @@
 """What `python -m trainers` and trainers/cifar10.py, mnist.py, catdog.py run: flags, then TF.
 
 The first stop of a training run, before the data flow proper: `main` parses
-and checks the flags (trainers/config.py, which imports no TensorFlow), so
-`--help` and a bad flag answer in well under a second; only then does it import
+and checks the flags and reads back the run the model dir holds
+(trainers/config.py, which imports no TensorFlow), so `--help`,
+`--print-config` and a bad flag answer in well under a second; only then does it import
 the loop (trainers/train.py, which brings in TensorFlow, Keras and Horovod) and
 run it. The import is done with the process's stderr captured, and the start-up
 banners that TensorFlow's C++ logging prints whatever TF_CPP_MIN_LOG_LEVEL says
@@ -60,7 +61,7 @@ def main(dataset=None, argv=None):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
+  config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
   with quiet_imports():
     from trainers import train  # pylint: disable=g-import-not-at-top
-  return train.main(config.dataset, config=config)
+  return train.main(config.dataset, config=config, overrides=overrides)

@@ -6,8 +6,12 @@ run remembers its averages and its best validation score. Only the chief
 writes checkpoints: the same calls do nothing on other ranks.
 """
 
+import atexit
 import contextlib
 import os
+import re
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -92,7 +96,12 @@ class Checkpoints:
   """Latest and best checkpoints in the model dir; only the chief writes.
 
   `checkpoints/` keeps the last few checkpoints for resuming; `best/` keeps the
-  one with the best evaluation precision when the recipe stops early.
+  one with the best evaluation precision when the recipe stops early. Each
+  directory has TensorFlow's `checkpoint` state file (so tf.train.latest_checkpoint
+  reads it), but this class finds, keeps and deletes checkpoints by listing the
+  directory: tf.train.CheckpointManager and latest_checkpoint glob the path, so
+  a model dir named `runs/a[1]` would never find its own checkpoints and
+  `x[ab]` would delete those of `xa`.
   """
 
   # Objects that checkpoints written before them lack; restoring such a
@@ -107,16 +116,21 @@ class Checkpoints:
       "latest": os.path.join(model_dir, "checkpoints"),
       "best": os.path.join(model_dir, "best"),
     }
+    self._keep = {"latest": keep, "best": 1}
     self._ctx = ctx
-    self._managers = {}
-    if ctx.is_chief:
-      self._managers = {
-        name: tf.train.CheckpointManager(self._ckpt, d, max_to_keep=keep if name == "latest" else 1)
-        for name, d in self._dirs.items()
-      }
+
+  def _steps(self, which):
+    """Steps of the checkpoints in `which`'s directory, from its listing, oldest first."""
+    d = self._dirs[which]
+    if not tf.io.gfile.isdir(d):
+      return []
+    found = (_CHECKPOINT.fullmatch(name) for name in tf.io.gfile.listdir(d))
+    return sorted({int(m.group(1)) for m in found if m and m.group(2) == "index"})
 
   def path(self, which):
-    return tf.train.latest_checkpoint(self._dirs[which])
+    """The prefix of the newest checkpoint of `which` (its state file says which), or None."""
+    state = tf.train.get_checkpoint_state(self._dirs[which])  # reads the file; no glob
+    return state.model_checkpoint_path if state and state.model_checkpoint_path else None
 
   def restore(self, which="latest"):
     """Restores `which` if it exists on this rank; returns its path or None."""
@@ -124,12 +138,13 @@ class Checkpoints:
     try:
       path = self.path(which)
       if path:
-        self._for(path).restore(path).assert_existing_objects_matched()
+        readable = _readable(path)
+        self._for(readable).read(readable).assert_existing_objects_matched()
     except Exception as e:  # pylint: disable=broad-except  # OpError, IndexError, ValueError, ...: a damaged file
       text = (getattr(e, "message", None) or str(e)).strip().splitlines()
       raise CheckpointError(
         f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "
-        "it is damaged or cut short; delete it to resume from an earlier one, or --overwrite"
+        "it is damaged or cut short; delete its files to use an earlier one"
       ) from None
     return path
 
@@ -142,5 +157,42 @@ class Checkpoints:
     return tf.train.Checkpoint(**{k: v for k, v in self._objects.items() if k not in missing})
 
   def save(self, step, which="latest"):
-    if self._ctx.is_chief:
-      self._managers[which].save(checkpoint_number=step)
+    """Writes the checkpoint of `step`, then keeps only the newest few (chief only)."""
+    if not self._ctx.is_chief:
+      return
+    d = self._dirs[which]
+    tf.io.gfile.makedirs(d)
+    self._ckpt.write(os.path.join(d, f"ckpt-{step}"))
+    kept = [s for s in self._steps(which) if s <= step][-self._keep[which] :]
+    # The state file first: a crash between the two leaves extra files, never a dangling state.
+    state = "".join(f'all_model_checkpoint_paths: "ckpt-{s}"\n' for s in kept)
+    tmp = os.path.join(d, "checkpoint.tmp")
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(f'model_checkpoint_path: "ckpt-{step}"\n' + state)
+    tf.io.gfile.rename(tmp, os.path.join(d, "checkpoint"), overwrite=True)
+    for name in tf.io.gfile.listdir(d):
+      m = _CHECKPOINT.fullmatch(name)
+      if m and int(m.group(1)) not in kept:
+        tf.io.gfile.remove(os.path.join(d, name))
+
+
+# A checkpoint's files: ckpt-<step>.index and ckpt-<step>.data-<i>-of-<n>.
+_CHECKPOINT = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)")
+_aliases = []
+
+
+def _readable(prefix):
+  """`prefix` as TensorFlow's checkpoint reader takes it literally.
+
+  The reader treats its argument as a glob pattern, so a directory name with
+  `[`, `*` or `?` would not match itself. Such a prefix is read through a
+  symbolic link of a plain name to its directory (removed at exit).
+  """
+  if not any(c in prefix for c in "*?[]\\") or "://" in prefix:
+    return prefix
+  if not _aliases:
+    _aliases.append(tempfile.mkdtemp(prefix="checkpoint-alias-"))
+    atexit.register(shutil.rmtree, _aliases[0], True)
+  alias = os.path.join(_aliases[0], str(len(os.listdir(_aliases[0]))))
+  os.symlink(os.path.abspath(os.path.dirname(prefix)), alias)
+  return os.path.join(alias, os.path.basename(prefix))

@@ -9,7 +9,9 @@ trainers/recipes/ plus flags) and calls `run`.
 Read top to bottom: the periodic-work helper, the model and its optimizer, the
 train and eval steps, the per-process `Run`, the loop (`train`), the final
 evaluation, the entry. Run state that outlives a step (EMA, checkpoints, early
-stopping) is in trainers/state.py, the serving export in trainers/export.py.
+stopping) is in trainers/state.py, the serving export in trainers/export.py,
+the model dir (its config.json, its lock, the start-up checks against the
+data) in trainers/run_dir.py.
 
 Every rank builds the same model, restores the same checkpoint and then takes
 rank 0's variables, so all ranks start bitwise identical; each step averages
@@ -22,7 +24,6 @@ export, summaries) goes through objects that do nothing on other ranks.
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -38,6 +39,7 @@ from trainers import distributed
 from trainers import export
 from trainers import input_pipeline
 from trainers import preemption
+from trainers import run_dir
 from trainers import schedule
 from trainers import state
 from trainers import summaries
@@ -330,110 +332,14 @@ def _format_seconds(seconds):
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _write_json(path, data):
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _prepare_model_dir(config, ctx):
-  """Checks the model dir can hold this run (or clears it with --overwrite).
-
-  Returns:
-    The config.json of the run it holds (a dict), or None for a new run.
-  """
-  d = config.model_dir
-  if tf.io.gfile.exists(d) and not tf.io.gfile.isdir(d):
-    raise TrainingError(f"--model-dir {d} is a file, not a directory: pass a directory")
-  saved = os.path.join(d, "config.json")
-  if config.overwrite:
-    if ctx.is_chief and tf.io.gfile.exists(d):
-      hparams = tf.io.gfile.glob(os.path.join(d, "events.out.tfevents.*"))
-      for name in (
-        "checkpoints",
-        "best",
-        "export",
-        *tags.RUNS,
-        "eval",  # the evaluation run of versions before trainers/tags.py
-        "config.json",
-        "metrics.json",
-      ) + tuple(os.path.basename(p) for p in hparams):
-        path = os.path.join(d, name)
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
-        elif tf.io.gfile.exists(path):
-          tf.io.gfile.remove(path)
-    return None
-  if ctx.is_chief and config.mode != "eval":
-    # Fails here, before any work, on a path under a file or a read-only parent.
-    try:
-      tf.io.gfile.makedirs(d)
-    except (tf.errors.OpError, OSError) as e:
-      raise TrainingError(f"--model-dir {d} cannot be created: {first_line(e)}") from None
-  if not tf.io.gfile.exists(saved):
-    return None
-  if tf.io.gfile.isdir(saved):
-    raise TrainingError(
-      f"{saved} is a directory, not the run's config: use another --model-dir or --overwrite"
-    )
-  with tf.io.gfile.GFile(saved, "rb") as f:
-    text = f.read()
-  try:
-    previous = json.loads(text)
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    previous = e
-  if not isinstance(previous, dict) or not isinstance(previous.get("recipe", {}), dict):
-    why = f"not valid JSON ({previous})" if isinstance(previous, Exception) else "not a JSON object"
-    raise TrainingError(
-      f"{saved} is damaged ({why}): cannot check what the run was; "
-      "use another --model-dir or --overwrite to start again"
-    )
-  before = (previous.get("dataset"), previous.get("recipe", {}).get("name"))
-  if before != (config.dataset, config.recipe.name):
-    raise TrainingError(
-      f"{d} holds a {before[0]}/{before[1]} run, not "
-      f"{config.dataset}/{config.recipe.name}: use another --model-dir or --overwrite"
-    )
-  return previous
-
-
-def _data_signature(metadata):
-  """What a model is tied to in its data, recorded in config.json as "data"."""
-  return {
-    "image_shape": list(metadata.image_shape),
-    "num_classes": metadata.num_classes,
-    "class_names": list(metadata.class_names),
-  }
-
-
-def _check_same_data(config, previous, metadata):
-  """A run resumes (or is evaluated) only on data of the image shape and classes it started on."""
-  recorded = (previous or {}).get("data")
-  if not isinstance(recorded, dict):
-    return  # a new run, or a config.json written before the data were recorded
-  now = _data_signature(metadata)
-  for key, what in (
-    ("image_shape", "images of shape"),
-    ("num_classes", "classes:"),
-    ("class_names", "class names"),
-  ):
-    if key in recorded and recorded[key] != now[key]:
-      raise TrainingError(
-        f"{os.path.join(config.model_dir, 'config.json')}: the run in {config.model_dir} was "
-        f"trained on {what} {recorded[key]}, but {config.data_dir} has {now[key]}: use the "
-        "same data, another --model-dir, or --overwrite"
-      )
-
-
 class Run:
   """Everything one process of a run holds: model, optimizer, input, run state."""
 
-  def __init__(self, config, ctx):
+  def __init__(self, config, ctx, metadata=None):
     self.config = config
     self.ctx = ctx
     recipe = config.recipe
-    self.metadata = input_pipeline.load_metadata(config.data_dir)
+    self.metadata = metadata or input_pipeline.load_metadata(config.data_dir)
     self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
       recipe, self.metadata
     )
@@ -491,7 +397,7 @@ class Run:
       recipe=recipe,
       augmentation_source=self.augmentation_source,
       workers=self.ctx.size,
-      data=_data_signature(self.metadata),
+      data=run_dir.data_signature(self.metadata),
     )
 
   def broadcast(self):
@@ -525,21 +431,6 @@ class Run:
   def evaluate(self, split, max_batches=None):
     with self.evaluation_weights():
       return evaluate(self.eval_step, self.dataset(split, training=False), max_batches)
-
-  def check_splits(self):
-    """Fails early if the recipe evaluates on a split the data lacks."""
-    recipe = self.config.recipe
-    if recipe.eval_every and recipe.eval_on not in self.metadata.splits:
-      hint = (
-        f"rerun the Beam job with --validation-size {recipe.validation_size or 'N'}"
-        if recipe.eval_on == "validation"
-        else f"use data with a {recipe.eval_on} split"
-      )
-      raise TrainingError(
-        f"recipe {recipe.name} evaluates on the {recipe.eval_on} split during training, but "
-        f"{self.config.data_dir} has none: {hint}, or pass --eval-every 0"
-        + (" --early-stopping-patience 0" if recipe.early_stopping_patience else "")
-      )
 
 
 def _train_summaries(run, step, metrics, averages, steps_per_second):
@@ -632,7 +523,6 @@ def train(run):
   start = run.step
   if restored or start:
     _log(ctx, f"resumed from {restored} at step {start}")
-  run.check_splits()
   k = steps_per_call(config)
   # Cadences on the grid of calls (--steps-per-call); the default k moves none.
   asked = {
@@ -649,16 +539,16 @@ def train(run):
   )
   _log(
     ctx,
-    f"training {config.dataset}/{recipe.name} on {ctx.size} worker(s): steps {start}->"
-    f"{run.max_steps}, batch {recipe.batch_size}/worker ({run.global_batch} global), "
-    f"{run.steps_per_epoch} steps/epoch; augmentation from {run.augmentation_source}; "
+    f"training steps {start}->{run.max_steps}, augmentation from {run.augmentation_source}; "
     f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
     + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""),
   )
   probe = make_activation_probe(run.model)
   averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
   started = time.time()
-  last_log, last_summary = (start, started), (start, started)
+  # img/s counts the time of the training calls only (not evaluation, checkpoints, summaries).
+  training = 0.0
+  last_log, last_summary = (start, training), (start, training)
   step = start
   batches = iter(run.dataset("train", training=True))
   # SIGTERM/SIGINT: stop at a step every rank agrees on (trainers/preemption.py).
@@ -666,9 +556,11 @@ def train(run):
   stop.install()
   while step < run.max_steps:
     n = call_length(step, start, run.max_steps, k)
+    call_started = time.time()
     metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64), stop.flag())
     # The one device-to-host transfer of the call.
     metrics = {name: float(v) for name, v in metrics.items()}
+    training += time.time() - call_started
     step += n
     run.input_position.advance(n * run.global_batch)
     # Finite check: every rank sees the same rank-averaged call means, so all stop here.
@@ -691,21 +583,22 @@ def train(run):
     now = time.time()
     # Log.
     if due(step, every["log"], last=run.max_steps):
-      rate = (step - last_log[0]) / max(now - last_log[1], 1e-9) * run.global_batch
-      last_log = (step, now)
+      rate = (step - last_log[0]) / max(training - last_log[1], 1e-9) * run.global_batch
+      last_log = (step, training)
       eta = (now - started) / (step - start) * (run.max_steps - step)
+      loss, total = f"{metrics['cross_entropy']:.4f}", f"{metrics['total_loss']:.4f}"
       _log(
         ctx,
-        f"step {step}/{run.max_steps} loss {metrics['cross_entropy']:.4f} "
-        f"(total {metrics['total_loss']:.4f}) acc {metrics['accuracy']:.3f} "
+        f"step {step}/{run.max_steps} loss {loss}{f' (total {total})' if total != loss else ''} "
+        f"acc {metrics['accuracy']:.3f} "
         f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
         f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
         f"eta {_format_seconds(eta)}",
       )
     # Summaries (rank 0 writes; the writer does nothing elsewhere).
     if due(step, every["summary"], first=start + 1):
-      steps_per_second = (step - last_summary[0]) / max(now - last_summary[1], 1e-9)
-      last_summary = (step, now)
+      steps_per_second = (step - last_summary[0]) / max(training - last_summary[1], 1e-9)
+      last_summary = (step, training)
       _train_summaries(run, step, metrics, averages, steps_per_second)
     if run.writer.active and due(step, every["histogram"], first=start + 1):
       _histograms(run, step, images, grads, probe)
@@ -721,8 +614,8 @@ def train(run):
   seconds = time.time() - started
   _log(
     ctx,
-    f"trained {step - start} steps in {seconds:.2f}s "
-    f"({(step - start) * run.global_batch / max(seconds, 1e-9):.0f} img/s)",
+    f"trained {step - start} steps in {seconds:.2f}s ({training:.2f}s of training steps, "
+    f"{(step - start) * run.global_batch / max(training, 1e-9):.0f} img/s)",
   )
   if preempted or not due(step, every["checkpoint"]):
     run.checkpoints.save(step)
@@ -741,16 +634,21 @@ def train(run):
   return step, best
 
 
+def _restore_trained(run):
+  """Restores the checkpoint that eval and export use (the best one, if kept); returns its path."""
+  which = "best" if run.checkpoints.path("best") else "latest"
+  path = run.checkpoints.restore(which)
+  if not path:
+    raise TrainingError(f"no checkpoint in {run.config.model_dir}: train first")
+  run.broadcast()
+  return path
+
+
 def run_eval(run, split, trained_step=None, best=None):
   """Evaluates on `split`, prints precision@1 and writes metrics.json (chief)."""
   config, ctx = run.config, run.ctx
   if trained_step is None:
-    which = "best" if run.checkpoints.path("best") else "latest"
-    path = run.checkpoints.restore(which)
-    if not path:
-      raise TrainingError(f"no checkpoint in {config.model_dir}: train first")
-    run.broadcast()
-    _log(ctx, f"evaluating {path}")
+    _log(ctx, f"evaluating {_restore_trained(run)}")
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
   metrics = dict(
@@ -778,23 +676,44 @@ def run_eval(run, split, trained_step=None, best=None):
     {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
   )
   if ctx.is_chief:
-    _write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
+    run_dir.write_json(os.path.join(config.model_dir, run_dir.METRICS), metrics)
   return metrics
 
 
-def _log_learning_rate(run):
-  config, ctx = run.config, run.ctx
+def _log_start(run, previous, overrides):
+  """The start-up summary: the run, its data, workers, batch, steps, learning rate; a few lines."""
+  config, ctx, recipe, meta = run.config, run.ctx, run.config.recipe, run.metadata
   scale = schedule.lr_scale(config, ctx.size)
   warmup = schedule.warmup_steps(config, ctx.size, run.steps_per_epoch, run.max_steps)
+  params = sum(int(np.prod(v.shape)) for v in run.model.weights)
+  training = config.mode in ("train", "train_and_eval")
+  what = ("resuming the run in" if previous else "a new run in") if training else "the run in"
+  _log(
+    ctx,
+    f"{config.dataset}/{recipe.name} ({params:,} parameters), {config.mode}, {what} "
+    f"{config.model_dir}",
+  )
+  if overrides:
+    _log(ctx, overrides)
+  order = {"train": 0, "validation": 1, "test": 2}
+  splits = sorted(meta.splits.items(), key=lambda item: (order.get(item[0], 3), item[0]))
+  counts = ", ".join(f"{name} {split.num_examples:,}" for name, split in splits)
+  shape = "x".join(str(n) for n in meta.image_shape)
+  _log(
+    ctx,
+    f"data {config.data_dir}: {meta.dataset}, {shape} images, {meta.num_classes} classes; {counts}",
+  )
   how = (
-    f" ({config.recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
+    f" ({recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
     f"--lr-scaling {config.lr_scaling})"
     if scale != 1
     else ""
   )
   _log(
     ctx,
-    f"learning rate {config.recipe.learning_rate * scale:.4g}{how}"
+    f"on {ctx.size} worker(s), batch {recipe.batch_size}/worker ({run.global_batch} global), "
+    f"{run.max_steps} steps ({run.steps_per_epoch} steps/epoch); learning rate "
+    f"{recipe.learning_rate * scale:.4g}{how}"
     + (f", warmed up over {warmup} steps" if warmup else ""),
   )
 
@@ -817,65 +736,105 @@ def _read_errors(run, splits):
     raise
 
 
-def run(config, ctx):
-  """Runs `config.mode` in this process; returns the final metrics (or None)."""
-  previous = _prepare_model_dir(config, ctx)
-  preemption.set_determinism(config.deterministic)
-  r = Run(config, ctx)
-  _check_same_data(config, previous, r.metadata)
-  input_pipeline.check_first_records(config.data_dir, r.metadata)
-  _log_learning_rate(r)
-  saved = r.config_json()
-  _log(ctx, "config: " + json.dumps(saved, sort_keys=True))
+@contextlib.contextmanager
+def _claimed_model_dir(config, ctx):
+  """Holds the model dir for the block (trainers/run_dir.py); yields the config.json it held.
+
+  Only the chief locks; every rank learns its outcome, so when the chief
+  cannot claim the directory every rank stops at once instead of waiting in
+  the first collective.
+  """
+  lock, outcome = None, None
   if ctx.is_chief:
-    r.model.summary(print_fn=lambda line, *args, **kwargs: print(line, flush=True))
-  if ctx.is_chief and config.mode != "eval":  # config.json describes the training run
-    tf.io.gfile.makedirs(config.model_dir)
-    _write_json(os.path.join(config.model_dir, "config.json"), saved)
-    r.writer.config(saved, r.max_steps)
-    r.writer.graph(r.model)
-  metrics = None
-  if config.mode in ("train", "train_and_eval"):
-    with _read_errors(r, ("train", config.recipe.eval_on)):
-      step, best = train(r)
-    if config.mode == "train_and_eval":
+    try:
+      owner = f"trainers/{config.dataset}.py --mode {config.mode}"
+      lock, previous = run_dir.claim(config, owner, log=lambda line: _log(ctx, line))
+      outcome = ("ok", previous)
+    except run_dir.RunError as e:
+      outcome = ("error", str(e))
+  status, value = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
+  if status == "error":
+    raise run_dir.RunError(value)
+  try:
+    yield value
+  finally:
+    if lock:
+      lock.release()
+
+
+def _export(r):
+  """Writes the serving model of the weights the run evaluates (chief)."""
+  if not r.ctx.is_chief:
+    return
+  export_dir = os.path.join(r.config.model_dir, "export")
+  with r.evaluation_weights():
+    export.export_serving_model(
+      r.eval_model,
+      r.metadata.image_shape,
+      r.metadata.class_names,
+      r.augmentation,
+      r.serving_policy,
+      export_dir,
+    )
+  _log(
+    r.ctx,
+    f"exported the serving model to {export_dir} (serving policy: "
+    f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)",
+  )
+
+
+def run(config, ctx, overrides=None):
+  """Runs `config.mode` in this process, holding the model dir; returns the final metrics (or None).
+
+  Args:
+    config: The run's `config.Config`.
+    ctx: This process's `distributed.Context`.
+    overrides: The line naming the flags that override the run's config.json, or None.
+  """
+  with _claimed_model_dir(config, ctx) as previous:
+    metadata = input_pipeline.load_metadata(config.data_dir)
+    run_dir.check_data(config, metadata, previous)
+    input_pipeline.check_first_records(config.data_dir, metadata)
+    preemption.set_determinism(config.deterministic)
+    r = Run(config, ctx, metadata)
+    _log_start(r, previous, overrides)
+    if ctx.is_chief and config.mode in ("train", "train_and_eval"):
+      saved = r.config_json()  # config.json describes the training run
+      run_dir.write_json(run_dir.config_path(config.model_dir), saved)
+      r.writer.config(saved, r.max_steps)
+      r.writer.graph(r.model)
+    metrics = None
+    if config.mode in ("train", "train_and_eval"):
+      with _read_errors(r, ("train", config.recipe.eval_on)):
+        step, best = train(r)
+      if config.mode == "train_and_eval":
+        with _read_errors(r, (config.eval_split,)):
+          metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
+      if config.export:
+        _export(r)
+    elif config.mode == "export":
+      _log(ctx, f"exporting {_restore_trained(r)}")
+      _export(r)
+    else:
       with _read_errors(r, (config.eval_split,)):
-        metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
-    if config.export and ctx.is_chief:
-      export_dir = os.path.join(config.model_dir, "export")
-      with r.evaluation_weights():
-        export.export_serving_model(
-          r.eval_model,
-          r.metadata.image_shape,
-          r.metadata.class_names,
-          r.augmentation,
-          r.serving_policy,
-          export_dir,
-        )
-      _log(
-        ctx,
-        f"exported the serving model to {export_dir} (serving policy: "
-        f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)",
-      )
-  else:
-    with _read_errors(r, (config.eval_split,)):
-      metrics = run_eval(r, config.eval_split)
-  r.writer.close()
+        metrics = run_eval(r, config.eval_split)
+    r.writer.close()
   return metrics
 
 
-def main(dataset, argv=None, config=None):
+def main(dataset, argv=None, config=None, overrides=None):
   """Runs trainers/<dataset>.py with `config` (or the flags in `argv`); returns the exit code.
 
-  trainers/entry.py parses the flags before importing this module and passes `config`.
+  trainers/entry.py parses the flags before importing this module and passes
+  `config` and `overrides` (the line naming the flags that override the run's config.json).
   """
   if config is None:
     from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 
-    config = config_lib.parse(dataset, sys.argv[1:] if argv is None else argv)
+    config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
   ctx = distributed.init()
   try:
-    run(config, ctx)
+    run(config, ctx, overrides)
   except preemption.Preempted as e:
     # The chief says so after writing; the others once it has (the barrier).
     if ctx.is_chief:
@@ -884,6 +843,10 @@ def main(dataset, argv=None, config=None):
     if not ctx.is_chief:
       print(e, flush=True)
     return preemption.EXIT_PREEMPTED
+  except run_dir.RunError as e:
+    if ctx.is_chief:  # every rank stops; one says why
+      print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
   except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2

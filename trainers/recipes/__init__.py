@@ -18,8 +18,46 @@ registry mechanism (preprocess/registry.py) the data-set specs share.
 
 from collections.abc import Callable
 import dataclasses
+import json
+import types
+import typing
 
 from preprocess import registry
+
+
+class ConfigError(ValueError):
+  """A config.json that cannot be read back; the message is one line naming the file."""
+
+
+def _type_ok(value, tp):
+  """Whether a JSON value has a dataclass field's declared type (int, float, str, bool, X | None)."""
+  if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+    return any(_type_ok(value, t) for t in typing.get_args(tp))
+  if tp is type(None):
+    return value is None
+  if tp is bool:
+    return isinstance(value, bool)
+  if tp is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if tp is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if tp is str:
+    return isinstance(value, str)
+  return True
+
+
+def typed(path, key, value, tp):
+  """`value` of config.json key `key` if it has type `tp` (ints read as floats where floats go).
+
+  Raises:
+    ConfigError: It has another type; one line naming `path` and `key`.
+  """
+  if not _type_ok(value, tp):
+    raise ConfigError(f"{path}: {key} is {json.dumps(value)}, not of type {tp}")
+  takes_int = tp is int or int in typing.get_args(tp)
+  if isinstance(value, int) and not isinstance(value, bool) and not takes_int:
+    return float(value)
+  return value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +99,9 @@ class Recipe:
       None for the eval policy (which must then be deterministic).
     validation_size: Training examples the recipe holds out for validation
       (the Beam job's --validation-size), 0 if it holds out none.
+    image_shape: (height, width, channels) of the stored images (metadata.json
+      `image_shape`) the recipe is written for, or None for any; data of
+      another shape is refused at start-up.
   """
 
   name: str
@@ -85,6 +126,7 @@ class Recipe:
   serving_augmentation: list | None = None
   validation_size: int = 0
   default: bool = False
+  image_shape: tuple | None = None
 
   def build_model(self, num_classes, input_shape):
     """The recipe's model for `num_classes` logits and (h, w, c) inputs."""
@@ -97,6 +139,29 @@ class Recipe:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     d["build"] = f"{self.build.__module__}.{self.build.__name__}"
     return d
+
+  @classmethod
+  def from_json(cls, data, path, changeable):
+    """The recipe of a saved run: the recipe file's, with the `changeable` fields as saved.
+
+    The other keys (the builder, the applied augmentation, ...) are the recipe
+    file's to decide; they are checked to be known, not read back.
+
+    Raises:
+      ConfigError: Not an object, an unknown recipe or key, or a value of the wrong type.
+    """
+    if not isinstance(data, dict):
+      raise ConfigError(f"{path}: recipe is not a JSON object")
+    if data.get("name") not in RECIPES:
+      raise ConfigError(f"{path}: recipe {data.get('name')!r} is not one of trainers/recipes/")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+      raise ConfigError(f"{path}: unknown recipe key {unknown[0]!r}")
+    values = {
+      k: typed(path, f"recipe.{k}", data[k], fields[k].type) for k in changeable if k in data
+    }
+    return dataclasses.replace(RECIPES[data["name"]], **values)
 
 
 # Modules the recipe files import that bring in TensorFlow, stood in for until a

@@ -63,4 +63,5 @@ RECIPE = Recipe(
   eval_on="test",
   eval_every=200,
   validation_size=0,
+  image_shape=(150, 150, 3),
 )

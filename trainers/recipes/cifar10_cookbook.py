@@ -98,4 +98,5 @@ RECIPE = Recipe(
     {"op": "per_image_standardization"},
   ],
   validation_size=0,
+  image_shape=(32, 32, 3),
 )

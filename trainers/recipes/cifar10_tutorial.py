@@ -114,4 +114,5 @@ RECIPE = Recipe(
   log_every=10,
   augmentation=None,
   validation_size=0,
+  image_shape=(32, 32, 3),
 )

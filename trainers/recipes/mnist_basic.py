@@ -61,4 +61,5 @@ RECIPE = Recipe(
   eval_on="validation",
   eval_every=550,
   validation_size=5_000,
+  image_shape=(28, 28, 1),
 )

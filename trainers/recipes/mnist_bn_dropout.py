@@ -75,4 +75,5 @@ RECIPE = Recipe(
   eval_output="fc2",
   early_stopping_patience=2_000,
   validation_size=5_000,
+  image_shape=(28, 28, 1),
 )

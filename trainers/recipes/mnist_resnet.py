@@ -103,4 +103,5 @@ RECIPE = Recipe(
   eval_on="validation",
   eval_every=1000,
   validation_size=5_000,
+  image_shape=(28, 28, 1),
 )

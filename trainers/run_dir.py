@@ -1,0 +1,265 @@
+"""The run directory (--model-dir): what a run holds, who may write it, and what it is checked against.
+
+Sits between the flags (trainers/config.py, which reads a run's config.json
+back through `read_config` before TensorFlow is imported) and the loop
+(trainers/train.py, which claims the directory with `claim` before it builds
+anything). A run directory is self-describing: its config.json is enough to
+evaluate, export or resume it. One writer at a time: the chief holds the
+directory's lock (preprocess/dirlock.py) for the whole run, whatever the mode,
+since evaluation writes metrics.json and summaries too. Paths are used
+literally: the directory is listed, never globbed, so a name with `[`, `*` or
+`?` in it matches nothing else.
+
+Every error here is a `RunError` with a one-line message. `--overwrite` is
+advised only to a user who asked to train (it deletes the run).
+"""
+
+import importlib
+import json
+import os
+
+from preprocess import dirlock
+from trainers import tags
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+# What a run writes into its directory, and so what --overwrite deletes (with
+# the HParams event files at the top level); anything else (notes, the lock) stays.
+# ("eval" is the evaluation run of versions before trainers/tags.py.)
+RUN_ENTRIES = ("checkpoints", "best", "export", *tags.RUNS, "eval", CONFIG, METRICS)
+TRAIN_MODES = ("train", "train_and_eval")
+
+
+class RunError(Exception):
+  """A model dir that cannot hold or serve this run; the message is one line."""
+
+
+def _gfile():
+  """tf.io.gfile (literal paths, local or object stores); imported on first use, after the flags."""
+  return importlib.import_module("tensorflow").io.gfile
+
+
+def config_path(model_dir):
+  return os.path.join(model_dir, CONFIG)
+
+
+def advice(mode):
+  """What a user can do about the run a model dir holds; --overwrite only to one who trains."""
+  if mode in TRAIN_MODES:
+    return "pass another --model-dir, or --overwrite to delete that run and train anew"
+  return "pass another --model-dir"
+
+
+def _read_text(path):
+  """The file's text, or None if it does not exist. Local paths need no TensorFlow."""
+  if "://" in path:
+    gfile = _gfile()
+    if not gfile.exists(path):
+      return None
+    if gfile.isdir(path):
+      raise IsADirectoryError(path)
+    with gfile.GFile(path, "rb") as f:
+      return f.read()
+  if not os.path.lexists(path):
+    return None
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def read_config(model_dir, training=True):
+  """The JSON object of `<model_dir>/config.json`, or None if the directory holds no run.
+
+  Args:
+    model_dir: The run directory (used literally).
+    training: Whether the user asked to train (for the advice of the message).
+
+  Raises:
+    RunError: The file is a directory, not JSON, or not a JSON object.
+  """
+  path = config_path(model_dir)
+  try:
+    raw = _read_text(path)
+  except IsADirectoryError:
+    raise RunError(
+      f"{path} is a directory, not the run's config: {advice('train' if training else 'eval')}"
+    ) from None
+  except NotADirectoryError:
+    return None  # the model dir is a file; `claim` says so
+  if raw is None:
+    return None
+  try:
+    data = json.loads(raw)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    why = f"not valid JSON ({e})"
+  else:
+    if isinstance(data, dict):
+      return data
+    why = f"a JSON {type(data).__name__}, not an object"
+  raise RunError(
+    f"{path} is damaged ({why}): cannot tell what run {model_dir} holds; restore the file, or "
+    + advice("train" if training else "eval")
+  )
+
+
+def check_holds(model_dir, held_dataset, held_recipe, dataset, recipe, mode):
+  """Refuses a run of another data set, or another --recipe than the one the run holds.
+
+  Args:
+    model_dir: The run directory.
+    held_dataset, held_recipe: What its config.json says it is.
+    dataset: The entry script's data set.
+    recipe: The --recipe given on the command line, or None.
+    mode: The --mode asked for.
+  """
+  if held_dataset != dataset:
+    raise RunError(
+      f"{model_dir} holds a {held_dataset} run ({held_dataset}/{held_recipe}), not a {dataset} "
+      f"one: use trainers/{held_dataset}.py for it, or {advice(mode)}"
+    )
+  if recipe is not None and recipe != held_recipe:
+    verb = "resume" if mode in TRAIN_MODES else {"eval": "evaluate"}.get(mode, mode)
+    raise RunError(
+      f"{model_dir} holds a {dataset}/{held_recipe} run, not {dataset}/{recipe}: leave out "
+      f"--recipe to {verb} it, or {advice(mode)}"
+    )
+
+
+def clear(model_dir):
+  """Deletes what a run wrote into `model_dir` (`RUN_ENTRIES`, top-level event files), listing it."""
+  gfile = _gfile()
+  for name in gfile.listdir(model_dir):
+    name = name.rstrip("/")
+    if name in RUN_ENTRIES or name.startswith("events.out.tfevents.") or name.endswith(".tmp"):
+      path = os.path.join(model_dir, name)
+      if gfile.isdir(path):
+        gfile.rmtree(path)
+      else:
+        gfile.remove(path)
+
+
+def claim(config, owner, log):
+  """The chief's claim on the model dir: checked, created, locked, cleared with --overwrite.
+
+  Args:
+    config: The run's `config.Config`.
+    owner: What holds the lock, shown to a second writer.
+    log: Called with a line when a dead holder's lock is taken over.
+
+  Returns:
+    (the held `dirlock.Lock`, the run's config.json as a dict or None for a new run).
+
+  Raises:
+    RunError: The path is a file, cannot be created, holds no run to evaluate
+      or export, its config.json is damaged, or another live process holds it.
+  """
+  d, gfile = config.model_dir, _gfile()
+  training = config.mode in TRAIN_MODES
+  if gfile.exists(d) and not gfile.isdir(d):
+    raise RunError(f"--model-dir {d} is a file, not a directory: pass a directory")
+  if not training and not gfile.exists(d):
+    raise RunError(f"--model-dir {d} does not exist: there is no run to {config.mode}; train first")
+  try:
+    gfile.makedirs(d)
+  except Exception as e:  # tf.errors.OpError or OSError: a file on the path, a read-only parent
+    text = (getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)).splitlines()
+    raise RunError(f"--model-dir {d} cannot be created: {text[0] if text else e}") from None
+  try:
+    lock = dirlock.acquire(d, owner, log=log)
+  except dirlock.LockHeld as e:
+    raise RunError(str(e)) from None
+  except OSError as e:
+    raise RunError(f"--model-dir {d}: cannot take its lock ({e.strerror or e})") from None
+  try:
+    if config.overwrite:
+      clear(d)
+      return lock, None
+    return lock, read_config(d, training)
+  except BaseException:
+    lock.release()
+    raise
+
+
+def write_json(path, data):
+  """Writes `data` as JSON to `path` atomically (a reader never sees half a file)."""
+  gfile = _gfile()
+  tmp = path + ".tmp"
+  with gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+  gfile.rename(tmp, path, overwrite=True)
+
+
+# --- the run against its data, at start-up ------------------------------------
+
+
+def data_signature(metadata):
+  """What a model is tied to in its data, recorded in config.json as "data"."""
+  return {
+    "image_shape": list(metadata.image_shape),
+    "num_classes": metadata.num_classes,
+    "class_names": list(metadata.class_names),
+  }
+
+
+def _shape(shape):
+  return "x".join(str(n) for n in shape)
+
+
+def check_data(config, metadata, previous):
+  """Mismatches between the run and its data, found before any work; each one line.
+
+  Checks the data set (metadata.json names it), the image shape the recipe is
+  written for, the splits the run evaluates, and, for a run that exists, the
+  image shape and classes it was trained on (its config.json "data").
+
+  Raises:
+    RunError: The first mismatch found.
+  """
+  recipe, data_dir = config.recipe, config.data_dir
+  meta = os.path.join(data_dir, "metadata.json")
+  if metadata.dataset != config.dataset:
+    raise RunError(
+      f"{data_dir} holds {metadata.dataset} data (its metadata.json), but "
+      f"trainers/{config.dataset}.py "
+      f"trains {config.dataset} models: use trainers/{metadata.dataset}.py, or pass the "
+      f"--data-dir of {config.dataset} data"
+    )
+  wanted = recipe.image_shape
+  if wanted and list(wanted) != list(metadata.image_shape):
+    raise RunError(
+      f"{meta}: recipe {recipe.name} is written for {_shape(wanted)} images, but {data_dir} "
+      f"holds {_shape(metadata.image_shape)} images: convert the data at that size, or use "
+      "another --recipe"
+    )
+  order = {"train": 0, "validation": 1, "test": 2}
+  splits = ", ".join(sorted(metadata.splits, key=lambda name: (order.get(name, 3), name)))
+  if config.mode in ("eval", "train_and_eval") and config.eval_split not in metadata.splits:
+    raise RunError(
+      f"--eval-split {config.eval_split}: {data_dir} has no such split (its metadata.json "
+      f"lists {splits})"
+    )
+  if config.mode in TRAIN_MODES and recipe.eval_every and recipe.eval_on not in metadata.splits:
+    hint = (
+      f"rerun the Beam job with --validation-size {recipe.validation_size or 'N'}"
+      if recipe.eval_on == "validation"
+      else f"use data with a {recipe.eval_on} split"
+    )
+    raise RunError(
+      f"recipe {recipe.name} evaluates on the {recipe.eval_on} split during training, but "
+      f"{data_dir} has none (it has {splits}): {hint}, or pass --eval-every 0"
+      + (" --early-stopping-patience 0" if recipe.early_stopping_patience else "")
+    )
+  recorded = (previous or {}).get("data")
+  if not isinstance(recorded, dict):
+    return  # a new run, or a config.json written before the data were recorded
+  now = data_signature(metadata)
+  for key, what in (
+    ("image_shape", "images of shape"),
+    ("num_classes", "classes:"),
+    ("class_names", "class names"),
+  ):
+    if key in recorded and recorded[key] != now[key]:
+      raise RunError(
+        f"{config_path(config.model_dir)}: the run in {config.model_dir} was trained on {what} "
+        f"{recorded[key]}, but {data_dir} has {now[key]}: use the data it was trained on "
+        f"(--data-dir), or {advice(config.mode)}"
+      )
