@@ -2,6 +2,7 @@
 
 from trainers import config as config_lib
 from trainers import distributed
+from trainers import eval_input
 from trainers import input_pipeline
 from trainers import train
 
@@ -29,7 +30,7 @@ def test_repeated_evaluations_equal_a_fresh_chain_and_reuse_one_input(tfrecords,
   first, again = run.evaluate("test"), run.evaluate("test")
   assert first == fresh and again == fresh
   assert fresh["examples"] == run.metadata.splits["test"].num_examples
-  assert run.eval_input("test") is run.eval_input("test")
+  assert run.eval_inputs.get("test") is run.eval_inputs.get("test")
 
 
 def test_max_batches_reads_that_many_batches_every_time(tfrecords, tmp_path):
@@ -43,6 +44,6 @@ def test_max_batches_reads_that_many_batches_every_time(tfrecords, tmp_path):
 
 def test_the_sample_test_split_fits_the_eval_cache_and_a_huge_one_would_not(tfrecords, monkeypatch):
   metadata = input_pipeline.load_metadata(str(tfrecords / "cifar10"))
-  assert input_pipeline.eval_cache_fits(metadata, "test", rank=0, size=1)
-  monkeypatch.setattr(input_pipeline, "EVAL_CACHE_BYTES", 1000)
-  assert not input_pipeline.eval_cache_fits(metadata, "test", rank=0, size=1)
+  assert eval_input.cache_fits(metadata, "test", rank=0, size=1)
+  monkeypatch.setattr(eval_input, "EVAL_CACHE_BYTES", 1000)
+  assert not eval_input.cache_fits(metadata, "test", rank=0, size=1)

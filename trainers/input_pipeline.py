@@ -43,11 +43,6 @@ _SHUFFLE_STREAM = 2
 # of uint8 pixels keeps it in memory, decoded once (CIFAR-10: 150 MB; MNIST:
 # 47 MB), and only augments per epoch; larger parts stream from the shards.
 CACHE_BYTES = 2 * 2**30
-# An evaluation split whose rank's part, as float32 pixels after the eval
-# policy, is at most this large is held in memory after its first pass (the
-# trainer evaluates the same split every --eval-every steps; CIFAR-10's test
-# split: 69 MB).
-EVAL_CACHE_BYTES = 2**30
 
 
 class InputError(ValueError):
@@ -260,13 +255,6 @@ def plan_shards(metadata, split, *, rank, size, training):
       return ShardPlan([s.file for s in shards[rank::size]], False, shares[rank])
   total = sum(s.num_examples for s in shards)
   return ShardPlan([s.file for s in shards], True, len(range(rank, total, size)))
-
-
-def eval_cache_fits(metadata, split, *, rank, size):
-  """Whether this rank's part of `split`, as the eval policy outputs it, fits EVAL_CACHE_BYTES."""
-  plan = plan_shards(metadata, split, rank=rank, size=size, training=False)
-  shape = augment.output_shape(metadata.augmentation["eval"], metadata.image_shape)
-  return plan.num_examples * int(np.prod(shape)) * 4 <= EVAL_CACHE_BYTES
 
 
 # --- augmentation ------------------------------------------------------------

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from preprocess import augment
 from trainers import distributed
+from trainers import eval_input
 from trainers import export
 from trainers import input_pipeline
 from trainers import state
@@ -562,7 +563,10 @@ class Run:
     self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
     self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
-    self._eval_inputs = {}
+    # Built once per run, kept in memory when small (trainers/eval_input.py).
+    self.eval_inputs = eval_input.EvalInputs(
+      lambda split: self.dataset(split, training=False), self.metadata, rank=ctx.rank, size=ctx.size
+    )
 
   @property
   def step(self):
@@ -610,30 +614,9 @@ class Run:
     """Context in which the model holds the weights the recipe evaluates and exports."""
     return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
 
-  def eval_input(self, split, max_batches=None):
-    """The batches an evaluation of `split` reads: built once per run, and held in memory
-    after the first pass when small.
-
-    A run evaluates the same split every --eval-every steps; building its
-    tf.data chain (tracing the decode) and decoding its images anew each
-    time cost more than training the steps in between for small models
-    (issue 18). The eval policy is deterministic, so the cache holds exactly
-    the batches a new pass would give.
-    """
-    key = (split, max_batches)
-    if key not in self._eval_inputs:
-      batches = self.dataset(split, training=False)
-      if max_batches is not None:
-        batches = batches.take(max_batches)  # before the cache, so every pass completes it
-      fits = input_pipeline.eval_cache_fits(
-        self.metadata, split, rank=self.ctx.rank, size=self.ctx.size
-      )
-      self._eval_inputs[key] = batches.cache() if fits else batches
-    return self._eval_inputs[key]
-
   def evaluate(self, split, max_batches=None):
     with self.evaluation_weights():
-      return evaluate(self.eval_step, self.eval_input(split, max_batches))
+      return evaluate(self.eval_step, self.eval_inputs.get(split, max_batches))
 
   def check_splits(self):
     """Fails early if the recipe evaluates on a split the data lacks."""
