@@ -1,4 +1,11 @@
-"""Benchmarks (`make bench`): the Beam job's throughput and memory; summary overhead.
+"""Benchmarks (`make bench`): the trainer's command line against Keras fit; the Beam job; summaries.
+
+`make bench` runs `--only cli` (bench/cli.py, issue 18, ~10 minutes on 2 cores):
+the trainer timed as users run it, as whole processes, against a plain Keras
+`model.fit` script (bench/keras_fit.py), and `horovodrun -np 2` against one
+process on one core. `--only speed` runs issue 11's in-process figures
+(bench/speed.py); the rest of this docstring describes `--only conversion`
+and `--only summaries`.
 
 Generates full-size CIFAR-10-format data (60,000 records) with the sample-data
 generator, then times, in one run on this machine:
@@ -178,15 +185,18 @@ def main():
   parser.add_argument("--results", default=str(RESULTS))
   parser.add_argument(
     "--only",
-    choices=("speed", "conversion", "summaries", "all"),
-    default="speed",
-    help="speed (default, `make bench`: issue 11's training figures, ~10 min on "
-    "2 cores); conversion (the Beam job); summaries (1000-step overhead); all.",
+    choices=("cli", "speed", "conversion", "summaries", "all"),
+    default="cli",
+    help="cli (default, `make bench`: the trainer's command line against Keras fit, "
+    "issue 18, ~10 min on 2 cores); speed (issue 11's in-process training figures); "
+    "conversion (the Beam job); summaries (1000-step overhead); all.",
   )
   parser.add_argument(
     "--steps", type=int, default=1000, help="Training steps per summary-overhead run."
   )
-  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument(
+    "--repeats", type=int, default=None, help="Alternating repeats (default: cli 3, others 2)."
+  )
   args = parser.parse_args()
   work = pathlib.Path(args.work_dir)
   work.mkdir(parents=True, exist_ok=True)
@@ -199,6 +209,14 @@ def main():
     f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n"
   )
   text = ""
+  if args.only in ("cli", "all"):
+    from bench import cli
+
+    data_dir = _sample_tfrecords(work) / "cifar10"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    repeats = args.repeats or 3
+    rows = cli.run(data_dir, work, repeats)
+    text += cli.markdown(rows, datetime.date.today().isoformat(), machine, load, repeats)
   if args.only in ("speed", "all"):
     from bench import speed
 
@@ -211,13 +229,13 @@ def main():
     text += conversion(work, args.scale, machine)
   if args.only in ("summaries", "all"):
     print("summary overhead ...", file=sys.stderr)
-    per_step = summary_overhead(work, args.steps, args.repeats)
+    per_step = summary_overhead(work, args.steps, args.repeats or 2)
     (with_summaries, without), names = per_step.values(), list(per_step)
     text += "\n".join(
       [
         f"\n## Summary overhead, {datetime.date.today().isoformat()}",
         machine,
-        f"CIFAR-10 tutorial model, batch 64, one process, {args.steps} steps, best of {args.repeats}.\n",
+        f"CIFAR-10 tutorial model, batch 64, one process, {args.steps} steps, best of {args.repeats or 2}.\n",
         "| summaries | ms/step |",
         "|---|---:|",
         f"| {names[0]} | {with_summaries * 1000:.1f} |",

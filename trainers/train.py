@@ -36,6 +36,7 @@ import tensorflow as tf
 from preprocess import augment
 from preprocess.errors import first_line
 from trainers import distributed
+from trainers import eval_input
 from trainers import export
 from trainers import input_pipeline
 from trainers import preemption
@@ -380,6 +381,10 @@ class Run:
     self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
     self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
+    # Built once per run, kept in memory when small (trainers/eval_input.py).
+    self.eval_inputs = eval_input.EvalInputs(
+      lambda split: self.dataset(split, training=False), self.metadata, rank=ctx.rank, size=ctx.size
+    )
 
   @property
   def step(self):
@@ -430,7 +435,7 @@ class Run:
 
   def evaluate(self, split, max_batches=None):
     with self.evaluation_weights():
-      return evaluate(self.eval_step, self.dataset(split, training=False), max_batches)
+      return evaluate(self.eval_step, self.eval_inputs.get(split, max_batches))
 
 
 def _train_summaries(run, step, metrics, averages, steps_per_second):
