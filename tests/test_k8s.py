@@ -611,7 +611,7 @@ def test_overlays_train_the_recipes_own_number_of_examples():
     argv = _argv(launch)
     np_ = int(argv[argv.index("-np") + 1])
     flags = dict(_flag_values(_rank_command(argv)))
-    recipe = recipes.get(flags.get("--recipe", recipes.DEFAULT[dataset]))
+    recipe = recipes.get(flags.get("--recipe", recipes.default_for(dataset)))
     assert "--epochs" not in flags, f"{dataset}: the check below counts steps"
     batch = int(flags.get("--batch-size", recipe.batch_size))
     steps = int(flags.get("--max-steps", recipe.max_steps))
