@@ -71,8 +71,7 @@ def run_eval(run, split, trained_step=None, best=None):
     run.step,
     {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
   )
-  if ctx.is_chief:
-    run_dir.write_json(os.path.join(config.model_dir, run_dir.METRICS), metrics)
+  ctx.chief(run_dir.write_json, os.path.join(config.model_dir, run_dir.METRICS), metrics)
   return metrics
 
 
@@ -140,14 +139,16 @@ def _claimed_model_dir(config, ctx):
   cannot claim the directory every rank stops at once instead of waiting in
   the first collective.
   """
-  lock, outcome = None, None
-  if ctx.is_chief:
+
+  def claim():
     try:
       owner = f"trainers/{config.dataset}.py --mode {config.mode}"
       lock, previous = run_dir.claim(config, owner, log=lambda line: _log(ctx, line))
-      outcome = ("ok", previous)
+      return lock, ("ok", previous)
     except run_dir.RunError as e:
-      outcome = ("error", str(e))
+      return None, ("error", str(e))
+
+  lock, outcome = ctx.chief(claim) or (None, None)
   status, value = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
   if status == "error":
     raise run_dir.RunError(value)
@@ -159,9 +160,7 @@ def _claimed_model_dir(config, ctx):
 
 
 def _export(r):
-  """Writes the serving model of the weights the run evaluates (chief)."""
-  if not r.ctx.is_chief:
-    return
+  """Writes the serving model of the weights the run evaluates (called on the chief)."""
   export_dir = os.path.join(r.config.model_dir, "export")
   with r.evaluation_weights():
     export.export_serving_model(
@@ -179,6 +178,14 @@ def _export(r):
   )
 
 
+def _record_config(r):
+  """Writes config.json (it describes the training run) and its summaries (called on the chief)."""
+  saved = r.config_json()
+  run_dir.write_json(run_dir.config_path(r.config.model_dir), saved)
+  r.writer.config(saved, r.max_steps)
+  r.writer.graph(r.model)
+
+
 def run(config, ctx, overrides=None):
   """Runs `config.mode` in this process, holding the model dir; returns the final metrics (or None).
 
@@ -194,11 +201,8 @@ def run(config, ctx, overrides=None):
     preemption.set_determinism(config.deterministic)
     r = Run(config, ctx, metadata)
     _log_start(r, previous, overrides)
-    if ctx.is_chief and config.mode in ("train", "train_and_eval"):
-      saved = r.config_json()  # config.json describes the training run
-      run_dir.write_json(run_dir.config_path(config.model_dir), saved)
-      r.writer.config(saved, r.max_steps)
-      r.writer.graph(r.model)
+    if config.mode in ("train", "train_and_eval"):
+      ctx.chief(_record_config, r)
     metrics = None
     if config.mode in ("train", "train_and_eval"):
       with _read_errors(r, ("train", config.recipe.eval_on)):
@@ -207,10 +211,10 @@ def run(config, ctx, overrides=None):
         with _read_errors(r, (config.eval_split,)):
           metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
       if config.export:
-        _export(r)
+        ctx.chief(_export, r)
     elif config.mode == "export":
       _log(ctx, f"exporting {_restore_trained(r)}")
-      _export(r)
+      ctx.chief(_export, r)
     else:
       with _read_errors(r, (config.eval_split,)):
         metrics = run_eval(r, config.eval_split)
@@ -225,7 +229,7 @@ def main(dataset, argv=None, config=None, overrides=None):
   `config` and `overrides` (the line naming the flags that override the run's config.json).
   """
   if config is None:
-    from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+    from trainers import config as config_lib
 
     config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
   ctx = distributed.init()
@@ -233,15 +237,13 @@ def main(dataset, argv=None, config=None, overrides=None):
     run(config, ctx, overrides)
   except preemption.Preempted as e:
     # The chief says so after writing; the others once it has (the barrier).
-    if ctx.is_chief:
-      print(e, flush=True)
+    ctx.log(e)
     distributed.barrier()
     if not ctx.is_chief:
       print(e, flush=True)
     return preemption.EXIT_PREEMPTED
   except run_dir.RunError as e:
-    if ctx.is_chief:  # every rank stops; one says why
-      print(f"error: {e}", file=sys.stderr, flush=True)
+    ctx.log(f"error: {e}", file=sys.stderr)  # every rank stops; one says why
     return 2
   except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -106,8 +106,7 @@ def make_eval_model(model, eval_output=None):
 
 
 def _log(ctx, message):
-  if ctx.is_chief:
-    print(message, flush=True)
+  ctx.log(message)
 
 
 def _format_seconds(seconds):
