@@ -59,9 +59,9 @@ def main(dataset=None, argv=None):
   `dataset` is trainers/<dataset>.py's, or None for `python -m trainers --dataset NAME`.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainers import config as config_lib
 
   config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
   with quiet_imports():
-    from trainers import runner  # pylint: disable=g-import-not-at-top
+    from trainers import runner
   return runner.main(config.dataset, config=config, overrides=overrides)
