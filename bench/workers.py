@@ -2,7 +2,7 @@
 
   python -m bench.workers fit --recipe R --batch B --steps N      plain keras model.fit
   python -m bench.workers synthetic --recipe R --batch B --steps N [--precision P] [--xla]
-      the trainer's own step loop (train.make_train_loop) on one repeated batch, like
+      the trainer's own step loop (steps.make_train_loop) on one repeated batch, like
       Horovod's synthetic benchmark; runs under horovodrun too
   python -m bench.workers input --data-dir D --recipe R --batch B --steps N [--no-cache]
   python -m bench.workers flops --recipe R
@@ -61,7 +61,7 @@ def synthetic(a):
 
   from trainers import distributed
   from trainers import schedule
-  from trainers import train
+  from trainers import steps
 
   ctx = distributed.init()
   recipe, model, shape = _model(a.recipe, a.precision)
@@ -73,7 +73,7 @@ def synthetic(a):
   images = tf.random.uniform((a.batch,) + tuple(shape), seed=ctx.rank)
   labels = tf.random.uniform((a.batch,), 0, 10, tf.int32, seed=ctx.rank)
   batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
-  loop = train.make_train_loop(model, optimizer, None, ctx, xla=a.xla)
+  loop = steps.make_train_loop(model, optimizer, None, ctx, xla=a.xla)
   k = tf.constant(a.k, tf.int64)
   float(loop(batches, k)[0]["total_loss"])  # trace
   start = time.perf_counter()

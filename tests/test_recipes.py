@@ -18,6 +18,7 @@ from preprocess import datasets
 from trainers import config as config_lib
 from trainers import recipes
 from trainers import schedule
+from trainers import steps
 from trainers import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,7 +45,16 @@ def test_every_recipe_field_is_read_by_the_trainer():
   # Recipe's own methods) somewhere in the trainer: no unused fields.
   sources = "".join(
     (ROOT / "trainers" / f).read_text()
-    for f in ("train.py", "schedule.py", "config.py", "export.py", "state.py", "run_dir.py")
+    for f in (
+      "train.py",
+      "runner.py",
+      "steps.py",
+      "schedule.py",
+      "config.py",
+      "export.py",
+      "state.py",
+      "run_dir.py",
+    )
   )
   own = inspect.getsource(recipes.Recipe.build_model)
   for field in FIELDS:
@@ -283,7 +293,7 @@ def test_bn_dropout_precision_is_taken_before_the_final_batch_norm():
   post = model(images, training=False).numpy()
   labels = np.argmax(pre, axis=-1).astype(np.int32)
   assert not np.any(np.argmax(post, axis=-1) == labels)
-  step = train.make_eval_step(train.make_eval_model(model, recipe.eval_output))
+  step = steps.make_eval_step(train.make_eval_model(model, recipe.eval_output))
   correct, loss, count = step(images, labels).numpy()
   assert (correct, count) == (64, 64)  # precision on the pre-BN logits
   # The loss stays on the post-BN logits (the model's output), as in training.
@@ -292,5 +302,5 @@ def test_bn_dropout_precision_is_taken_before_the_final_batch_norm():
   )
   assert loss == pytest.approx(float(expected), rel=1e-5)
   # Without eval_output the same step would score the post-BN logits: 0 correct.
-  plain = train.make_eval_step(train.make_eval_model(model))
+  plain = steps.make_eval_step(train.make_eval_model(model))
   assert plain(images, labels).numpy()[0] == 0

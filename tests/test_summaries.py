@@ -23,6 +23,7 @@ import tensorflow as tf
 from tests.conftest import BIN
 from tests.conftest import ROOT
 from tests.conftest import run_trainer
+from trainers import steps
 from trainers import summaries
 from trainers import train as train_lib
 
@@ -218,8 +219,8 @@ def test_the_demo_shows_histograms_more_than_once():
     class recipe:  # noqa: N801 (the config's attribute)
       log_every, eval_every = 50, 100
 
-  k = train_lib.steps_per_call(Demo)
-  every = train_lib.round_cadence(summaries.histogram_cadence(None, 300), k)
+  k = steps.steps_per_call(Demo)
+  every = steps.round_cadence(summaries.histogram_cadence(None, 300), k)
   shown = [s for s in range(1, 301) if train_lib.due(s, every, first=1)]
   assert shown == [1, 100, 200, 300]
   assert summaries.histogram_cadence(None, 1_000_000) == 1000

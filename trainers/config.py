@@ -14,6 +14,7 @@ start of a training run; `--print-config` prints it and exits.
 """
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -46,17 +47,173 @@ MIN_WARMUP_STEPS = 100
 # which takes [0, 2**32); this bound leaves room for 2**31 ranks.
 MAX_SEED = 2**31 - 1
 
-# Flags that override a recipe field of the same name.
-RECIPE_FLAGS = (
-  "batch_size",
-  "max_steps",
-  "learning_rate",
-  "lr_decay_rate",
-  "lr_decay_steps",
-  "eval_every",
-  "early_stopping_patience",
-  "log_every",
+
+# The flags after --recipe and --data-dir (whose values depend on the data set), in --help order.
+# Fields left None are argparse's defaults; `recipe`: overrides the recipe field `name` ("(recipe)"
+# in --help); flags of one `group` exclude each other.
+Flag = collections.namedtuple(
+  "Flag", "name help type default choices action recipe group", defaults=(None,) * 4 + (False, None)
 )
+_ON_OFF = argparse.BooleanOptionalAction
+FLAGS = (
+  Flag(
+    "model_dir",
+    "The run directory: checkpoints, summaries, config.json, metrics.json, export "
+    "(default: runs/<recipe>).",
+  ),
+  Flag(
+    "mode",
+    "train (resuming from the latest checkpoint); eval (latest checkpoint, or the best one if "
+    "early stopping kept one) on --eval-split; train_and_eval: train, then eval; export: write "
+    "the serving model of that checkpoint to <model-dir>/export.",
+    choices=MODES,
+    default="train_and_eval",
+  ),
+  Flag(
+    "batch_size",
+    "Examples PER WORKER per step; the global batch is this times the number of workers.",
+    int,
+    recipe=True,
+  ),
+  Flag(
+    "max_steps",
+    "Global steps to train for, counted from step 0 (a resumed run stops there too).",
+    int,
+    recipe=True,
+    group="steps",
+  ),
+  Flag(
+    "epochs",
+    "Train for this many passes over the training split instead of --max-steps (default: "
+    "none, --max-steps decides).",
+    float,
+    group="steps",
+  ),
+  Flag("learning_rate", "Base learning rate for one worker.", float, recipe=True),
+  Flag(
+    "lr_decay_rate",
+    "Staircase decay factor of the learning rate (1: constant).",
+    float,
+    recipe=True,
+  ),
+  Flag(
+    "lr_decay_steps",
+    "Decay the learning rate every N steps (replaces a decay period in epochs).",
+    int,
+    recipe=True,
+  ),
+  Flag(
+    "scale_lr",
+    "Scale the learning rate with the number of workers (see --lr-scaling).",
+    action=_ON_OFF,
+    default=True,
+  ),
+  Flag(
+    "lr_scaling",
+    "How the learning rate grows with N workers (N times the global batch): 'sqrt' "
+    "multiplies it by sqrt(N) (on the CIFAR-10 sample data the tutorial diverges at N x 0.1 for N "
+    "= 2 even with warmup, and trains at sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et "
+    "al.'s rule).",
+    choices=LR_SCALINGS,
+    default="sqrt",
+  ),
+  Flag(
+    "warmup_epochs",
+    "Ramp the learning rate up linearly over this many epochs (0: no warmup). "
+    f"Default: when the rate is scaled for N > 1 workers, {DEFAULT_WARMUP_EPOCHS:g} epochs (Goyal "
+    "et al.; Horovod's examples), at most a quarter of the run's steps and at least "
+    f"{MIN_WARMUP_STEPS} steps, from the one-worker rate up to the scaled one; one worker or "
+    "--no-scale-lr: none.",
+    float,
+    group="warmup",
+  ),
+  Flag(
+    "warmup_steps",
+    "Ramp the learning rate up linearly over this many steps instead (default: the "
+    "rule of --warmup-epochs).",
+    int,
+    group="warmup",
+  ),
+  Flag(
+    "fp16_allreduce",
+    "Send gradients as float16 in the allreduce (halves the traffic).",
+    action=_ON_OFF,
+    default=False,
+  ),
+  Flag(
+    "eval_every",
+    "Evaluate on the recipe's split (recipe.eval_on) every N steps during training (0: never).",
+    int,
+    recipe=True,
+  ),
+  Flag(
+    "early_stopping_patience",
+    "Stop after this many steps without a better validation precision, "
+    "then restore the best checkpoint (0 disables).",
+    int,
+    recipe=True,
+  ),
+  Flag("log_every", "Log progress every N steps.", int, recipe=True),
+  Flag("checkpoint_every", "Save a checkpoint every N steps.", int, 1000),
+  Flag("keep_checkpoints", "Checkpoints to keep.", int, 5),
+  Flag("summary_every", "Write scalar summaries every N steps (0: never).", int, 100),
+  Flag(
+    "histogram_every",
+    "Write histograms of weights, gradients and activations, and input images, "
+    "every N steps (0: never; default: 1000, or a fifth of a shorter run, so a short run shows "
+    "them more than once).",
+    int,
+  ),
+  Flag("seed", f"Seed of initialization, shuffling and augmentation, in [0, {MAX_SEED}].", int, 0),
+  Flag("eval_split", "Split that --mode eval and the final evaluation use.", default="test"),
+  Flag(
+    "overwrite",
+    "Delete the run in --model-dir (checkpoints, summaries, export) and train anew "
+    "instead of resuming. Training modes only.",
+    action="store_true",
+  ),
+  Flag("export", "Export the serving model at the end of training.", action=_ON_OFF, default=True),
+  Flag(
+    "print_config",
+    "Print the resolved config (the run's config.json with the flags applied) as JSON and exit.",
+    action="store_true",
+  ),
+  # --- speed: steps per call, precision, XLA (issue 11) ---
+  Flag(
+    "steps_per_call",
+    "Training steps per tf.function call, without a return to Python in between (as "
+    "Keras's steps_per_execution); the non-finite check and the metric allreduce run once per "
+    "call. Default: the greatest common divisor of the non-zero cadences (--log-every, "
+    "--summary-every, --histogram-every, --checkpoint-every, --eval-every), at most 100, so no "
+    "cadence moves. With an explicit value, each cadence is rounded UP to a multiple of it (the "
+    "first step of a run and the last step stay exact).",
+    int,
+  ),
+  Flag(
+    "precision",
+    "Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling; variables "
+    "and the gradient allreduce stay float32 (see --fp16-allreduce).",
+    choices=PRECISIONS,
+    default="float32",
+  ),
+  Flag(
+    "xla",
+    "Compile the forward and backward pass with XLA (jit_compile).",
+    action=_ON_OFF,
+    default=False,
+  ),
+  Flag(
+    "deterministic",
+    "TensorFlow op determinism: the same seed gives the same weights bitwise, and a "
+    "run stopped and resumed at any step ends with the weights of an uninterrupted one "
+    "(docs/preemption.md). Slower on GPUs.",
+    action=_ON_OFF,
+    default=False,
+  ),
+)
+
+# Flags that override a recipe field of the same name.
+RECIPE_FLAGS = tuple(f.name for f in FLAGS if f.recipe)
 # Recipe fields a run may hold changed (the flags above, and the decay period
 # --lr-decay-steps replaces); config.json's other recipe keys are the recipe
 # file's, or what the run applied (the augmentation), and are not read back.
@@ -216,190 +373,16 @@ def _parser(dataset, generic=False):
     default=f"data/tfrecords/{dataset}",
     help="Output of the Beam job for this data set (holds metadata.json).",
   )
-  p.add_argument(
-    "--model-dir",
-    default=None,
-    help="The run directory: checkpoints, summaries, config.json, metrics.json, export "
-    "(default: runs/<recipe>).",
-  )
-  p.add_argument(
-    "--mode",
-    choices=MODES,
-    default="train_and_eval",
-    help="train (resuming from the latest checkpoint); eval (latest checkpoint, or the best "
-    "one if early stopping kept one) on --eval-split; train_and_eval: train, then eval; "
-    "export: write the serving model of that checkpoint to <model-dir>/export.",
-  )
-  p.add_argument(
-    "--batch-size",
-    type=int,
-    default=None,
-    help="(recipe) Examples PER WORKER per step; the global batch is this times the "
-    "number of workers.",
-  )
-  steps = p.add_mutually_exclusive_group()
-  steps.add_argument(
-    "--max-steps",
-    type=int,
-    default=None,
-    help="(recipe) Global steps to train for, counted from step 0 (a resumed run stops there too).",
-  )
-  steps.add_argument(
-    "--epochs",
-    type=float,
-    default=None,
-    help="Train for this many passes over the training split instead of --max-steps "
-    "(default: none, --max-steps decides).",
-  )
-  p.add_argument(
-    "--learning-rate", type=float, default=None, help="(recipe) Base learning rate for one worker."
-  )
-  p.add_argument(
-    "--lr-decay-rate",
-    type=float,
-    default=None,
-    help="(recipe) Staircase decay factor of the learning rate (1: constant).",
-  )
-  p.add_argument(
-    "--lr-decay-steps",
-    type=int,
-    default=None,
-    help="(recipe) Decay the learning rate every N steps (replaces a decay period in epochs).",
-  )
-  p.add_argument(
-    "--scale-lr",
-    action=argparse.BooleanOptionalAction,
-    default=True,
-    help="Scale the learning rate with the number of workers (see --lr-scaling).",
-  )
-  p.add_argument(
-    "--lr-scaling",
-    choices=LR_SCALINGS,
-    default="sqrt",
-    help="How the learning rate grows with N workers (N times the global batch): "
-    "'sqrt' multiplies it by sqrt(N) (on the CIFAR-10 sample data the "
-    "tutorial diverges at N x 0.1 for N = 2 even with warmup, and trains at "
-    "sqrt(N) x 0.1); 'linear' by N (Horovod's and Goyal et al.'s rule).",
-  )
-  warmup = p.add_mutually_exclusive_group()
-  warmup.add_argument(
-    "--warmup-epochs",
-    type=float,
-    default=None,
-    help=f"Ramp the learning rate up linearly over this many epochs (0: no "
-    f"warmup). Default: when the rate is scaled for N > 1 workers, "
-    f"{DEFAULT_WARMUP_EPOCHS:g} epochs (Goyal et al.; Horovod's examples), "
-    f"at most a quarter of the run's steps and at least "
-    f"{MIN_WARMUP_STEPS} steps, from the one-worker rate up to the scaled one; "
-    f"one worker or --no-scale-lr: none.",
-  )
-  warmup.add_argument(
-    "--warmup-steps",
-    type=int,
-    default=None,
-    help="Ramp the learning rate up linearly over this many steps instead "
-    "(default: the rule of --warmup-epochs).",
-  )
-  p.add_argument(
-    "--fp16-allreduce",
-    action=argparse.BooleanOptionalAction,
-    default=False,
-    help="Send gradients as float16 in the allreduce (halves the traffic).",
-  )
-  p.add_argument(
-    "--eval-every",
-    type=int,
-    default=None,
-    help="(recipe) Evaluate on the recipe's split (recipe.eval_on) every N steps "
-    "during training (0: never).",
-  )
-  p.add_argument(
-    "--early-stopping-patience",
-    type=int,
-    default=None,
-    help="(recipe) Stop after this many steps without a better validation precision, "
-    "then restore the best checkpoint (0 disables).",
-  )
-  p.add_argument("--log-every", type=int, default=None, help="(recipe) Log progress every N steps.")
-  p.add_argument(
-    "--checkpoint-every", type=int, default=1000, help="Save a checkpoint every N steps."
-  )
-  p.add_argument("--keep-checkpoints", type=int, default=5, help="Checkpoints to keep.")
-  p.add_argument(
-    "--summary-every",
-    type=int,
-    default=100,
-    help="Write scalar summaries every N steps (0: never).",
-  )
-  p.add_argument(
-    "--histogram-every",
-    type=int,
-    default=None,
-    help="Write histograms of weights, gradients and activations, and input images, "
-    "every N steps (0: never; default: 1000, or a fifth of a shorter run, so a short run "
-    "shows them more than once).",
-  )
-  p.add_argument(
-    "--seed",
-    type=int,
-    default=0,
-    help=f"Seed of initialization, shuffling and augmentation, in [0, {MAX_SEED}].",
-  )
-  p.add_argument(
-    "--eval-split", default="test", help="Split that --mode eval and the final evaluation use."
-  )
-  p.add_argument(
-    "--overwrite",
-    action="store_true",
-    help="Delete the run in --model-dir (checkpoints, summaries, export) and train anew "
-    "instead of resuming. Training modes only.",
-  )
-  p.add_argument(
-    "--export",
-    action=argparse.BooleanOptionalAction,
-    default=True,
-    help="Export the serving model at the end of training.",
-  )
-  p.add_argument(
-    "--print-config",
-    action="store_true",
-    help="Print the resolved config (the run's config.json with the flags applied) as JSON "
-    "and exit.",
-  )
-  # --- speed: steps per call, precision, XLA (issue 11) ---
-  p.add_argument(
-    "--steps-per-call",
-    type=int,
-    default=None,
-    help="Training steps per tf.function call, without a return to Python in between "
-    "(as Keras's steps_per_execution); the non-finite check and the metric "
-    "allreduce run once per call. Default: the greatest common divisor of the "
-    "non-zero cadences (--log-every, --summary-every, --histogram-every, "
-    "--checkpoint-every, --eval-every), at most 100, so no cadence moves. With "
-    "an explicit value, each cadence is rounded UP to a multiple of it (the "
-    "first step of a run and the last step stay exact).",
-  )
-  p.add_argument(
-    "--precision",
-    choices=PRECISIONS,
-    default="float32",
-    help="Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling; "
-    "variables and the gradient allreduce stay float32 (see --fp16-allreduce).",
-  )
-  p.add_argument(
-    "--xla",
-    action=argparse.BooleanOptionalAction,
-    default=False,
-    help="Compile the forward and backward pass with XLA (jit_compile).",
-  )
-  p.add_argument(
-    "--deterministic",
-    action=argparse.BooleanOptionalAction,
-    default=False,
-    help="TensorFlow op determinism: the same seed gives the same weights bitwise, and a run "
-    "stopped and resumed at any step ends with the weights of an uninterrupted one "
-    "(docs/preemption.md). Slower on GPUs.",
-  )
+  names = dict.fromkeys(f.group for f in FLAGS if f.group)
+  groups = {name: p.add_mutually_exclusive_group() for name in names}
+  for f in FLAGS:
+    group = groups[f.group] if f.group else p
+    options = {"type": f.type, "choices": f.choices, "action": f.action, "default": f.default}
+    group.add_argument(
+      "--" + f.name.replace("_", "-"),
+      help=("(recipe) " if f.recipe else "") + f.help,
+      **{key: value for key, value in options.items() if value is not None},
+    )
   return p
 
 

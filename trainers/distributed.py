@@ -38,6 +38,19 @@ class Context:
     """Rank 0 does all chief-only work: summaries, checkpoints, exports."""
     return self.rank == 0
 
+  def chief(self, fn, *args, **kwargs):
+    """Calls fn(*args, **kwargs) on the chief and returns its result; None on other ranks.
+
+    The one place a chief-only side effect is decided (the log, config.json,
+    metrics.json, the export, the model dir's lock); the other chief-only
+    writers, summaries.Writer and state.Checkpoints, do nothing elsewhere.
+    """
+    return fn(*args, **kwargs) if self.is_chief else None
+
+  def log(self, message, file=None):
+    """Prints a line of the run's log once, on the chief (every rank computes the same)."""
+    self.chief(print, message, file=file, flush=True)
+
 
 def init():
   """Starts Horovod and pins this process to its local-rank GPU.

@@ -4,8 +4,8 @@ The first stop of a training run, before the data flow proper: `main` parses
 and checks the flags and reads back the run the model dir holds
 (trainers/config.py, which imports no TensorFlow), so `--help`,
 `--print-config` and a bad flag answer in well under a second; only then does it import
-the loop (trainers/train.py, which brings in TensorFlow, Keras and Horovod) and
-run it. The import is done with the process's stderr captured, and the start-up
+the run (trainers/runner.py and the loop it calls, which bring in TensorFlow,
+Keras and Horovod) and run it. The import is done with the process's stderr captured, and the start-up
 banners that TensorFlow's C++ logging prints whatever TF_CPP_MIN_LOG_LEVEL says
 (the oneDNN notice, absl's "before InitializeLog" line) are dropped from it;
 every other line is passed on, so a real warning still shows.
@@ -59,9 +59,9 @@ def main(dataset=None, argv=None):
   `dataset` is trainers/<dataset>.py's, or None for `python -m trainers --dataset NAME`.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainers import config as config_lib
 
   config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
   with quiet_imports():
-    from trainers import train  # pylint: disable=g-import-not-at-top
-  return train.main(config.dataset, config=config, overrides=overrides)
+    from trainers import runner
+  return runner.main(config.dataset, config=config, overrides=overrides)

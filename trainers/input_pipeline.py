@@ -446,6 +446,105 @@ def _cached_training_dataset(
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def _policy(data_dir, metadata, training, image_shape):
+  """The augmentation steps of `training`'s policy, checked against the model's input shape."""
+  which = "train" if training else "eval"
+  steps = metadata.augmentation[which]
+  try:
+    produced = augment.output_shape(steps, metadata.image_shape)
+  except ValueError as e:
+    raise InputError(
+      f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})"
+    ) from None
+  if image_shape is not None and (
+    len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))
+  ):
+    raise InputError(
+      f"model expects {_format_shape(image_shape)} but the data's {which} policy "
+      f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})"
+    )
+  return steps
+
+
+def _streamed_records(files, plan, rank, size, seed, shuffle_buffer, first_epoch, offset):
+  """(serialized record, epoch) of this rank's endless training stream, read from the shards."""
+  buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
+  file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
+  # Ranks differ in what they read, so their record orders should too. A
+  # Python int, not a per-epoch tensor: tf.data's shuffle compares its seed
+  # pair with (0, 0) in Python, which fails for a tensor seed when the global
+  # seed is 0. Epochs still differ: each reads its files in a new order.
+  shuffle_seed = (seed * 1_000_003 + rank * 7_919 + _SHUFFLE_STREAM) % (2**31 - 1)
+
+  def epoch_records(epoch):
+    """One pass over this rank's records, in an order drawn for this epoch."""
+    # File order from the run seed and epoch, not the rank: under record
+    # sharding every rank must see the same order for shard() to partition it.
+    order = tf.argsort(
+      tf.random.stateless_uniform(
+        [len(plan.files)], tf.random.experimental.stateless_fold_in(file_key, epoch)
+      )
+    )
+    records = tf.data.Dataset.from_tensor_slices(tf.gather(files, order)).interleave(
+      tf.data.TFRecordDataset,
+      cycle_length=min(len(plan.files), _INTERLEAVE_FILES),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+    )
+    if plan.by_records:
+      # Sharded before shuffling, so each record goes to exactly one rank.
+      records = records.shard(size, rank)
+    # Shuffle serialized records, not decoded images: a CIFAR record is ~2.5 KB
+    # against 12 KB of float32 pixels. Dataset.shuffle also mixes in TF's
+    # global seed when one is set (train.py sets it from the run seed and rank).
+    records = records.shuffle(buffer, seed=shuffle_seed)
+    return records.map(lambda record: (record, epoch))
+
+  # Repeat forever, one epoch after another, numbering them so that each
+  # epoch draws fresh augmentation (the loop stops after a number of steps,
+  # the same on every rank).
+  dataset = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
+  # Mid-epoch resume: the skipped records are read, not decoded.
+  return dataset.skip(offset) if offset else dataset
+
+
+def _eval_records(files, plan, *, rank, size):
+  """(serialized record, 0) of this rank's part of an evaluation split, one pass."""
+  # One pass in the files' order (their index order in metadata.json), so
+  # evaluation sees every record once, deterministically.
+  records = tf.data.TFRecordDataset(files)
+  if plan.by_records:
+    records = records.shard(size, rank)
+  return records.map(lambda record: (record, tf.constant(0, tf.int64)))
+
+
+def _start_of_stream(metadata, split, plan, rank, size, first_epoch, position):
+  """(epoch, records into it) where this rank's training stream starts."""
+  if plan.num_examples == 0:
+    raise InputError(
+      f"rank {rank} of {size} gets no records of split {split!r} "
+      f"({_split(metadata, split).num_examples} records): use fewer workers"
+    )
+  offset = 0
+  if position is not None:
+    first_epoch, offset = divmod(int(position), plan.num_examples)
+  return first_epoch, offset
+
+
+def _decoded_batches(dataset, decode, batch_size, training=False):
+  """Batches of decoded, augmented examples from (serialized record, epoch) pairs."""
+  # Decode and augment after shuffling (`_streamed_records`); deterministic=True keeps the
+  # order, and the stateless ops make the pixels independent of thread timing.
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Batch per worker, after the per-example map. The training stream is
+  # endless, so drop_remainder drops nothing there; it makes the batch
+  # dimension static, so the train step traces once. Eval keeps the short last
+  # batch, so every record counts.
+  dataset = dataset.batch(batch_size, drop_remainder=training)
+  # Prefetch last, so decoding the next batches overlaps the training step.
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def make_dataset(
   data_dir,
   metadata,
@@ -502,102 +601,27 @@ def make_dataset(
   """
   if batch_size < 1:
     raise InputError(f"batch size must be at least 1, got {batch_size}")
-  which = "train" if training else "eval"
-  steps = metadata.augmentation[which]
-  try:
-    produced = augment.output_shape(steps, metadata.image_shape)
-  except ValueError as e:
-    raise InputError(
-      f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})"
-    ) from None
-  if image_shape is not None and (
-    len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))
-  ):
-    raise InputError(
-      f"model expects {_format_shape(image_shape)} but the data's {which} policy "
-      f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})"
-    )
+  steps = _policy(data_dir, metadata, training, image_shape)
   plan = plan_shards(metadata, split, rank=rank, size=size, training=training)
   files = tf.constant([_join(data_dir, f) for f in plan.files])
   decode = _decode_fn(metadata, steps, seed, with_ids)
-
-  if training:
-    if plan.num_examples == 0:
-      raise InputError(
-        f"rank {rank} of {size} gets no records of split {split!r} "
-        f"({_split(metadata, split).num_examples} records): use fewer workers"
-      )
-    offset = 0
-    if position is not None:
-      first_epoch, offset = divmod(int(position), plan.num_examples)
-    pixels = plan.num_examples * int(np.prod(metadata.image_shape))
-    if cache if cache is not None else pixels <= CACHE_BYTES:
-      return _cached_training_dataset(
-        files,
-        plan,
-        metadata,
-        steps,
-        rank=rank,
-        size=size,
-        batch_size=batch_size,
-        seed=seed,
-        with_ids=with_ids,
-        first_epoch=first_epoch,
-        offset=offset,
-      )
-    buffer = shuffle_buffer or min(plan.num_examples, _DEFAULT_SHUFFLE_BUFFER)
-    file_key = tf.constant([seed, _FILE_ORDER_STREAM], tf.int64)
-    # Ranks differ in what they read, so their record orders should too. A
-    # Python int, not a per-epoch tensor: tf.data's shuffle compares its seed
-    # pair with (0, 0) in Python, which fails for a tensor seed when the global
-    # seed is 0. Epochs still differ: each reads its files in a new order.
-    shuffle_seed = (seed * 1_000_003 + rank * 7_919 + _SHUFFLE_STREAM) % (2**31 - 1)
-
-    def epoch_records(epoch):
-      """One pass over this rank's records, in an order drawn for this epoch."""
-      # File order from the run seed and epoch, not the rank: under record
-      # sharding every rank must see the same order for shard() to partition it.
-      order = tf.argsort(
-        tf.random.stateless_uniform(
-          [len(plan.files)], tf.random.experimental.stateless_fold_in(file_key, epoch)
-        )
-      )
-      records = tf.data.Dataset.from_tensor_slices(tf.gather(files, order)).interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(plan.files), _INTERLEAVE_FILES),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-      )
-      if plan.by_records:
-        # Sharded before shuffling, so each record goes to exactly one rank.
-        records = records.shard(size, rank)
-      # Shuffle serialized records, not decoded images: a CIFAR record is ~2.5 KB
-      # against 12 KB of float32 pixels. Dataset.shuffle also mixes in TF's
-      # global seed when one is set (train.py sets it from the run seed and rank).
-      records = records.shuffle(buffer, seed=shuffle_seed)
-      return records.map(lambda record: (record, epoch))
-
-    # Repeat forever, one epoch after another, numbering them so that each
-    # epoch draws fresh augmentation (the loop stops after a number of steps,
-    # the same on every rank).
-    dataset = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
-    # Mid-epoch resume: the skipped records are read, not decoded.
-    dataset = dataset.skip(offset) if offset else dataset
-  else:
-    # One pass in the files' order (their index order in metadata.json), so
-    # evaluation sees every record once, deterministically.
-    records = tf.data.TFRecordDataset(files)
-    if plan.by_records:
-      records = records.shard(size, rank)
-    dataset = records.map(lambda record: (record, tf.constant(0, tf.int64)))
-
-  # Decode and augment after shuffling (see above); deterministic=True keeps the
-  # order, and the stateless ops make the pixels independent of thread timing.
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # Batch per worker, after the per-example map. The training stream is
-  # endless, so drop_remainder drops nothing there; it makes the batch
-  # dimension static, so the train step traces once. Eval keeps the short last
-  # batch, so every record counts.
-  dataset = dataset.batch(batch_size, drop_remainder=training)
-  # Prefetch last, so decoding the next batches overlaps the training step.
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  if not training:
+    return _decoded_batches(_eval_records(files, plan, rank=rank, size=size), decode, batch_size)
+  first_epoch, offset = _start_of_stream(metadata, split, plan, rank, size, first_epoch, position)
+  pixels = plan.num_examples * int(np.prod(metadata.image_shape))
+  if cache if cache is not None else pixels <= CACHE_BYTES:
+    return _cached_training_dataset(
+      files,
+      plan,
+      metadata,
+      steps,
+      rank=rank,
+      size=size,
+      batch_size=batch_size,
+      seed=seed,
+      with_ids=with_ids,
+      first_epoch=first_epoch,
+      offset=offset,
+    )
+  records = _streamed_records(files, plan, rank, size, seed, shuffle_buffer, first_epoch, offset)
+  return _decoded_batches(records, decode, batch_size, training=True)

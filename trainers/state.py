@@ -140,7 +140,7 @@ class Checkpoints:
       if path:
         readable = _readable(path)
         self._for(readable).read(readable).assert_existing_objects_matched()
-    except Exception as e:  # pylint: disable=broad-except  # OpError, IndexError, ValueError, ...: a damaged file
+    except Exception as e:  # OpError, IndexError, ValueError, ...: a damaged file
       text = (getattr(e, "message", None) or str(e)).strip().splitlines()
       raise CheckpointError(
         f"{path or self._dirs[which]}: the checkpoint cannot be restored ({text[0] if text else e}): "

@@ -1,17 +1,17 @@
-"""The Horovod training loop: train, evaluate, checkpoint, resume, export.
+"""The Horovod training loop: the per-process `Run` and `train`, which trains and checkpoints.
 
 Sits between the TFRecords of the Beam job (read by trainers/input_pipeline.py)
-and what users keep: checkpoints, metrics.json, TensorBoard summaries and an
-exported SavedModel in the model dir. The entry scripts (trainers/cifar10.py,
-mnist.py, catdog.py) call `main`, which parses a `config.Config` (a recipe of
-trainers/recipes/ plus flags) and calls `run`.
+and what users keep: checkpoints and TensorBoard summaries in the model dir.
+trainers/runner.py (called by the entry scripts through trainers/entry.py)
+builds a `Run` from a `config.Config` and calls `train`, then evaluates and
+exports.
 
-Read top to bottom: the periodic-work helper, the model and its optimizer, the
-train and eval steps, the per-process `Run`, the loop (`train`), the final
-evaluation, the entry. Run state that outlives a step (EMA, checkpoints, early
-stopping) is in trainers/state.py, the serving export in trainers/export.py,
-the model dir (its config.json, its lock, the start-up checks against the
-data) in trainers/run_dir.py.
+Read top to bottom: the periodic-work helper, the model, the per-process
+`Run`, the summaries and evaluation of the loop, the loop (`train`). The
+compiled step functions are in trainers/steps.py; run state that outlives a
+step (EMA, checkpoints, early stopping) in trainers/state.py, the model dir
+(its config.json, its lock, the start-up checks against the data) in
+trainers/run_dir.py.
 
 Every rank builds the same model, restores the same checkpoint and then takes
 rank 0's variables, so all ranks start bitwise identical; each step averages
@@ -25,19 +25,14 @@ export, summaries) goes through objects that do nothing on other ranks.
 import contextlib
 import dataclasses
 import math
-import os
-import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from preprocess import augment
-from preprocess.errors import first_line
 from trainers import distributed
 from trainers import eval_input
-from trainers import export
 from trainers import input_pipeline
 from trainers import preemption
 from trainers import run_dir
@@ -45,10 +40,14 @@ from trainers import schedule
 from trainers import state
 from trainers import summaries
 from trainers import tags
-
-
-class TrainingError(Exception):
-  """A run that cannot go on (non-finite loss, an incompatible model dir); one line."""
+from trainers.steps import TrainingError
+from trainers.steps import call_length
+from trainers.steps import evaluate
+from trainers.steps import make_activation_probe
+from trainers.steps import make_eval_step
+from trainers.steps import make_train_loop
+from trainers.steps import round_cadence
+from trainers.steps import steps_per_call
 
 
 def due(step, every, first=None, last=None):
@@ -104,228 +103,11 @@ def make_eval_model(model, eval_output=None):
   return keras.Model(model.inputs[0], [model.outputs[0], scores], name=f"{model.name}_eval")
 
 
-# --- steps -------------------------------------------------------------------
-
-
-def _synced_statistics(model):
-  """Float non-trainable variables (batch-norm moving statistics), averaged over ranks."""
-  return [
-    v
-    for v in model.non_trainable_variables
-    if v.dtype in ("float16", "float32", "float64") and "seed_generator" not in v.path
-  ]
-
-
-def _correct(logits, labels):
-  """1.0 where the top logit is the label, else 0.0 (precision@1 per example)."""
-  predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-  return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)
-
-
-def make_train_step(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False):
-  """One synchronized step: local gradients, averaged over ranks, then applied.
-
-  The forward and backward pass (with --xla, compiled by XLA) is separate
-  from the allreduce: Horovod's collectives are not XLA ops.
-
-  Returns:
-    A function (images, labels) -> (local [cross_entropy, total_loss,
-    accuracy] of this rank's batch, float32, and the averaged gradients), to
-    be called inside a tf.function (`make_train_loop`).
-  """
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  statistics = _synced_statistics(model)
-  # mixed_float16: the loss is scaled so small float16 gradients survive.
-  scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-  @tf.function(jit_compile=xla)
-  def forward_backward(images, labels):
-    with tf.GradientTape() as tape:
-      # Logits in float32 under a mixed policy: the loss and argmax stay exact.
-      logits = tf.cast(model(images, training=True), tf.float32)
-      cross_entropy = loss_fn(labels, logits)
-      # Weight decay: the recipes add L2 terms to the total loss (model.losses).
-      total_loss = (
-        cross_entropy + tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
-        if model.losses
-        else cross_entropy
-      )
-      loss = optimizer.scale_loss(total_loss) if scaled else total_loss
-    grads = tape.gradient(loss, model.trainable_variables)
-    accuracy = tf.reduce_mean(_correct(logits, labels))
-    return tf.stack([cross_entropy, total_loss, accuracy]), grads
-
-  def train_step(images, labels):
-    local, grads = forward_backward(images, labels)
-    # Horovod: average gradients over all ranks before applying them (float32:
-    # the variables' dtype under every policy, unless --fp16-allreduce).
-    grads = distributed.average_gradients(grads, compression=fp16_allreduce)
-    before = tf.identity(optimizer.iterations) if scaled else None
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    if scaled:
-      # A step the loss scaler skipped (non-finite scaled gradients, the same
-      # on every rank after the allreduce) still counts, so step counts,
-      # schedules and resume stay exact.
-      skipped = tf.equal(tf.identity(optimizer.iterations), before)
-      optimizer.iterations.assign_add(tf.cast(skipped, optimizer.iterations.dtype))
-    if ctx.size > 1:
-      distributed.average_variables(statistics)  # Horovod: one set of BN statistics.
-    if ema is not None:
-      ema.update(optimizer.iterations)
-    return local, grads
-
-  return train_step
-
-
-def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False):
-  """Runs n synchronized steps per call, with one host round trip per call.
-
-  As Keras's steps_per_execution: the batches come from the iterator inside
-  the tf.function, metrics are summed on the device, and the only extra
-  collective is one allreduce of the call's metrics (the gradient allreduce of
-  each step is in `make_train_step`).
-
-  Returns:
-    A tf.function (iterator, n, stop) -> (metrics, images, labels, grads):
-    metrics are rank means of the last step's cross_entropy, total_loss,
-    accuracy and of their means over the call ("mean_*"; non-finite if any
-    step of any rank was), and "stop", the rank mean of the float32 `stop`
-    flags (> 0: some rank was asked to stop; trainers/preemption.py); images,
-    labels and averaged gradients are the last step's.
-  """
-  train_step = make_train_step(model, optimizer, ema, ctx, fp16_allreduce, xla)
-
-  @tf.function
-  def train_steps(iterator, n, stop=0.0):
-    total = tf.zeros([3], tf.float32)
-    for _ in tf.range(n - 1):
-      images, labels = next(iterator)
-      local, _ = train_step(images, labels)
-      total += local
-    # The last step outside the loop, so its batch and gradients need not be
-    # carried through it (they feed histograms and the batch evaluation).
-    images, labels = next(iterator)
-    local, grads = train_step(images, labels)
-    total += local
-    # Horovod: metrics shown to users, and the non-finite check, use rank means.
-    # The stop flag rides along, so agreeing on a preemption costs no collective.
-    means = distributed.allreduce_mean(
-      tf.concat([local, total / tf.cast(n, tf.float32), [stop]], 0)
-    )
-    names = ("cross_entropy", "total_loss", "accuracy")
-    metrics = {
-      **dict(zip(names, tf.unstack(means[:3]))),
-      **{"mean_" + k: v for k, v in zip(names, tf.unstack(means[3:6]))},
-      "stop": means[6],
-    }
-    return metrics, images, labels, grads
-
-  return train_steps
-
-
-def steps_per_call(config):
-  """--steps-per-call, or the default: the gcd of the non-zero cadences, at most 100."""
-  if config.steps_per_call:
-    return config.steps_per_call
-  cadences = [
-    c
-    for c in (
-      config.recipe.log_every,
-      config.summary_every,
-      config.histogram_every,
-      config.checkpoint_every,
-      config.recipe.eval_every,
-    )
-    if c
-  ]
-  return min(100, math.gcd(*cadences)) if cadences else 100
-
-
-def round_cadence(every, k):
-  """A cadence rounded up to a multiple of k steps (0 or None stays off)."""
-  return -(-every // k) * k if every else every
-
-
-def call_length(step, start, max_steps, k):
-  """Steps of the next call: 1 first (its summaries are written at step 1), then up
-  to the next multiple of k, never past max_steps."""
-  if step == start:
-    return 1
-  return min(k - step % k, max_steps - step)
-
-
-def make_eval_step(eval_model):
-  """A tf.function (images, labels) -> [correct, summed loss, count] (float64), dropout off."""
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-
-  @tf.function(reduce_retracing=True)
-  def eval_step(images, labels):
-    logits, scores = eval_model(images, training=False)
-    logits, scores = tf.cast(logits, tf.float32), tf.cast(scores, tf.float32)  # mixed policies
-    correct = tf.reduce_sum(tf.cast(_correct(scores, labels), tf.float64))
-    return tf.stack(
-      [
-        correct,
-        tf.cast(loss_fn(labels, logits), tf.float64),
-        tf.cast(tf.shape(labels)[0], tf.float64),
-      ]
-    )
-
-  return eval_step
-
-
-def evaluate(eval_step, batches, max_batches=None):
-  """Precision@1 and mean loss over `batches` (this rank's), summed over ranks.
-
-  Each rank walks its own part batch by batch (never the whole split in one
-  tensor); the single allreduce comes after the loop, so ranks with one batch
-  more or less than others do not deadlock.
-
-  Args:
-    eval_step: From `make_eval_step`.
-    batches: Iterable of (images, labels).
-    max_batches: Stop after this many batches on each rank (None: all).
-  """
-  totals = np.zeros(3, np.float64)
-  for i, (images, labels) in enumerate(batches):
-    if max_batches is not None and i >= max_batches:
-      break
-    totals += eval_step(images, labels).numpy()
-  correct, loss, count = distributed.allreduce_sum(totals).numpy()
-  if count == 0:
-    raise TrainingError("evaluation split is empty")
-  return {"precision_at_1": correct / count, "loss": loss / count, "examples": int(count)}
-
-
-def _is_relu(layer):
-  activation = getattr(layer, "activation", None)
-  return isinstance(layer, keras.layers.ReLU) or activation is keras.activations.relu
-
-
-def make_activation_probe(model):
-  """A tf.function images -> {layer name: output} over every layer of the model.
-
-  Used for activation histograms and the sparsity (fraction of zeros) of
-  ReLU outputs, as the CIFAR-10 tutorial's `_activation_summary`.
-  """
-  layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
-  probe = keras.Model(model.inputs, [l.output for l in layers])
-  relu = {l.name for l in layers if _is_relu(l)}
-
-  @tf.function(reduce_retracing=True)
-  def activations(images):
-    outputs = probe(images, training=False)
-    return {l.name: out for l, out in zip(layers, outputs)}
-
-  return activations, relu
-
-
 # --- the run -----------------------------------------------------------------
 
 
 def _log(ctx, message):
-  if ctx.is_chief:
-    print(message, flush=True)
+  ctx.log(message)
 
 
 def _format_seconds(seconds):
@@ -637,227 +419,3 @@ def train(run):
       f"{best['precision_at_1']:.4f})",
     )
   return step, best
-
-
-def _restore_trained(run):
-  """Restores the checkpoint that eval and export use (the best one, if kept); returns its path."""
-  which = "best" if run.checkpoints.path("best") else "latest"
-  path = run.checkpoints.restore(which)
-  if not path:
-    raise TrainingError(f"no checkpoint in {run.config.model_dir}: train first")
-  run.broadcast()
-  return path
-
-
-def run_eval(run, split, trained_step=None, best=None):
-  """Evaluates on `split`, prints precision@1 and writes metrics.json (chief)."""
-  config, ctx = run.config, run.ctx
-  if trained_step is None:
-    _log(ctx, f"evaluating {_restore_trained(run)}")
-  result = run.evaluate(split)
-  # `step` is the step of the evaluated weights: the best one after early stopping.
-  metrics = dict(
-    result,
-    split=split,
-    step=run.step,
-    dataset=config.dataset,
-    recipe=config.recipe.name,
-    ema_weights=run.ema is not None,
-    workers=ctx.size,
-  )
-  if trained_step is not None:
-    metrics["trained_steps"] = trained_step
-  if best:
-    metrics["best_validation"] = best
-  _log(
-    ctx,
-    f"{split} precision@1 = {result['precision_at_1']:.4f} "
-    f"({result['examples']} examples, loss {result['loss']:.4f}, step {run.step}"
-    f"{', EMA weights' if run.ema else ''})",
-  )
-  run.writer.scalars(
-    split,
-    run.step,
-    {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
-  )
-  if ctx.is_chief:
-    run_dir.write_json(os.path.join(config.model_dir, run_dir.METRICS), metrics)
-  return metrics
-
-
-def _log_start(run, previous, overrides):
-  """The start-up summary: the run, its data, workers, batch, steps, learning rate; a few lines."""
-  config, ctx, recipe, meta = run.config, run.ctx, run.config.recipe, run.metadata
-  scale = schedule.lr_scale(config, ctx.size)
-  warmup = schedule.warmup_steps(config, ctx.size, run.steps_per_epoch, run.max_steps)
-  params = sum(int(np.prod(v.shape)) for v in run.model.weights)
-  training = config.mode in ("train", "train_and_eval")
-  what = ("resuming the run in" if previous else "a new run in") if training else "the run in"
-  _log(
-    ctx,
-    f"{config.dataset}/{recipe.name} ({params:,} parameters), {config.mode}, {what} "
-    f"{config.model_dir}",
-  )
-  if overrides:
-    _log(ctx, overrides)
-  order = {"train": 0, "validation": 1, "test": 2}
-  splits = sorted(meta.splits.items(), key=lambda item: (order.get(item[0], 3), item[0]))
-  counts = ", ".join(f"{name} {split.num_examples:,}" for name, split in splits)
-  shape = "x".join(str(n) for n in meta.image_shape)
-  _log(
-    ctx,
-    f"data {config.data_dir}: {meta.dataset}, {shape} images, {meta.num_classes} classes; {counts}",
-  )
-  how = (
-    f" ({recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
-    f"--lr-scaling {config.lr_scaling})"
-    if scale != 1
-    else ""
-  )
-  _log(
-    ctx,
-    f"on {ctx.size} worker(s), batch {recipe.batch_size}/worker ({run.global_batch} global), "
-    f"{run.max_steps} steps ({run.steps_per_epoch} steps/epoch); learning rate "
-    f"{recipe.learning_rate * scale:.4g}{how}"
-    + (f", warmed up over {warmup} steps" if warmup else ""),
-  )
-
-
-@contextlib.contextmanager
-def _read_errors(run, splits):
-  """Turns a read error of the input (a damaged shard) into one line naming the shard and offset.
-
-  Wraps whole calls (the loop, an evaluation) from outside: TensorFlow reports
-  "corrupted record at N" without the file, so on any TensorFlow error the
-  shards of `splits` are scanned (framing and CRCs) for the damaged one. Errors
-  that are not the data's (a full disk, say) pass on unchanged.
-  """
-  try:
-    yield
-  except tf.errors.OpError:
-    damaged = input_pipeline.find_damaged_shard(run.config.data_dir, run.metadata, splits)
-    if damaged:
-      raise input_pipeline.InputError(damaged) from None
-    raise
-
-
-@contextlib.contextmanager
-def _claimed_model_dir(config, ctx):
-  """Holds the model dir for the block (trainers/run_dir.py); yields the config.json it held.
-
-  Only the chief locks; every rank learns its outcome, so when the chief
-  cannot claim the directory every rank stops at once instead of waiting in
-  the first collective.
-  """
-  lock, outcome = None, None
-  if ctx.is_chief:
-    try:
-      owner = f"trainers/{config.dataset}.py --mode {config.mode}"
-      lock, previous = run_dir.claim(config, owner, log=lambda line: _log(ctx, line))
-      outcome = ("ok", previous)
-    except run_dir.RunError as e:
-      outcome = ("error", str(e))
-  status, value = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
-  if status == "error":
-    raise run_dir.RunError(value)
-  try:
-    yield value
-  finally:
-    if lock:
-      lock.release()
-
-
-def _export(r):
-  """Writes the serving model of the weights the run evaluates (chief)."""
-  if not r.ctx.is_chief:
-    return
-  export_dir = os.path.join(r.config.model_dir, "export")
-  with r.evaluation_weights():
-    export.export_serving_model(
-      r.eval_model,
-      r.metadata.image_shape,
-      r.metadata.class_names,
-      r.augmentation,
-      r.serving_policy,
-      export_dir,
-    )
-  _log(
-    r.ctx,
-    f"exported the serving model to {export_dir} (serving policy: "
-    f"{', '.join(s['op'] for s in r.serving_policy)}; deterministic)",
-  )
-
-
-def run(config, ctx, overrides=None):
-  """Runs `config.mode` in this process, holding the model dir; returns the final metrics (or None).
-
-  Args:
-    config: The run's `config.Config`.
-    ctx: This process's `distributed.Context`.
-    overrides: The line naming the flags that override the run's config.json, or None.
-  """
-  with _claimed_model_dir(config, ctx) as previous:
-    metadata = input_pipeline.load_metadata(config.data_dir)
-    run_dir.check_data(config, metadata, previous)
-    input_pipeline.check_first_records(config.data_dir, metadata)
-    preemption.set_determinism(config.deterministic)
-    r = Run(config, ctx, metadata)
-    _log_start(r, previous, overrides)
-    if ctx.is_chief and config.mode in ("train", "train_and_eval"):
-      saved = r.config_json()  # config.json describes the training run
-      run_dir.write_json(run_dir.config_path(config.model_dir), saved)
-      r.writer.config(saved, r.max_steps)
-      r.writer.graph(r.model)
-    metrics = None
-    if config.mode in ("train", "train_and_eval"):
-      with _read_errors(r, ("train", config.recipe.eval_on)):
-        step, best = train(r)
-      if config.mode == "train_and_eval":
-        with _read_errors(r, (config.eval_split,)):
-          metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
-      if config.export:
-        _export(r)
-    elif config.mode == "export":
-      _log(ctx, f"exporting {_restore_trained(r)}")
-      _export(r)
-    else:
-      with _read_errors(r, (config.eval_split,)):
-        metrics = run_eval(r, config.eval_split)
-    r.writer.close()
-  return metrics
-
-
-def main(dataset, argv=None, config=None, overrides=None):
-  """Runs trainers/<dataset>.py with `config` (or the flags in `argv`); returns the exit code.
-
-  trainers/entry.py parses the flags before importing this module and passes
-  `config` and `overrides` (the line naming the flags that override the run's config.json).
-  """
-  if config is None:
-    from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-
-    config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
-  ctx = distributed.init()
-  try:
-    run(config, ctx, overrides)
-  except preemption.Preempted as e:
-    # The chief says so after writing; the others once it has (the barrier).
-    if ctx.is_chief:
-      print(e, flush=True)
-    distributed.barrier()
-    if not ctx.is_chief:
-      print(e, flush=True)
-    return preemption.EXIT_PREEMPTED
-  except run_dir.RunError as e:
-    if ctx.is_chief:  # every rank stops; one says why
-      print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  except (tf.errors.OpError, OSError) as e:
-    # What is left is the environment's (a full disk, a read-only model dir):
-    # TensorFlow's and the OS's messages name the file; one line of it is enough.
-    print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
-    return 1
-  return 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from trainers import distributed
 from trainers import recipes
-from trainers import train
+from trainers import steps
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
   model = recipes.get("mnist_basic").build_model(10, (28, 28, 1))  # no dropout, no batch norm
   optimizer = keras.optimizers.SGD(0.1)
   optimizer.build(model.trainable_variables)
-  step = train.make_train_step(model, optimizer, None, ctx)
+  step = steps.make_train_step(model, optimizer, None, ctx)
   rng = np.random.default_rng(0)
   x = rng.random((args.steps, args.global_batch, 28, 28, 1), dtype=np.float32)
   y = rng.integers(0, 10, (args.steps, args.global_batch)).astype(np.int32)
