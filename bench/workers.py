@@ -92,9 +92,10 @@ def input_rate(a):
 
   from trainers import input_pipeline
   from trainers import recipes
+  from trainers import shards
 
   recipe = recipes.get(a.recipe)
-  meta = input_pipeline.load_metadata(a.data_dir)
+  meta = shards.load_metadata(a.data_dir)
   if recipe.augmentation:
     meta = dataclasses.replace(meta, augmentation=recipe.augmentation)
   start = time.perf_counter()

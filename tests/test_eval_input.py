@@ -3,7 +3,7 @@
 from trainers import config as config_lib
 from trainers import distributed
 from trainers import eval_input
-from trainers import input_pipeline
+from trainers import shards
 from trainers import train
 
 
@@ -43,7 +43,7 @@ def test_max_batches_reads_that_many_batches_every_time(tfrecords, tmp_path):
 
 
 def test_the_sample_test_split_fits_the_eval_cache_and_a_huge_one_would_not(tfrecords, monkeypatch):
-  metadata = input_pipeline.load_metadata(str(tfrecords / "cifar10"))
+  metadata = shards.load_metadata(str(tfrecords / "cifar10"))
   assert eval_input.cache_fits(metadata, "test", rank=0, size=1)
   monkeypatch.setattr(eval_input, "EVAL_CACHE_BYTES", 1000)
   assert not eval_input.cache_fits(metadata, "test", rank=0, size=1)

@@ -22,6 +22,7 @@ from preprocess import schema
 from preprocess.datasets import cifar10
 from tests.conftest import run_beam_job
 from trainers import input_pipeline as ip
+from trainers import shards
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CIFAR_TEST_BIN = "cifar10/cifar-10-batches-bin/test_batch.bin"
@@ -42,7 +43,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cifar(data):
-  return str(data["cifar10"]), ip.load_metadata(data["cifar10"])
+  return str(data["cifar10"]), shards.load_metadata(data["cifar10"])
 
 
 @pytest.fixture
@@ -204,7 +205,7 @@ def test_eval_images_equal_a_hand_computation_from_the_raw_bytes(data, cifar):
 
 
 def test_mnist_images_are_28x28x1_in_unit_range(data):
-  meta = ip.load_metadata(data["mnist"])
+  meta = shards.load_metadata(data["mnist"])
   assert meta.splits["validation"].num_examples == 500
   for split, training in (("train", True), ("validation", False)):
     images, labels = next(
@@ -447,7 +448,7 @@ def test_steps_per_epoch(cifar):
 
 def _error(data_dir):
   with pytest.raises(ip.InputError) as info:
-    ip.load_metadata(data_dir)
+    shards.load_metadata(data_dir)
   message = str(info.value)
   assert "\n" not in message
   return message

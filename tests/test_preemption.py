@@ -25,6 +25,7 @@ from tests.conftest import ROOT
 from tests.conftest import run_trainer
 from trainers import input_pipeline as ip
 from trainers import preemption
+from trainers import shards
 
 MAX_STEPS = 120
 FLAGS = [
@@ -177,7 +178,7 @@ def test_the_stream_started_at_any_position_is_the_uninterrupted_stream_from_the
 ):
   """Mid-epoch and across epochs, in memory and streamed: the same examples, order and pixels."""
   data_dir = str(tfrecords / "cifar10")
-  meta = ip.load_metadata(data_dir)
+  meta = shards.load_metadata(data_dir)
 
   def stream(position, batches):
     dataset = ip.make_dataset(

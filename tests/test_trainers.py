@@ -196,8 +196,9 @@ def _evaluate_with(weights, tfrecords, dataset="cifar10", model="cifar10_tutoria
   """Test precision of `model` with the given trainable weights, computed here by hand."""
   from trainers import input_pipeline
   from trainers import recipes
+  from trainers import shards
 
-  meta = input_pipeline.load_metadata(str(tfrecords / dataset))
+  meta = shards.load_metadata(str(tfrecords / dataset))
   net = recipes.get(model).build_model(meta.num_classes, (24, 24, 3))
   for v, w in zip(net.trainable_variables, weights):
     v.assign(w)

@@ -24,6 +24,9 @@ import tensorflow as tf
 
 from preprocess import augment
 from preprocess import schema
+from trainers.shards import InputError
+from trainers.shards import format_shape
+from trainers.shards import join
 
 METADATA = schema.METADATA_FILE
 
@@ -43,155 +46,6 @@ _SHUFFLE_STREAM = 2
 # of uint8 pixels keeps it in memory, decoded once (CIFAR-10: 150 MB; MNIST:
 # 47 MB), and only augments per epoch; larger parts stream from the shards.
 CACHE_BYTES = 2 * 2**30
-
-
-class InputError(ValueError):
-  """Data that disagrees with metadata.json or with the model; the message is one line."""
-
-
-# --- metadata.json ----------------------------------------------------------
-
-
-def _join(*parts):
-  return tf.io.gfile.join(*[str(p) for p in parts])
-
-
-def count_records(path):
-  """Counts the records of a TFRecord file from its framing (preprocess/schema.py).
-
-  Args:
-    path: File path (local or any tf.io.gfile scheme, e.g. gs://).
-
-  Returns:
-    The number of records.
-
-  Raises:
-    InputError: The file ends inside a record (truncated write or copy).
-  """
-  size = tf.io.gfile.stat(path).length
-  with tf.io.gfile.GFile(path, "rb") as f:
-    try:
-      return schema.count_records(f, size, path)
-    except schema.TFRecordError as e:
-      raise InputError(str(e)) from None
-
-
-def load_metadata(data_dir, check_records=True):
-  """Reads `<data_dir>/metadata.json` and checks the shards against it.
-
-  Args:
-    data_dir: Output directory of the Beam job for one data set (local or gs://).
-    check_records: Also count each shard's records (reads 8 bytes a record; on
-      remote storage that still streams the shards once, so very large data
-      sets may skip it once they have been checked).
-
-  Returns:
-    The `preprocess.schema.Metadata` written by pipeline/build_tfrecords.py.
-
-  Raises:
-    InputError: metadata.json is missing or malformed, a shard is missing, or a
-      count disagrees. The message names the file and what disagrees.
-  """
-
-  def open_any(path, mode):  # Local or any tf.io.gfile scheme; a missing file as open() says it.
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(path)
-    return tf.io.gfile.GFile(path, mode)
-
-  try:
-    metadata = schema.read_metadata(data_dir, opener=open_any)  # The one reader of the contract.
-  except schema.MetadataError as e:
-    raise InputError(str(e)) from None
-  for split, entry in metadata.splits.items():
-    for shard in entry.shards:
-      shard_path = _join(data_dir, shard.file)
-      if not tf.io.gfile.exists(shard_path):
-        raise InputError(f"{shard_path}: listed in {METADATA} (split {split!r}) but missing")
-      if check_records:
-        found = count_records(shard_path)
-        if found != shard.num_examples:
-          raise InputError(
-            f"{shard_path}: holds {found} records, but {METADATA} says {shard.num_examples}"
-          )
-  return metadata
-
-
-def find_damaged_shard(data_dir, metadata, splits):
-  """'<shard>: corrupted ... at byte N' for the first damaged shard of `splits`, or None."""
-  for split in splits:
-    if split not in metadata.splits:
-      continue
-    for shard in metadata.splits[split].shards:
-      path = _join(data_dir, shard.file)
-      try:
-        found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
-      except (OSError, tf.errors.OpError) as e:
-        return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
-      if found:
-        return (
-          f"{found.describe(path)} (split {split!r}): the shard is damaged; "
-          "convert the data again (make preprocess)"
-        )
-  return None
-
-
-def check_first_records(data_dir, metadata):
-  """Checks the first record of each shard against metadata.json, before any step.
-
-  Catches metadata edited after the Beam job (another image size, channel
-  count or class list) and foreign shards with the same record count.
-
-  Raises:
-    InputError: One line naming the shard and what disagrees.
-  """
-  height, width, channels = metadata.image_shape
-  if len(metadata.class_names) != metadata.num_classes:
-    raise InputError(
-      f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
-      f"class_names lists {len(metadata.class_names)}"
-    )
-  for split, entry in metadata.splits.items():
-    if entry.label_counts is not None and len(entry.label_counts) != metadata.num_classes:
-      raise InputError(
-        f"{_join(data_dir, METADATA)}: num_classes is {metadata.num_classes} but "
-        f"split {split!r} counts records of {len(entry.label_counts)} labels"
-      )
-    for shard in entry.shards:
-      if not shard.num_examples:
-        continue
-      path = _join(data_dir, shard.file)
-      try:
-        serialized = next(iter(tf.data.TFRecordDataset(path).take(1))).numpy()
-        features = {k: v.numpy() for k, v in schema.parse_example(serialized).items()}
-        image = tf.io.decode_image(features[schema.ENCODED], expand_animations=False).numpy()
-      except (tf.errors.OpError, StopIteration) as e:
-        message = getattr(e, "message", None) or type(e).__name__
-        raise InputError(
-          f"{path}: its first record cannot be read as an image Example ({message.splitlines()[0]})"
-        ) from None
-      found = tuple(image.shape)
-      stored = (
-        int(features[schema.HEIGHT]),
-        int(features[schema.WIDTH]),
-        int(features[schema.CHANNELS]),
-      )
-      if found != (height, width, channels) or stored != found:
-        raise InputError(
-          f"{path}: its first record is a {_format_shape(found)} image but "
-          f"{METADATA} says {_format_shape((height, width, channels))}"
-        )
-      label = int(features[schema.LABEL])
-      text = features[schema.TEXT].decode("utf-8", "replace")
-      if not 0 <= label < metadata.num_classes:
-        raise InputError(
-          f"{path}: its first record has label {label} ({text!r}), outside the "
-          f"{metadata.num_classes} classes of {METADATA}"
-        )
-      if metadata.class_names[label] != text:
-        raise InputError(
-          f"{path}: its first record has label {label} = {text!r}, but "
-          f"{METADATA} names class {label} {metadata.class_names[label]!r}"
-        )
 
 
 def steps_per_epoch(metadata, split, global_batch):
@@ -340,10 +194,6 @@ def serving_preprocess(images, eval_steps):
 # --- the tf.data input chain -------------------------------------------------
 
 
-def _format_shape(shape):
-  return "x".join("?" if d is None else str(d) for d in shape)
-
-
 def _decode_fn(metadata, steps, run_seed, with_ids):
   """Returns fn(serialized, epoch) -> (image, label[, source id]) for Dataset.map."""
   raw = _decode_raw_fn(metadata)
@@ -453,15 +303,13 @@ def _policy(data_dir, metadata, training, image_shape):
   try:
     produced = augment.output_shape(steps, metadata.image_shape)
   except ValueError as e:
-    raise InputError(
-      f"{_join(data_dir, METADATA)}: bad {which} augmentation policy ({e})"
-    ) from None
+    raise InputError(f"{join(data_dir, METADATA)}: bad {which} augmentation policy ({e})") from None
   if image_shape is not None and (
     len(image_shape) != 3 or any(m is not None and m != p for m, p in zip(image_shape, produced))
   ):
     raise InputError(
-      f"model expects {_format_shape(image_shape)} but the data's {which} policy "
-      f"produces {_format_shape(produced)} ({_join(data_dir, METADATA)})"
+      f"model expects {format_shape(image_shape)} but the data's {which} policy "
+      f"produces {format_shape(produced)} ({join(data_dir, METADATA)})"
     )
   return steps
 
@@ -603,7 +451,7 @@ def make_dataset(
     raise InputError(f"batch size must be at least 1, got {batch_size}")
   steps = _policy(data_dir, metadata, training, image_shape)
   plan = plan_shards(metadata, split, rank=rank, size=size, training=training)
-  files = tf.constant([_join(data_dir, f) for f in plan.files])
+  files = tf.constant([join(data_dir, f) for f in plan.files])
   decode = _decode_fn(metadata, steps, seed, with_ids)
   if not training:
     return _decoded_batches(_eval_records(files, plan, rank=rank, size=size), decode, batch_size)

@@ -18,10 +18,10 @@ import tensorflow as tf
 from preprocess.errors import first_line
 from trainers import distributed
 from trainers import export
-from trainers import input_pipeline
 from trainers import preemption
 from trainers import run_dir
 from trainers import schedule
+from trainers import shards
 from trainers import state
 from trainers import tags
 from trainers.steps import TrainingError
@@ -125,9 +125,9 @@ def _read_errors(run, splits):
   try:
     yield
   except tf.errors.OpError:
-    damaged = input_pipeline.find_damaged_shard(run.config.data_dir, run.metadata, splits)
+    damaged = shards.find_damaged_shard(run.config.data_dir, run.metadata, splits)
     if damaged:
-      raise input_pipeline.InputError(damaged) from None
+      raise shards.InputError(damaged) from None
     raise
 
 
@@ -195,9 +195,9 @@ def run(config, ctx, overrides=None):
     overrides: The line naming the flags that override the run's config.json, or None.
   """
   with _claimed_model_dir(config, ctx) as previous:
-    metadata = input_pipeline.load_metadata(config.data_dir)
+    metadata = shards.load_metadata(config.data_dir)
     run_dir.check_data(config, metadata, previous)
-    input_pipeline.check_first_records(config.data_dir, metadata)
+    shards.check_first_records(config.data_dir, metadata)
     preemption.set_determinism(config.deterministic)
     r = Run(config, ctx, metadata)
     _log_start(r, previous, overrides)
@@ -245,7 +245,7 @@ def main(dataset, argv=None, config=None, overrides=None):
   except run_dir.RunError as e:
     ctx.log(f"error: {e}", file=sys.stderr)  # every rank stops; one says why
     return 2
-  except (TrainingError, input_pipeline.InputError, state.CheckpointError) as e:
+  except (TrainingError, shards.InputError, state.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   except (tf.errors.OpError, OSError) as e:

@@ -37,6 +37,7 @@ from trainers import input_pipeline
 from trainers import preemption
 from trainers import run_dir
 from trainers import schedule
+from trainers import shards
 from trainers import state
 from trainers import summaries
 from trainers import tags
@@ -122,7 +123,7 @@ class Run:
     self.config = config
     self.ctx = ctx
     recipe = config.recipe
-    self.metadata = metadata or input_pipeline.load_metadata(config.data_dir)
+    self.metadata = metadata or shards.load_metadata(config.data_dir)
     self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
       recipe, self.metadata
     )
@@ -295,23 +296,25 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
   return stop
 
 
-def train(run):
-  """Trains to run.max_steps, resuming from the latest checkpoint.
-
-  Returns:
-    (the final step, the best evaluation {"precision_at_1", "step"} when the
-    recipe stops early, else None).
-  """
-  config, ctx, recipe = run.config, run.ctx, run.config.recipe
+def _resume(run):
+  """Restores the latest checkpoint (unless --overwrite) and takes rank 0's state; returns the step."""
   with preemption.rank_seeds_kept(run.model):
-    restored = None if config.overwrite else run.checkpoints.restore("latest")
+    restored = None if run.config.overwrite else run.checkpoints.restore("latest")
   run.input_position.resolve(run.step, run.global_batch)
   run.broadcast()
   start = run.step
   if restored or start:
-    _log(ctx, f"resumed from {restored} at step {start}")
-  k = steps_per_call(config)
-  # Cadences on the grid of calls (--steps-per-call); the default k moves none.
+    _log(run.ctx, f"resumed from {restored} at step {start}")
+  return start
+
+
+def _cadences(run, k):
+  """{periodic work: its period in steps}, on the grid of calls of k steps; logs the run's line.
+
+  The default k (the gcd of the cadences) moves none; an explicit --steps-per-call
+  rounds them up, and the line says which moved.
+  """
+  config, recipe = run.config, run.config.recipe
   asked = {
     "log": recipe.log_every,
     "summary": config.summary_every,
@@ -321,14 +324,82 @@ def train(run):
   }
   every = {name: round_cadence(value, k) for name, value in asked.items()}
   moved = [f"{name} every {every[name]}" for name, value in asked.items() if every[name] != value]
-  train_steps = make_train_loop(
-    run.model, run.optimizer, run.ema, ctx, config.fp16_allreduce, config.xla
-  )
   _log(
-    ctx,
-    f"training steps {start}->{run.max_steps}, augmentation from {run.augmentation_source}; "
+    run.ctx,
+    f"training steps {run.step}->{run.max_steps}, augmentation from {run.augmentation_source}; "
     f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
     + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""),
+  )
+  return every
+
+
+def _check_finite(metrics, step, n):
+  """Every rank sees the same rank-averaged call means, so all stop here together."""
+  if not math.isfinite(metrics["mean_total_loss"]):
+    raise TrainingError(
+      f"non-finite loss {metrics['mean_total_loss']} in steps "
+      f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
+      "(--warmup-epochs)"
+    )
+
+
+def _update_averages(averages, metrics, n):
+  """The tutorial's moving averages of the losses (decay 0.9 a step), over the call's mean."""
+  for name in ("cross_entropy", "total_loss"):
+    decay = 0.9**n
+    averages[name] = (
+      decay * averages.get(name, metrics["mean_" + name]) + (1 - decay) * metrics["mean_" + name]
+    )
+
+
+def _log_progress(run, step, metrics, rate, elapsed, eta):
+  loss, total = f"{metrics['cross_entropy']:.4f}", f"{metrics['total_loss']:.4f}"
+  _log(
+    run.ctx,
+    f"step {step}/{run.max_steps} loss {loss}{f' (total {total})' if total != loss else ''} "
+    f"acc {metrics['accuracy']:.3f} "
+    f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
+    f"({rate / run.ctx.size:.0f}/worker) elapsed {_format_seconds(elapsed)} "
+    f"eta {_format_seconds(eta)}",
+  )
+
+
+def _finish(run, step, preempted, checkpointed):
+  """The last checkpoint; then stops a preempted run, or restores the best weights.
+
+  Returns:
+    The best evaluation {"precision_at_1", "step"} when the recipe stops early, else None.
+  """
+  recipe = run.config.recipe
+  if preempted or not checkpointed:
+    run.checkpoints.save(step)
+  if preempted:
+    run.writer.close()  # the summaries up to this step, before the process exits
+    raise preemption.Preempted(step)
+  best = run.early_stopping.best() if recipe.early_stopping_patience else None
+  if best:
+    run.checkpoints.restore("best")
+    run.broadcast()
+    _log(
+      run.ctx,
+      f"restored the best checkpoint (step {best['step']}, {recipe.eval_on} precision@1 "
+      f"{best['precision_at_1']:.4f})",
+    )
+  return best
+
+
+def train(run):
+  """Trains to run.max_steps, resuming from the latest checkpoint.
+
+  Returns:
+    (the final step, the best evaluation {"precision_at_1", "step"} when the
+    recipe stops early, else None).
+  """
+  start = _resume(run)
+  k = steps_per_call(run.config)
+  every = _cadences(run, k)
+  train_steps = make_train_loop(
+    run.model, run.optimizer, run.ema, run.ctx, run.config.fp16_allreduce, run.config.xla
   )
   probe = make_activation_probe(run.model)
   averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
@@ -350,22 +421,11 @@ def train(run):
     training += time.time() - call_started
     step += n
     run.input_position.advance(n * run.global_batch)
-    # Finite check: every rank sees the same rank-averaged call means, so all stop here.
-    if not math.isfinite(metrics["mean_total_loss"]):
-      raise TrainingError(
-        f"non-finite loss {metrics['mean_total_loss']} in steps "
-        f"{step - n + 1}..{step}: lower --learning-rate or warm up longer "
-        "(--warmup-epochs)"
-      )
+    _check_finite(metrics, step, n)
     if metrics["stop"] > 0:  # the same rank mean everywhere: every rank stops here
       preempted = True
       break
-    # The tutorial's moving averages (decay 0.9 a step), over the call's mean.
-    for name in ("cross_entropy", "total_loss"):
-      decay = 0.9**n
-      averages[name] = (
-        decay * averages.get(name, metrics["mean_" + name]) + (1 - decay) * metrics["mean_" + name]
-      )
+    _update_averages(averages, metrics, n)
     metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
     now = time.time()
     # Log.
@@ -373,15 +433,7 @@ def train(run):
       rate = (step - last_log[0]) / max(training - last_log[1], 1e-9) * run.global_batch
       last_log = (step, training)
       eta = (now - started) / (step - start) * (run.max_steps - step)
-      loss, total = f"{metrics['cross_entropy']:.4f}", f"{metrics['total_loss']:.4f}"
-      _log(
-        ctx,
-        f"step {step}/{run.max_steps} loss {loss}{f' (total {total})' if total != loss else ''} "
-        f"acc {metrics['accuracy']:.3f} "
-        f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
-        f"({rate / ctx.size:.0f}/worker) elapsed {_format_seconds(now - started)} "
-        f"eta {_format_seconds(eta)}",
-      )
+      _log_progress(run, step, metrics, rate, now - started, eta)
     # Summaries (rank 0 writes; the writer does nothing elsewhere).
     if due(step, every["summary"], first=start + 1):
       steps_per_second = (step - last_summary[0]) / max(training - last_summary[1], 1e-9)
@@ -400,22 +452,8 @@ def train(run):
   stop.uninstall()
   seconds = time.time() - started
   _log(
-    ctx,
+    run.ctx,
     f"trained {step - start} steps in {seconds:.2f}s ({training:.2f}s of training steps, "
     f"{(step - start) * run.global_batch / max(training, 1e-9):.0f} img/s)",
   )
-  if preempted or not due(step, every["checkpoint"]):
-    run.checkpoints.save(step)
-  if preempted:
-    run.writer.close()  # the summaries up to this step, before the process exits
-    raise preemption.Preempted(step)
-  best = run.early_stopping.best() if recipe.early_stopping_patience else None
-  if best:
-    run.checkpoints.restore("best")
-    run.broadcast()
-    _log(
-      ctx,
-      f"restored the best checkpoint (step {best['step']}, {recipe.eval_on} precision@1 "
-      f"{best['precision_at_1']:.4f})",
-    )
-  return step, best
+  return step, _finish(run, step, preempted, due(step, every["checkpoint"]))
