@@ -4,6 +4,7 @@ Only that its pieces work and its report has the rows a reader looks for; the
 figures themselves are measured by `make bench`, not asserted here.
 """
 
+import math
 import subprocess
 import sys
 
@@ -29,7 +30,9 @@ def test_cli_benchmark_times_both_commands_and_reports_each_figure(tfrecords, tm
   cases = (("tiny", 8, 2, 4, None),)
   rows = cli.run(tfrecords / "cifar10", tmp_path, repeats=1, cases=cases, scaling=None)
   row = rows["a/tiny"]
-  assert row["a"] > 0 and row["b"] > 0 and row["cpu_ratio"] > 0 and row["ratios"] == [row["ratio"]]
+  # Differentials of two short runs: their sign is noise, not behaviour; the figures exist.
+  assert all(math.isfinite(row[k]) for k in ("a", "b", "ratio", "cpu_ratio"))
+  assert row["ratios"] == [row["ratio"]]
   text = cli.markdown(rows, "2026-01-01", "Machine: test.\n", row["load"], 1, cases=cases)
   assert "| (a) tiny, batch 8, steps 2->4" in text
   assert "Load average at start" in text
