@@ -30,6 +30,7 @@ from apache_beam.metrics import Metrics
 from pipeline import outdir
 from pipeline import plan
 from preprocess import atomic
+from preprocess import datasets
 from preprocess import errors
 from preprocess import schema
 from preprocess.schema import Reject
@@ -97,7 +98,7 @@ class ConvertShardFn(beam.DoFn):
     with out:
       for source, start, stop in task.ranges:
         with _reading(source.paths[0]):
-          items = list(plan.read_source(source, start, stop, self._image_size))
+          items = list(_read(source, start, stop, self._image_size))
         for item in items:
           read += 1
           if isinstance(item, Reject):
@@ -146,6 +147,19 @@ class ShardFailure(RuntimeError):
 
 
 @contextlib.contextmanager
+def _read(source, start, stop, image_size):
+  """The `Record`s and `Reject`s of `source` records [start, stop), from its layout's reader.
+
+  The layout that owns the source's format (preprocess/datasets/) reads it
+  (a layout's `read` uses only the `Source`), through the storage the plan uses.
+  """
+  for name in datasets.names():
+    layout = datasets.get(name).layout
+    if layout.format == source.kind:
+      return layout.read(source, start, stop, image_size, plan.open_raw)
+  raise ValueError(f"unknown source kind {source.kind!r}")
+
+
 def _reading(path):
   try:
     yield

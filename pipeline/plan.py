@@ -8,8 +8,8 @@ stops the run before anything is written. Each layout owns its format end to
 end, listing and reading (preprocess/rawfiles.py says how); this module only
 hands it the storage. Then it cuts the record counts into splits and shards:
 each output shard becomes one `ShardTask`, a list of contiguous record ranges
-of the sources. A worker converts a whole task with `read_source` and writes
-its shard in one go (pipeline/convert.py), so no step has to gather the data
+of the sources. A worker converts a whole task, reading its ranges with the
+layout's own reader, and writes its shard in one go (pipeline/convert.py), so no step has to gather the data
 set in memory, and the same inputs always give the same shards on any runner.
 All file access goes through Beam's `FileSystems`, so RAW can be a local
 folder or a bucket.
@@ -142,20 +142,6 @@ def load(dataset, raw_dir, image_size=150, image_format="jpeg"):
   root = FileSystems.join(raw_dir, spec.name)
   options = {"image_size": image_size, "image_format": image_format}
   return spec.layout.list_raw(spec, root, _Files, options)
-
-
-def _reader(kind):
-  """The reader of the layouts of format `kind` (a layout's `read` uses only the `Source`)."""
-  for name in datasets.names():
-    layout = datasets.get(name).layout
-    if layout.format == kind:
-      return layout.read
-  raise ValueError(f"unknown source kind {kind!r}")
-
-
-def read_source(source, start, stop, image_size):
-  """Yields the `Record`s and `Reject`s of `source` records [start, stop)."""
-  yield from _reader(source.kind)(source, start, stop, image_size, open_raw)
 
 
 def sha256_file(path):
