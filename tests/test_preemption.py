@@ -207,8 +207,8 @@ def test_the_stream_started_at_any_position_is_the_uninterrupted_stream_from_the
 
 def test_a_checkpoint_written_before_the_input_position_resumes_at_step_times_batch(tmp_path):
   """Older checkpoints lack the position (and seed states): they load, the position follows the step."""
-  from trainers import distributed  # pylint: disable=g-import-not-at-top
-  from trainers import state  # pylint: disable=g-import-not-at-top
+  from trainers import distributed
+  from trainers import state
 
   ctx = distributed.Context(rank=0, size=1, local_rank=0)
   step = tf.Variable(7, dtype=tf.int64)
