@@ -146,7 +146,6 @@ class ShardFailure(RuntimeError):
     super().__init__(f"{path}: {' '.join(str(problem).split())}")
 
 
-@contextlib.contextmanager
 def _read(source, start, stop, image_size):
   """The `Record`s and `Reject`s of `source` records [start, stop), from its layout's reader.
 
@@ -160,6 +159,7 @@ def _read(source, start, stop, image_size):
   raise ValueError(f"unknown source kind {source.kind!r}")
 
 
+@contextlib.contextmanager
 def _reading(path):
   try:
     yield
