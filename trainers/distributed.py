@@ -13,7 +13,13 @@ the wrapped `tf.Variable`s.
 """
 
 import dataclasses
+import os
+import time
 
+from horovod.common.elastic import ObjectState
+from horovod.common.elastic import run_fn
+from horovod.common.exceptions import HorovodInternalError
+from horovod.common.exceptions import HostsUpdatedInterrupt
 import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
@@ -60,12 +66,19 @@ def init():
     (a single process of rank 0, size 1).
   """
   hvd.init()
+  # A GPU is pinned once per process: after an elastic reset a process keeps
+  # its GPU even if its local rank changes (TensorFlow cannot re-pin).
   gpus = tf.config.list_physical_devices("GPU")
   for gpu in gpus:
     # Without memory growth, the first process grabs every GPU's memory.
     tf.config.experimental.set_memory_growth(gpu, True)
   if gpus:
     tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+  return context()
+
+
+def context():
+  """This process's `Context` now (it changes when an elastic job re-forms)."""
   return Context(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank())
 
 
@@ -151,3 +164,85 @@ def barrier():
   """Returns once every rank has called it (e.g. so no rank exits before the chief's checkpoint)."""
   if hvd.size() > 1:
     hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="barrier")
+
+
+# --- elastic Horovod (horovodrun --min-np/--max-np --host-discovery-script) ---
+
+
+def elastic():
+  """Whether horovodrun started this process as part of an elastic job (it sets HOROVOD_ELASTIC)."""
+  return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+class ElasticState(ObjectState):
+  """The state an elastic job keeps in host memory at each commit, and sends to joining workers.
+
+  Horovod's own `hvd.elastic.TensorFlowState` cannot be used: it broadcasts
+  its variables when it is built, a collective that a joining worker would
+  run while the others are in their sync (a deadlock), and in eager mode its
+  `sync` broadcasts nothing; its Keras classes predate Keras 3 (issue 4290).
+  This class goes through the `tf.Variable`s behind the Keras variables, the
+  ones `broadcast_variables` sends at start-up: `commit` copies them to host
+  memory (and raises `HostsUpdatedInterrupt` on every rank together when the
+  discovery script's hosts changed), `restore` puts the copies back after a
+  lost worker, `sync` sends rank 0's to every rank after a reset.
+
+  Args:
+    variables: Keras or TensorFlow variables (model, optimizer, EMA, ...).
+    objects: Picklable values kept the same way (attributes of the state).
+  """
+
+  def __init__(self, variables, **objects):
+    self._variables = _tf_variables(variables)
+    self._values = [v.numpy() for v in self._variables]
+    # When the last attempt was interrupted (time.time()), for the re-form line.
+    self.interrupted = None
+    super().__init__(bcast_object=broadcast_object, get_rank=hvd.rank, **objects)
+
+  def save(self):
+    self._values = [v.numpy() for v in self._variables]
+    super().save()
+
+  def restore(self):
+    for v, value in zip(self._variables, self._values):
+      v.assign(value)
+    super().restore()
+
+  def sync(self):
+    if hvd.size() > 1:
+      hvd.broadcast_variables(self._variables, root_rank=0)
+    self._values = [v.numpy() for v in self._variables]
+    super().sync()
+
+
+def _reset():
+  """Leaves the old world and joins the new one (the driver's next rendezvous)."""
+  hvd.shutdown()
+  hvd.init()
+
+
+def run_elastic(fn, state):
+  """Calls fn(state) until it returns, re-forming the job whenever a worker is lost or hosts change.
+
+  Before each call every rank takes rank 0's state (`ElasticState.sync`); a
+  lost worker fails a collective, and then every survivor restores its last
+  commit; either way Horovod is restarted with the new world before fn is
+  called again. Horovod's `hvd.elastic.run` only recognizes the failure of an
+  op named HorovodAllreduce, HorovodAllgather or HorovodBroadcast; the
+  grouped allreduce of the gradients inside a tf.function fails with other
+  names, so here any TensorFlow error from a Horovod op counts.
+  """
+
+  def attempt(state):
+    try:
+      return fn(state)
+    except (HorovodInternalError, HostsUpdatedInterrupt):
+      state.interrupted = time.time()
+      raise
+    except tf.errors.OpError as e:
+      if "Horovod" in (e.message or ""):
+        state.interrupted = time.time()
+        raise HorovodInternalError(e) from e
+      raise
+
+  return run_fn(attempt, _reset)(state)

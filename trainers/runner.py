@@ -132,28 +132,38 @@ def _read_errors(run, splits):
 
 
 @contextlib.contextmanager
-def _claimed_model_dir(config, ctx):
-  """Holds the model dir for the block (trainers/run_dir.py); yields the config.json it held.
+def _claimed_model_dir(config, ctx, metadata, elastic=False):
+  """Holds the model dir for the block (trainers/run_dir.py); yields the chief's outcome.
 
-  Only the chief locks; every rank learns its outcome, so when the chief
-  cannot claim the directory every rank stops at once instead of waiting in
-  the first collective.
+  Only the chief locks, and checks the run against its data (`run_dir.check_data`);
+  every rank learns its outcome, so when the chief cannot claim the directory
+  every rank stops at once instead of waiting in the first collective. The
+  outcome is ("ok", the config.json held) or ("error", the line). An elastic
+  run has no collective before its first state sync (a joining worker would
+  run it while the others sync, a deadlock): there the chief's outcome travels
+  in that sync (`train.train`), and other ranks get None here.
   """
 
   def claim():
     try:
       owner = f"trainers/{config.dataset}.py --mode {config.mode}"
       lock, previous = run_dir.claim(config, owner, log=lambda line: _log(ctx, line))
-      return lock, ("ok", previous)
     except run_dir.RunError as e:
       return None, ("error", str(e))
+    try:
+      run_dir.check_data(config, metadata, previous)
+    except run_dir.RunError as e:
+      lock.release()
+      return None, ("error", str(e))
+    return lock, ("ok", previous)
 
   lock, outcome = ctx.chief(claim) or (None, None)
-  status, value = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
-  if status == "error":
-    raise run_dir.RunError(value)
+  if not elastic:
+    outcome = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
+    if outcome[0] == "error":
+      raise run_dir.RunError(outcome[1])
   try:
-    yield value
+    yield outcome
   finally:
     if lock:
       lock.release()
@@ -194,24 +204,29 @@ def run(config, ctx, overrides=None):
     ctx: This process's `distributed.Context`.
     overrides: The line naming the flags that override the run's config.json, or None.
   """
-  with _claimed_model_dir(config, ctx) as previous:
-    metadata = shards.load_metadata(config.data_dir)
-    run_dir.check_data(config, metadata, previous)
+  training = config.mode in run_dir.TRAIN_MODES
+  # Elastic (horovodrun --min-np/--max-np): training re-forms the job when workers come and go.
+  elastic = training and distributed.elastic()
+  metadata = shards.load_metadata(config.data_dir)
+  with _claimed_model_dir(config, ctx, metadata, elastic) as outcome:
+    claimed = outcome is None or outcome[0] == "ok"  # None: not the chief of an elastic run
+    previous = outcome[1] if outcome and claimed else None
     shards.check_first_records(config.data_dir, metadata)
     preemption.set_determinism(config.deterministic)
     r = Run(config, ctx, metadata)
-    _log_start(r, previous, overrides)
-    if config.mode in ("train", "train_and_eval"):
-      ctx.chief(_record_config, r)
+    if claimed:
+      _log_start(r, previous, overrides)
+      if training:
+        ctx.chief(_record_config, r)
     metrics = None
-    if config.mode in ("train", "train_and_eval"):
+    if training:
       with _read_errors(r, ("train", config.recipe.eval_on)):
-        step, best = train(r)
+        step, best = train(r, outcome if elastic else None)
       if config.mode == "train_and_eval":
         with _read_errors(r, (config.eval_split,)):
           metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
       if config.export:
-        ctx.chief(_export, r)
+        r.ctx.chief(_export, r)
     elif config.mode == "export":
       _log(ctx, f"exporting {_restore_trained(r)}")
       ctx.chief(_export, r)
@@ -236,6 +251,7 @@ def main(dataset, argv=None, config=None, overrides=None):
   try:
     run(config, ctx, overrides)
   except preemption.Preempted as e:
+    ctx = distributed.context()  # an elastic job may have re-formed since init
     # The chief says so after writing; the others once it has (the barrier).
     ctx.log(e)
     distributed.barrier()

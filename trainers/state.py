@@ -117,7 +117,7 @@ class Checkpoints:
       "best": os.path.join(model_dir, "best"),
     }
     self._keep = {"latest": keep, "best": 1}
-    self._ctx = ctx
+    self.ctx = ctx  # the chief writes; an elastic job may change it
 
   def _steps(self, which):
     """Steps of the checkpoints in `which`'s directory, from its listing, oldest first."""
@@ -158,7 +158,7 @@ class Checkpoints:
 
   def save(self, step, which="latest"):
     """Writes the checkpoint of `step`, then keeps only the newest few (chief only)."""
-    if not self._ctx.is_chief:
+    if not self.ctx.is_chief:
       return
     d = self._dirs[which]
     tf.io.gfile.makedirs(d)

@@ -134,14 +134,10 @@ class Run:
     keras.mixed_precision.set_global_policy(config.precision)
     self.model = create_model(recipe, self.metadata, self.augmentation)
     self.eval_model = make_eval_model(self.model, recipe.eval_output)
-    self.global_batch = recipe.batch_size * ctx.size
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
-    self.max_steps = (
-      math.ceil(config.epochs * self.steps_per_epoch) if config.epochs else recipe.max_steps
-    )
-    self.schedule = schedule.create_learning_rate_fn(
-      config, ctx.size, self.steps_per_epoch, self.max_steps
-    )
+    epoch = input_pipeline.steps_per_epoch(self.metadata, "train", recipe.batch_size * ctx.size)
+    # The step budget is fixed at start, also when an elastic job changes size.
+    self.max_steps = math.ceil(config.epochs * epoch) if config.epochs else recipe.max_steps
+    self._resized(ctx)
     self.optimizer = schedule.create_optimizer(recipe, self.schedule)
     if config.precision == "mixed_float16":
       self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -164,10 +160,36 @@ class Run:
     self.checkpoints = state.Checkpoints(config.model_dir, ctx, config.keep_checkpoints, **objects)
     self.eval_step = make_eval_step(self.eval_model)
     self.writer = summaries.Writer(config.model_dir, ctx)
-    # Built once per run, kept in memory when small (trainers/eval_input.py).
+    self._sharded(ctx)
+
+  def _resized(self, ctx):
+    """What follows the number of workers: global batch, epoch length, learning rate."""
+    self.ctx = ctx
+    self.global_batch = self.config.recipe.batch_size * ctx.size
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
+    self.schedule = schedule.create_learning_rate_fn(
+      self.config, ctx.size, self.steps_per_epoch, self.max_steps
+    )
+
+  def _sharded(self, ctx):
+    # Built once per world, kept in memory when small (trainers/eval_input.py).
     self.eval_inputs = eval_input.EvalInputs(
       lambda split: self.dataset(split, training=False), self.metadata, rank=ctx.rank, size=ctx.size
     )
+
+  def reform(self, ctx):
+    """An elastic job re-formed: takes this process's new rank and world size.
+
+    The learning rate, the global batch and the per-worker sharding of the
+    input follow the new size; the chief-only writers follow rank 0.
+    """
+    self._resized(ctx)
+    self.optimizer.learning_rate = self.schedule  # a schedule replaces a schedule
+    self._sharded(ctx)
+    self.checkpoints.ctx = ctx
+    if self.writer.active != ctx.is_chief:
+      self.writer.close()
+      self.writer = summaries.Writer(self.config.model_dir, ctx)
 
   @property
   def step(self):
@@ -188,14 +210,21 @@ class Run:
       data=run_dir.data_signature(self.metadata),
     )
 
-  def broadcast(self):
-    """Horovod: every rank takes rank 0's model, optimizer, EMA and early-stopping state."""
+  def shared_variables(self):
+    """The state every rank holds alike: model, optimizer, EMA, early stopping, input position.
+
+    Not the dropout seed generators: each rank draws its own masks.
+    """
     variables = [v for v in self.model.variables if "seed_generator" not in v.path]
     variables += list(self.optimizer.variables) + list(self.early_stopping.variables.values())
     variables.append(self.input_position.variable)
     if self.ema:
       variables += self.ema.shadows
-    distributed.broadcast_variables(variables, root_rank=0)
+    return variables
+
+  def broadcast(self):
+    """Horovod: every rank takes rank 0's `shared_variables`."""
+    distributed.broadcast_variables(self.shared_variables(), root_rank=0)
 
   def dataset(self, split, training):
     # A resumed run starts where its input stopped, mid-epoch if need be.
@@ -296,16 +325,25 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
   return stop
 
 
-def _resume(run):
-  """Restores the latest checkpoint (unless --overwrite) and takes rank 0's state; returns the step."""
+def _restore(run):
+  """Restores the latest checkpoint on this rank (unless --overwrite); returns its path or None."""
   with preemption.rank_seeds_kept(run.model):
     restored = None if run.config.overwrite else run.checkpoints.restore("latest")
   run.input_position.resolve(run.step, run.global_batch)
+  return restored
+
+
+def _log_resumed(run, restored):
+  if restored or run.step:
+    _log(run.ctx, f"resumed from {restored} at step {run.step}")
+
+
+def _resume(run):
+  """Restores the latest checkpoint and takes rank 0's state; returns the step."""
+  restored = _restore(run)
   run.broadcast()
-  start = run.step
-  if restored or start:
-    _log(run.ctx, f"resumed from {restored} at step {start}")
-  return start
+  _log_resumed(run, restored)
+  return run.step
 
 
 def _cadences(run, k):
@@ -388,14 +426,61 @@ def _finish(run, step, preempted, checkpointed):
   return best
 
 
-def train(run):
+def train(run, outcome=None):
   """Trains to run.max_steps, resuming from the latest checkpoint.
+
+  Under an elastic horovodrun (trainers/distributed.py's `elastic`), the loop
+  commits the run's state at the end of each call and goes on with the
+  workers there are, whenever one is lost or the discovered hosts change.
+
+  Args:
+    run: This process's `Run`.
+    outcome: Elastic runs only: the chief's claim on the model dir (None on
+      other ranks), which the first state sync brings to every rank.
 
   Returns:
     (the final step, the best evaluation {"precision_at_1", "step"} when the
     recipe stops early, else None).
   """
-  start = _resume(run)
+  if not distributed.elastic():
+    return _train(run, _resume(run))
+  restored = _restore(run)  # rank 0's state reaches the others in the sync
+  state_ = distributed.ElasticState(run.shared_variables(), outcome=outcome)
+  first = [True]
+
+  def attempt(synced):
+    if first[0]:
+      first[0] = False
+      if synced.outcome[0] == "error":
+        raise run_dir.RunError(synced.outcome[1])
+      _log(run.ctx, f"elastic: state committed every call; world size {run.ctx.size}")
+      _log_resumed(run, restored)
+    else:
+      _reformed(run, distributed.context(), time.time() - synced.interrupted)
+    return _train(run, run.step, commit=synced.commit)
+
+  return distributed.run_elastic(attempt, state_)
+
+
+def _reformed(run, ctx, seconds):
+  """After a reset of an elastic job: the new world, and the line that says so.
+
+  `seconds`: from the interruption (a failed collective, or the commit that
+  saw the hosts change) to the state synced in the new world.
+  """
+  before = run.ctx.size
+  run.reform(ctx)
+  rate = float(run.schedule(run.step))
+  _log(
+    ctx,
+    f"world size {before} -> {ctx.size} at step {run.step}: batch {run.global_batch} global, "
+    f"learning rate {rate:.4g}, each worker reads 1/{ctx.size} of the shards; "
+    f"re-formed in {seconds:.1f}s",
+  )
+
+
+def _train(run, start, commit=None):
+  """The loop from `start`; `commit` (elastic runs) is called after each call."""
   k = steps_per_call(run.config)
   every = _cadences(run, k)
   train_steps = make_train_loop(
@@ -411,45 +496,47 @@ def train(run):
   batches = iter(run.dataset("train", training=True))
   # SIGTERM/SIGINT: stop at a step every rank agrees on (trainers/preemption.py).
   stop, preempted = preemption.StopSignal(), False
-  stop.install()
-  while step < run.max_steps:
-    n = call_length(step, start, run.max_steps, k)
-    call_started = time.time()
-    metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64), stop.flag())
-    # The one device-to-host transfer of the call.
-    metrics = {name: float(v) for name, v in metrics.items()}
-    training += time.time() - call_started
-    step += n
-    run.input_position.advance(n * run.global_batch)
-    _check_finite(metrics, step, n)
-    if metrics["stop"] > 0:  # the same rank mean everywhere: every rank stops here
-      preempted = True
-      break
-    _update_averages(averages, metrics, n)
-    metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
-    now = time.time()
-    # Log.
-    if due(step, every["log"], last=run.max_steps):
-      rate = (step - last_log[0]) / max(training - last_log[1], 1e-9) * run.global_batch
-      last_log = (step, training)
-      eta = (now - started) / (step - start) * (run.max_steps - step)
-      _log_progress(run, step, metrics, rate, now - started, eta)
-    # Summaries (rank 0 writes; the writer does nothing elsewhere).
-    if due(step, every["summary"], first=start + 1):
-      steps_per_second = (step - last_summary[0]) / max(training - last_summary[1], 1e-9)
-      last_summary = (step, training)
-      _train_summaries(run, step, metrics, averages, steps_per_second)
-    if run.writer.active and due(step, every["histogram"], first=start + 1):
-      _histograms(run, step, images, grads, probe)
-    # Checkpoint.
-    if due(step, every["checkpoint"]):
-      run.checkpoints.save(step)
-    # Evaluate (and stop early).
-    if due(step, every["eval"]) and _evaluate_during_training(
-      run, step, images, labels, time.time() - started
-    ):
-      break
-  stop.uninstall()
+  with stop.installed():
+    while step < run.max_steps:
+      n = call_length(step, start, run.max_steps, k)
+      call_started = time.time()
+      metrics, images, labels, grads = train_steps(batches, tf.constant(n, tf.int64), stop.flag())
+      # The one device-to-host transfer of the call.
+      metrics = {name: float(v) for name, v in metrics.items()}
+      training += time.time() - call_started
+      step += n
+      run.input_position.advance(n * run.global_batch)
+      _check_finite(metrics, step, n)
+      if metrics["stop"] > 0:  # the same rank mean everywhere: every rank stops here
+        preempted = True
+        break
+      _update_averages(averages, metrics, n)
+      metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
+      now = time.time()
+      # Log.
+      if due(step, every["log"], last=run.max_steps):
+        rate = (step - last_log[0]) / max(training - last_log[1], 1e-9) * run.global_batch
+        last_log = (step, training)
+        eta = (now - started) / (step - start) * (run.max_steps - step)
+        _log_progress(run, step, metrics, rate, now - started, eta)
+      # Summaries (rank 0 writes; the writer does nothing elsewhere).
+      if due(step, every["summary"], first=start + 1):
+        steps_per_second = (step - last_summary[0]) / max(training - last_summary[1], 1e-9)
+        last_summary = (step, training)
+        _train_summaries(run, step, metrics, averages, steps_per_second)
+      if run.writer.active and due(step, every["histogram"], first=start + 1):
+        _histograms(run, step, images, grads, probe)
+      # Checkpoint.
+      if due(step, every["checkpoint"]):
+        run.checkpoints.save(step)
+      # Evaluate (and stop early).
+      if due(step, every["eval"]) and _evaluate_during_training(
+        run, step, images, labels, time.time() - started
+      ):
+        break
+      # Elastic: keep this step's state; re-form here if hosts were added or removed.
+      if commit and step < run.max_steps:
+        commit()
   seconds = time.time() - started
   _log(
     run.ctx,
