@@ -3,7 +3,8 @@
 `make bench` runs `--only cli` (bench/cli.py, issue 18, ~10 minutes on 2 cores):
 the trainer timed as users run it, as whole processes, against a plain Keras
 `model.fit` script (bench/keras_fit.py), and `horovodrun -np 2` against one
-process on one core. `--only speed` runs issue 11's in-process figures
+process on one core. `--only elastic` times elastic runs (bench/elastic.py,
+issue 17). `--only speed` runs issue 11's in-process figures
 (bench/speed.py); the rest of this docstring describes `--only conversion`
 and `--only summaries`.
 
@@ -185,10 +186,11 @@ def main():
   parser.add_argument("--results", default=str(RESULTS))
   parser.add_argument(
     "--only",
-    choices=("cli", "speed", "conversion", "summaries", "all"),
+    choices=("cli", "elastic", "speed", "conversion", "summaries", "all"),
     default="cli",
     help="cli (default, `make bench`: the trainer's command line against Keras fit, "
-    "issue 18, ~10 min on 2 cores); speed (issue 11's in-process training figures); "
+    "issue 18, ~10 min on 2 cores); elastic (issue 17: the cost of commits, the time to "
+    "re-form after a lost or added worker, ~5 min); speed (issue 11's in-process training figures); "
     "conversion (the Beam job); summaries (1000-step overhead); all.",
   )
   parser.add_argument(
@@ -217,6 +219,14 @@ def main():
     repeats = args.repeats or 3
     rows = cli.run(data_dir, work, repeats)
     text += cli.markdown(rows, datetime.date.today().isoformat(), machine, load, repeats)
+  if args.only in ("elastic", "all"):
+    from bench import elastic
+
+    data_dir = _sample_tfrecords(work) / "cifar10"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    repeats = args.repeats or 3
+    result = elastic.run(data_dir, work, repeats)
+    text += elastic.markdown(result, datetime.date.today().isoformat(), machine, load, repeats)
   if args.only in ("speed", "all"):
     from bench import speed
 

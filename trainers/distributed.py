@@ -1,9 +1,12 @@
 """The one module that imports Horovod.
 
 Everything distributed in the trainers goes through here: process setup (one
-process per GPU), gradient averaging, the start-up broadcast and cross-rank
-means. The rest of `trainers/` receives a `Context` (rank and size passed in,
-never read from a global), so it runs unchanged as a single process.
+process per GPU), gradient averaging, the start-up broadcast, cross-rank means,
+and elastic runs (`ElasticState`, `run_elastic`: the state committed in memory
+and the job re-formed when workers come and go). The rest of `trainers/`
+receives a `Context` (rank and size passed in, never read from a global), so it
+runs unchanged as a single process; an elastic job hands the loop a new one
+after each re-form.
 
 Keras 3 note: `hvd.DistributedGradientTape` and `hvd.broadcast_variables` fail
 on Keras 3 variables (`'Variable' object has no attribute 'ref'`, Horovod issue
