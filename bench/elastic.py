@@ -186,11 +186,11 @@ def markdown(result, date, machine, load, repeats):
     f"\n## Elastic runs (issue 17), {date}",
     machine,
     f"Load average at start: {load}.\n",
-    "| figure | value | per-repeat ratios |",
-    "|---|---:|---|",
+    "| figure | value | per-repeat ratios | CPU per step, fixed / elastic |",
+    "|---|---:|---|---:|",
     f"| (c) {recipe}, batch {batch}/worker, steps {s1}->{s2}, a commit every 10 steps: "
     f"elastic / fixed hosts, horovodrun -np 2 | {o['a']:.0f} / {o['b']:.0f} img/s = "
-    f"{o['ratio']:.2f}x | {', '.join(f'{r:.2f}' for r in o['ratios'])} |",
+    f"{o['ratio']:.2f}x | {', '.join(f'{r:.2f}' for r in o['ratios'])} | {o['cpu_ratio']:.2f} |",
     "",
     "| (d) re-form, cifar10_tutorial batch 32/worker | to the `world size` line | "
     "to training again | at step |",
