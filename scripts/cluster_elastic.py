@@ -64,16 +64,17 @@ class LogWatcher:
   def wait(self, pattern, timeout, accept=lambda m: True):
     deadline = time.time() + timeout
     while True:
-      with open(self.path, errors="replace") as f:
+      exited = self.proc.poll() is not None  # before the read: then the log is complete
+      with open(self.path, "rb") as f:
         f.seek(self.pos)
         chunk = f.read()
-      complete = chunk[: chunk.rfind("\n") + 1]
+      complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
       for line in complete.splitlines(keepends=True):
-        self.pos += len(line.encode(errors="replace"))
-        match = re.search(pattern, line)
+        self.pos += len(line)
+        match = re.search(pattern, line.decode(errors="replace"))
         if match and accept(match):
           return match, time.time()
-      if self.proc.poll() is not None and not complete:
+      if exited and not complete:
         raise RehearsalError(
           f"the launcher exited {self.proc.returncode} before a line matching {pattern!r}:\n"
           f"{self.tail()}"
@@ -136,7 +137,8 @@ class ElasticMPIJobRehearsal(MPIJobRehearsal):
 
   def holds_rank_0(self, i):
     """Whether worker i runs the rank horovodrun started as rank 0 (its environment says)."""
-    probe = "grep -lzx HOROVOD_RANK=0 /proc/[0-9]*/environ"
+    # -q: a match counts even if a process ended between the glob and the read.
+    probe = "grep -sqzx HOROVOD_RANK=0 /proc/[0-9]*/environ"
     result = run(PODMAN + ["exec", f"{PREFIX}-worker-{i}", "sh", "-c", probe], check=False)
     return result.returncode == 0
 
