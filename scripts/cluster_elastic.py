@@ -157,16 +157,19 @@ def lose_and_gain_a_worker(mpi, model_dir, max_steps):
     if len(victims) != mpi.replicas - 1:
       raise RehearsalError(f"rank 0 runs on {mpi.replicas - len(victims)} workers, not one")
     victim = victims[0]
+    # The new worker's pod is scheduled and its sshd started meanwhile; it joins
+    # the Service's DNS name only once ready, after the loss (list_in_dns below).
+    new = mpi.replicas  # worker-2: a new pod, a new address
+    mpi.start_worker(new, listed=False)
+    mpi.wait_ready(new)
     lost = time.time()
     run(PODMAN + ["rm", "-f", "-t", "0", f"{PREFIX}-worker-{victim}"])
     shrunk, seen = watch.wait(REFORMED.format(2, 1), CHANGE_LIMIT)
     m.shrunk_at_step, m.reformed_shrink = int(shrunk.group(1)), float(shrunk.group(2))
     m.lost_to_reformed = seen - lost
     m.lost_to_training = watch.wait(PROGRESS.pattern, CHANGE_LIMIT)[1] - lost
-
-    new = mpi.replicas  # worker-2: a new pod, a new address
-    mpi.start_worker(new, listed=False)
-    mpi.wait_ready(new)
+    # Only now, seconds after the loss: Horovod stamps host changes in whole
+    # seconds and ignores one no later than the last it has seen (the loss).
     mpi.list_in_dns(new)
     ready = time.time()
     grown, seen = watch.wait(REFORMED.format(1, 2), CHANGE_LIMIT)
