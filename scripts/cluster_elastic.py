@@ -8,8 +8,8 @@ worker pods on a podman network where each carries the Service's name as a
 network alias (aardvark-dns answers that name with every such container's IP,
 as the cluster DNS answers a headless Service with its ready pods), and the
 launcher's horovodrun, whose discovery script (docker/discover_hosts.sh)
-resolves that name. Mid-run the worker that does not hold rank 0 is removed
-(`podman rm -f`, as a deleted pod): the job must go on with one worker. Then a
+resolves that name. Mid-run the worker that does not hold rank 0 is killed and
+removed (`podman kill`, `podman rm`: a deleted pod): the job must go on with one worker. Then a
 new worker starts, with a new address as a new pod gets; it joins the alias
 only once its sshd listens (publishNotReadyAddresses: false), and the job must
 grow back to two workers and finish its step budget with an evaluation. The
@@ -163,6 +163,10 @@ def lose_and_gain_a_worker(mpi, model_dir, max_steps):
     mpi.start_worker(new, listed=False)
     mpi.wait_ready(new)
     lost = time.time()
+    # The pod's processes die (their connections close), then the pod is gone
+    # (out of DNS), as when a worker pod is deleted. A node that vanishes
+    # without closing them is noticed only by ssh's keepalives (docs/cluster.md).
+    run(PODMAN + ["kill", f"{PREFIX}-worker-{victim}"])
     run(PODMAN + ["rm", "-f", "-t", "0", f"{PREFIX}-worker-{victim}"])
     shrunk, seen = watch.wait(REFORMED.format(2, 1), CHANGE_LIMIT)
     m.shrunk_at_step, m.reformed_shrink = int(shrunk.group(1)), float(shrunk.group(2))
