@@ -64,6 +64,7 @@ from cluster_image import ensure_base
 from cluster_mpijob import MPIJobRehearsal
 from cluster_mpijob import assert_trained
 from cluster_mpijob import kill_worker_mid_training
+from cluster_mpijob import latest_checkpoint_step
 from cluster_mpijob import ssh_logins
 from cluster_mpijob import train_args
 from cluster_pod import NETWORK
@@ -221,6 +222,9 @@ def kill_and_resume_step(r):
   # the launcher Job starts a new launcher pod (backoffLimit).
   mpi.start_worker(1)
   mpi.wait_ready(1)
+  # The surviving worker's rank may finish one more checkpoint after horovodrun
+  # has exited (its ssh session is cut, the process ends at its next write).
+  at_kill = latest_checkpoint_step(model_dir2)
   code, text = mpi.run_launcher(3)
   resumed = re.search(r"resumed from (\S+) at step (\d+)", text)
   if code != 0 or not resumed:
