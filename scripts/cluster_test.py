@@ -223,7 +223,7 @@ def kill_and_resume_step(r):
   mpi.start_worker(1)
   mpi.wait_ready(1)
   # The surviving worker's rank may finish one more checkpoint after horovodrun
-  # has exited (its ssh session is cut, the process ends at its next write).
+  # has exited: the rerun must resume from the last one on disk when it starts.
   at_kill = latest_checkpoint_step(model_dir2)
   code, text = mpi.run_launcher(3)
   resumed = re.search(r"resumed from (\S+) at step (\d+)", text)
