@@ -20,7 +20,13 @@ the MPI Operator would do around them:
    the launcher must exit non-zero within a minute with Horovod's message, and
    the next launcher (after the worker restarts, as the operator's pod would)
    must resume from the last checkpoint and finish;
-4. the evaluation Job, and TensorBoard's readiness probe against the
+4. the elastic MPIJob of k8s/overlays/rehearsal-elastic (cluster_elastic.py):
+   its workers answer to the headless Service's name in the network's DNS, the
+   launcher's horovodrun discovers them with docker/discover_hosts.sh; one
+   worker is removed mid-run (the job goes on), a new one added (the job
+   grows), and the run finishes its step budget with an evaluation; the
+   seconds from each change to training again are printed;
+5. the evaluation Job, and TensorBoard's readiness probe against the
    Deployment's TensorBoard command.
 
 Each phase asserts real outcomes (exit codes, checkpoint files, metrics.json,
@@ -50,12 +56,15 @@ import tempfile
 import time
 import urllib.request
 
+from cluster_elastic import ElasticMPIJobRehearsal
+from cluster_elastic import lose_and_gain_a_worker
 from cluster_image import build_image
 from cluster_image import check_image
 from cluster_image import ensure_base
 from cluster_mpijob import MPIJobRehearsal
 from cluster_mpijob import assert_trained
 from cluster_mpijob import kill_worker_mid_training
+from cluster_mpijob import latest_checkpoint_step
 from cluster_mpijob import ssh_logins
 from cluster_mpijob import train_args
 from cluster_pod import NETWORK
@@ -74,11 +83,12 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal"
+ELASTIC_OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal-elastic"
 
 
-def render():
-  """The rehearsal overlay's objects, keyed by (kind, name), as `kubectl apply -k` would send them."""
-  out = run(["kubectl", "kustomize", str(OVERLAY)]).stdout
+def render(overlay=OVERLAY):
+  """An overlay's objects, keyed by (kind, name), as `kubectl apply -k` would send them."""
+  out = run(["kubectl", "kustomize", str(overlay)]).stdout
   return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
 
 
@@ -95,6 +105,8 @@ class Rehearsal:
   dataset: str = ""
   flags: dict = dataclasses.field(default_factory=dict)
   mpi: MPIJobRehearsal | None = None
+  # Measurements printed under the timing table (title, seconds).
+  measured: list = dataclasses.field(default_factory=list)
 
   def obj(self, kind, name):
     return self.objects[(kind, name)]
@@ -210,6 +222,9 @@ def kill_and_resume_step(r):
   # the launcher Job starts a new launcher pod (backoffLimit).
   mpi.start_worker(1)
   mpi.wait_ready(1)
+  # The surviving worker's rank may finish one more checkpoint after horovodrun
+  # has exited: the rerun must resume from the last one on disk when it starts.
+  at_kill = latest_checkpoint_step(model_dir2)
   code, text = mpi.run_launcher(3)
   resumed = re.search(r"resumed from (\S+) at step (\d+)", text)
   if code != 0 or not resumed:
@@ -225,6 +240,50 @@ def kill_and_resume_step(r):
 
 def mpijob_cleanup_step(r):
   r.mpi.cleanup()
+
+
+def elastic_step(r):
+  """The elastic MPIJob: a worker removed and a new one added mid-run (cluster_elastic.py)."""
+  objects = render(ELASTIC_OVERLAY)
+  (job,) = [o for (kind, _), o in objects.items() if kind == "MPIJob"]
+  images = {
+    c["image"]
+    for spec in job["spec"]["mpiReplicaSpecs"].values()
+    for c in spec["template"]["spec"].get("initContainers", [])
+    + spec["template"]["spec"]["containers"]
+  }
+  if images != {r.image}:
+    raise RehearsalError(f"the elastic MPIJob runs {sorted(images)}, not the rehearsal's {r.image}")
+  (service,) = [
+    o
+    for (kind, _), o in objects.items()
+    if kind == "Service" and o["spec"].get("clusterIP") == "None"
+  ]
+  runs = r.work / "cnn-runs-elastic"
+  runs.mkdir()
+  os.chown(runs, 1000, 1000)
+  work = r.work / "elastic"
+  (work / "logs").mkdir(parents=True)
+  r.mpi = ElasticMPIJobRehearsal(job, service, r.image, work, dict(r.claims, **{"cnn-runs": runs}))
+  r.mpi.setup()
+  r.mpi.start_pods()
+  flags = train_args(job)
+  max_steps = int(flags["--max-steps"])
+  model_dir = runs / pathlib.Path(flags["--model-dir"]).relative_to("/runs")
+  m, victim = lose_and_gain_a_worker(r.mpi, model_dir, max_steps)
+  log(
+    f"   removed worker {victim} after step {m.removed_at_step}: world size 2 -> 1 at step "
+    f"{m.shrunk_at_step}; added worker {r.mpi.replicas}: 1 -> 2 at step {m.grown_at_step}; "
+    f"finished {max_steps} steps, evaluated and exported"
+  )
+  r.measured += [
+    ("elastic: worker removed -> world size 2 -> 1 logged", m.lost_to_reformed),
+    ("elastic: worker removed -> training again (next progress line)", m.lost_to_training),
+    ("elastic: the trainer's own re-form time after the loss", m.reformed_shrink),
+    ("elastic: new worker ready, in DNS -> world size 1 -> 2 logged", m.ready_to_grown),
+    ("elastic: new worker ready, in DNS -> training again", m.ready_to_training),
+    ("elastic: the trainer's own re-form time after the join", m.reformed_grow),
+  ]
 
 
 def evaluation_step(r):
@@ -289,6 +348,8 @@ STEPS = [
   (None, mpijob_setup_step),
   ("MPIJob: launcher + 2 workers, train, evaluate, export", mpijob_step),
   ("MPIJob on an empty runs volume: kill worker 1 mid-training, then resume", kill_and_resume_step),
+  (None, mpijob_cleanup_step),
+  ("elastic MPIJob: a worker removed and one added mid-run, train, evaluate", elastic_step),
   (None, mpijob_cleanup_step),
   ("evaluation Job", evaluation_step),
   ("TensorBoard Deployment: readiness probe", tensorboard_step),
@@ -358,6 +419,8 @@ def main(argv_=None):
   for title, seconds in r.timings:
     log(f"  {seconds:7.0f} s  {title}")
   log(f"  {time.time() - started:7.0f} s  total")
+  for title, seconds in r.measured:
+    log(f"  {seconds:7.1f} s  {title}")
   if args.keep:
     log(f"volumes and logs kept in {work}")
   else:

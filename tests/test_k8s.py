@@ -40,8 +40,12 @@ BASE = K8S / "base"
 SCHEMAS = ROOT / "tests" / "schemas"
 # The Kubernetes releases k8s/README.md promises (podFailurePolicy needs 1.29).
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
-# The overlay `make cluster-test` runs; it swaps in the CPU image and drops the GPUs.
+# The overlays `make cluster-test` runs; they swap in the CPU image and drop the GPUs.
 REHEARSAL = "rehearsal"
+REHEARSAL_ELASTIC = "rehearsal-elastic"
+# The elastic job (k8s/components/elastic) and the overlay that applies it to the base.
+ELASTIC = "elastic"
+ELASTIC_COMPONENT = K8S / "components" / "elastic"
 GPU_NODE_LABEL = "nvidia.com/gpu.present"
 DOCKER = ROOT / "docker"
 BIN = pathlib.Path(sys.executable).parent
@@ -84,7 +88,14 @@ def _manifest_files():
 
 
 def _kustomizations():
-  return sorted(K8S.rglob("kustomization.yaml"))
+  """k8s/base and the overlays: what `kubectl kustomize` builds (a Component is part of one)."""
+  return sorted(
+    p for p in K8S.rglob("kustomization.yaml") if _load(p)[0]["kind"] == "Kustomization"
+  )
+
+
+def _components():
+  return sorted(p for p in K8S.rglob("kustomization.yaml") if _load(p)[0]["kind"] == "Component")
 
 
 def _base_docs():
@@ -127,12 +138,26 @@ def _matches(doc, target):
 
 
 def _render(kustomization):
-  """The documents a kustomization produces, before its label and image transformers."""
+  """The documents a kustomization produces, before its label and image transformers.
+
+  As kustomize orders them: its resources, then each component's resources and
+  patches, then its own patches.
+  """
   spec = _load(kustomization)[0]
   docs = []
   for resource in spec["resources"]:
     path = (kustomization.parent / resource).resolve()
     docs += _render(path / "kustomization.yaml") if path.is_dir() else _load(path)
+  for component in spec.get("components", []):
+    path = (kustomization.parent / component).resolve() / "kustomization.yaml"
+    docs += [d for r in _load(path)[0].get("resources", []) for d in _load(path.parent / r)]
+    docs = _patched(docs, _load(path)[0], path)
+  return _patched(docs, spec, kustomization)
+
+
+def _patched(docs, spec, kustomization):
+  """`docs` with the JSON patches of a kustomization (or component) `spec` applied."""
+  docs = list(docs)
   for patch in spec.get("patches", []):
     ops = yaml.safe_load(patch["patch"])
     hits = [i for i, d in enumerate(docs) if _matches(d, patch["target"])]
@@ -391,7 +416,7 @@ def test_every_document_parses_and_names_itself():
     assert docs, f"{path}: no YAML document"
     for doc in docs:
       assert doc.get("apiVersion") and doc.get("kind"), f"{path}: document without apiVersion/kind"
-      if doc["kind"] == "Kustomization":
+      if doc["kind"] in ("Kustomization", "Component"):
         assert "namespace" not in doc, f"{path}: the manifests are namespace-agnostic"
         continue
       assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
@@ -404,28 +429,45 @@ def test_kustomization_lists_exactly_the_manifests():
   assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == [
     "base/kustomization.yaml"
   ] + sorted(f"overlays/{d}/kustomization.yaml" for d in _overlay_names())
-  for path in _kustomizations():
-    for resource in _load(path)[0]["resources"]:
+  for path in _kustomizations() + _components():
+    for resource in _load(path)[0].get("resources", []):
       assert (path.parent / resource).exists(), f"{path}: missing resource {resource}"
   # `kubectl apply -k` (and Argo CD, Flux) load nothing outside an overlay's
-  # directory except through a base: an overlay's only resource is k8s/base.
+  # directory except through a base or a component: an overlay's resources are
+  # k8s/base or an overlay it refines, its components are under k8s/components.
   for name in _overlay_names():
-    assert _load(K8S / "overlays" / name / "kustomization.yaml")[0]["resources"] == ["../../base"]
-  # Overlays hold only their kustomization; any other YAML there would be applied by nobody.
+    spec = _load(K8S / "overlays" / name / "kustomization.yaml")[0]
+    for resource in spec["resources"]:
+      assert resource == "../../base" or re.fullmatch(r"\.\./[\w-]+", resource), (name, resource)
+    for component in spec.get("components", []):
+      assert re.fullmatch(r"\.\./\.\./components/[\w-]+", component), (name, component)
+  assert [p.parent for p in _components()] == [ELASTIC_COMPONENT]
+  # Overlays hold only their kustomization, and a component's YAML is all in its
+  # resources; any other YAML there would be applied by nobody.
   strays = [p for p in (K8S / "overlays").rglob("*.yaml") if p.name != "kustomization.yaml"]
   assert not strays
+  for path in _components():
+    listed = {(path.parent / r).resolve() for r in _load(path)[0].get("resources", [])}
+    assert set(path.parent.glob("*.yaml")) - {path} == listed, path
 
 
 def _overlay_names():
   return sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 
 
+def _data_set_overlays():
+  """The overlays that train one data set the base's way (not elastic, not rehearsals)."""
+  return [n for n in _overlay_names() if n not in (REHEARSAL, REHEARSAL_ELASTIC, ELASTIC)]
+
+
 def test_only_the_base_names_the_image_and_labels():
   base = _load(BASE / "kustomization.yaml")[0]
   assert [i["name"] for i in base["images"]] == [IMAGE]
   assert base["labels"]
-  for name in _overlay_names():
-    spec = _load(K8S / "overlays" / name / "kustomization.yaml")[0]
+  for path in [
+    K8S / "overlays" / n / "kustomization.yaml" for n in _overlay_names()
+  ] + _components():
+    name, spec = path.parent.name, _load(path)[0]
     assert "labels" not in spec and "commonLabels" not in spec, f"{name}: labels belong to the base"
     if name == REHEARSAL:  # the CPU image the rehearsal builds, in place of the registry's
       (image,) = spec["images"]
@@ -443,7 +485,7 @@ def test_data_set_overlays_change_only_names_and_data_set():
     "Deployment",
     "Service",
   }
-  datasets = [n for n in _overlay_names() if n != REHEARSAL]
+  datasets = _data_set_overlays()
   assert datasets == ["catdog", "cifar10", "mnist"]
   for dataset in datasets:
     docs = {
@@ -541,7 +583,8 @@ def test_beam_workers_match_the_cpu_request():
 
 def test_mpijob_world_size_matches_workers_and_gpus(probe):
   mpijobs = _by_kind(_all_rendered(), "MPIJob")
-  assert len(mpijobs) == 4  # cifar10, the mnist and catdog overlays, and the rehearsal
+  # cifar10, the mnist and catdog overlays, elastic, and the two rehearsals
+  assert len(mpijobs) == 6
   for job in mpijobs:
     name, spec = job["metadata"]["name"], job["spec"]
     assert job["apiVersion"] == "kubeflow.org/v2beta1"
@@ -562,7 +605,8 @@ def test_mpijob_world_size_matches_workers_and_gpus(probe):
     argv = _argv(launch)
     assert argv[0] == "horovodrun", f"{name}: launcher runs {argv[0]}"
     own = argv[: argv.index(_rank_command(argv)[0])]
-    assert own[own.index("--hostfile") + 1] == "/etc/mpi/hostfile"
+    if "--host-discovery-script" not in own:  # elastic ones: tests/test_k8s_elastic.py
+      assert own[own.index("--hostfile") + 1] == "/etc/mpi/hostfile"
     horovodrun_flags = _long_flags(probe["helps"][("bin", "horovodrun")]) | {"-np"}
     assert {t for t in own if t.startswith("-")} <= horovodrun_flags
     gpus = int(
@@ -604,12 +648,14 @@ def test_overlays_train_the_recipes_own_number_of_examples():
   A recipe's step budget is for one worker; with -np ranks of the same
   per-rank batch, the job must run 1/np of its steps (or the same --epochs).
   """
-  for dataset in [n for n in _overlay_names() if n != REHEARSAL]:
-    docs = _render(K8S / "overlays" / dataset / "kustomization.yaml")
-    (job,) = [d for d in _by_kind(docs, "MPIJob") if d["metadata"]["name"] == f"train-{dataset}"]
+  for overlay in _data_set_overlays() + [ELASTIC]:  # elastic: at its starting size
+    docs = _render(K8S / "overlays" / overlay / "kustomization.yaml")
+    (job,) = _by_kind(docs, "MPIJob")
     (launch,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     argv = _argv(launch)
     np_ = int(argv[argv.index("-np") + 1])
+    dataset = pathlib.Path(_rank_command(argv)[1]).stem
+    assert job["metadata"]["name"].startswith(f"train-{dataset}"), overlay
     flags = dict(_flag_values(_rank_command(argv)))
     recipe = recipes.get(flags.get("--recipe", recipes.default_for(dataset)))
     assert "--epochs" not in flags, f"{dataset}: the check below counts steps"
@@ -688,7 +734,8 @@ def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
     )
     assert wait_for == expected, f"{doc['metadata']['name']}: waits for {wait_for}"
     assert _claim_at(_mounts(*waiter), wait_for)[0] == _claim_at(mounts, wait_for)[0]
-  assert checked == 7  # train and eval, for cifar10, mnist and catdog; the rehearsal's training
+  # Train and eval, for cifar10, mnist and catdog; elastic training; the two rehearsals' training.
+  assert checked == 9
 
 
 def test_tensorboard_service_targets_the_deployment():
@@ -713,8 +760,6 @@ def test_tensorboard_service_targets_the_deployment():
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not on PATH")
 def test_kustomize_builds_what_the_tests_check():
-  base = _load(BASE / "kustomization.yaml")[0]
-  (image,) = base["images"]
   for path in _kustomizations():
     # Default load restrictions: what `kubectl apply -k`, Argo CD and Flux use.
     result = subprocess.run(
@@ -728,11 +773,8 @@ def test_kustomize_builds_what_the_tests_check():
     built = [d for d in yaml.safe_load_all(result.stdout) if d]
     names = sorted((d["kind"], d["metadata"]["name"]) for d in built)
     assert names == sorted((d["kind"], d["metadata"]["name"]) for d in _render(path))
-    spec = _load(path)[0]
+    image = _image(path)
     want = f"{image['newName']}:{image['newTag']}"
-    if spec.get("images"):
-      (override,) = spec["images"]
-      want = f"{override['newName']}:{override['newTag']}"
     for doc in built:
       assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cnn-pipeline"
       for _, pod in _pods(doc):
@@ -740,12 +782,28 @@ def test_kustomize_builds_what_the_tests_check():
           assert c["image"] == want, f"{path}: {c['name']}"
 
 
+def _image(kustomization):
+  """The image transformer that decides a kustomization's image: its own, or its base's."""
+  spec = _load(kustomization)[0]
+  if spec.get("images"):
+    (image,) = spec["images"]
+    return image
+  (base,) = [r for r in spec["resources"] if (kustomization.parent / r).is_dir()]
+  return _image((kustomization.parent / base).resolve() / "kustomization.yaml")
+
+
 def test_paths_named_in_docs_and_comments_exist():
   pattern = re.compile(
     r"(?<![\w/.-])((?:docker|k8s|scripts|trainers|pipeline|preprocess|tests)"
     r"/[\w.-]+(?:/[\w.-]+)*)(:\d)?"
   )
-  texts = [K8S / "README.md"] + _manifest_files() + _kustomizations() + sorted(DOCKER.iterdir())
+  texts = (
+    [K8S / "README.md", ROOT / "docs" / "cluster.md"]
+    + _manifest_files()
+    + _kustomizations()
+    + sorted(ELASTIC_COMPONENT.iterdir())
+    + sorted(DOCKER.iterdir())
+  )
   checked = 0
   for path in texts:
     for ref, tag in pattern.findall(path.read_text()):
@@ -967,8 +1025,13 @@ def test_the_rehearsal_runs_the_rendered_commands_not_copies():
   # The rehearsal is scripts/cluster_test.py and the cluster_*.py modules beside it.
   script = "".join(p.read_text() for p in sorted((ROOT / "scripts").glob("cluster_*.py")))
   assert 'OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal"' in script
+  assert 'ELASTIC_OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal-elastic"' in script
   tokens = {t for _, _, c in _all_containers() for t in _argv(c) if "=" in t or "/" in t}
-  rehearsal = _render(K8S / "overlays" / REHEARSAL / "kustomization.yaml")
+  rehearsal = [
+    d
+    for name in (REHEARSAL, REHEARSAL_ELASTIC)
+    for d in _render(K8S / "overlays" / name / "kustomization.yaml")
+  ]
   tokens |= {
     t
     for doc in rehearsal
