@@ -54,6 +54,23 @@ def elastic_cmd(script):
   ]
 
 
+def trainer_processes(horovodrun_pid, script="cifar10.py"):
+  """{initial rank: (pid, host)} of the trainer processes a horovodrun started.
+
+  The rank is the one the process started with (HOROVOD_RANK in its
+  environment); an elastic job may renumber its ranks later.
+  """
+  found = {}
+  for p in psutil.Process(horovodrun_pid).children(recursive=True):
+    try:
+      if "python" in p.name() and any(script in a for a in p.cmdline()):
+        env = p.environ()
+        found[int(env["HOROVOD_RANK"])] = (p.pid, env["HOROVOD_HOSTNAME"])
+    except (psutil.NoSuchProcess, KeyError):
+      continue
+  return found
+
+
 class _Job:
   """An elastic training job whose output lines are time-stamped as they arrive."""
 
@@ -86,16 +103,7 @@ class _Job:
     raise SystemExit(f"elastic benchmark: no line matching {pattern!r}:\n{tail}")
 
   def workers(self):
-    """{initial rank: (pid, host)} of the trainer processes."""
-    found = {}
-    for p in psutil.Process(self.proc.pid).children(recursive=True):
-      try:
-        if "python" in p.name() and any("cifar10.py" in a for a in p.cmdline()):
-          env = p.environ()
-          found[int(env["HOROVOD_RANK"])] = (p.pid, env["HOROVOD_HOSTNAME"])
-      except (psutil.NoSuchProcess, KeyError):
-        continue
-    return found
+    return trainer_processes(self.proc.pid)
 
   def stop(self):
     """SIGTERM to horovodrun: every rank stops at one step (the preemption path)."""

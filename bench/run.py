@@ -26,6 +26,7 @@ the machine and date.
 import argparse
 import contextlib
 import datetime
+import importlib
 import os
 import pathlib
 import platform
@@ -211,22 +212,15 @@ def main():
     f"Python {platform.python_version()}, {platform.system()} {platform.release()}.\n"
   )
   text = ""
-  if args.only in ("cli", "all"):
-    from bench import cli
-
-    data_dir = _sample_tfrecords(work) / "cifar10"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    repeats = args.repeats or 3
-    rows = cli.run(data_dir, work, repeats)
-    text += cli.markdown(rows, datetime.date.today().isoformat(), machine, load, repeats)
-  if args.only in ("elastic", "all"):
-    from bench import elastic
-
-    data_dir = _sample_tfrecords(work) / "cifar10"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    repeats = args.repeats or 3
-    result = elastic.run(data_dir, work, repeats)
-    text += elastic.markdown(result, datetime.date.today().isoformat(), machine, load, repeats)
+  for name in ("cli", "elastic"):
+    # Whole processes on the sample data, alternating repeats (bench/cli.py, bench/elastic.py).
+    if args.only in (name, "all"):
+      module = importlib.import_module(f"bench.{name}")
+      data_dir = _sample_tfrecords(work) / "cifar10"
+      load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+      repeats = args.repeats or 3
+      result = module.run(data_dir, work, repeats)
+      text += module.markdown(result, datetime.date.today().isoformat(), machine, load, repeats)
   if args.only in ("speed", "all"):
     from bench import speed
 

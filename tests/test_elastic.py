@@ -24,6 +24,7 @@ import psutil
 import pytest
 import tensorflow as tf
 
+from bench.elastic import trainer_processes
 from tests.conftest import BIN
 from tests.conftest import ROOT
 from trainers import tags
@@ -71,15 +72,7 @@ class ElasticJob:
 
   def workers(self):
     """{initial rank: (pid, host)} of the trainer processes horovodrun started."""
-    found = {}
-    for p in psutil.Process(self.proc.pid).children(recursive=True):
-      try:
-        if "python" in p.name() and any("cifar10.py" in a for a in p.cmdline()):
-          env = p.environ()
-          found[int(env["HOROVOD_RANK"])] = (p.pid, env["HOROVOD_HOSTNAME"])
-      except (psutil.NoSuchProcess, KeyError):
-        continue
-    return found
+    return trainer_processes(self.proc.pid)
 
   def finish(self, timeout=600):
     try:
