@@ -36,14 +36,21 @@ HOSTS = ("localhost", "127.0.0.1")  # two hosts to horovodrun on one machine, bo
 OVERHEAD = ("tiny", 32, 100, 2100)  # recipe, batch per worker, S1, S2
 
 
-def _discovery(work, hosts=HOSTS):
-  """A discovery script printing the hosts of `work`/hosts; returns (script, hosts file)."""
+def discovery(work, hosts=HOSTS):
+  """A discovery script printing the `host:1` lines of a file; returns (script, that file).
+
+  Edit the file (`set_hosts`) to add or remove hosts while the job runs.
+  """
   hosts_file = work / "elastic-hosts"
-  hosts_file.write_text("".join(f"{h}:1\n" for h in hosts))
+  set_hosts(hosts_file, hosts)
   script = work / "elastic-discover.sh"
   script.write_text(f"#!/bin/sh\ncat '{hosts_file}'\n")
   script.chmod(0o755)
   return script, hosts_file
+
+
+def set_hosts(hosts_file, hosts):
+  hosts_file.write_text("".join(f"{h}:1\n" for h in hosts))
 
 
 def elastic_cmd(script):
@@ -71,13 +78,26 @@ def trainer_processes(horovodrun_pid, script="cifar10.py"):
   return found
 
 
-class _Job:
-  """An elastic training job whose output lines are time-stamped as they arrive."""
+class JobError(Exception):
+  """An elastic job that did not log what was awaited, or did not end; the message ends with its log."""
+
+
+class ElasticJob:
+  """An elastic horovodrun (`cmd`) whose output lines are time-stamped as they arrive.
+
+  Used by this benchmark and by tests/test_elastic.py; a context manager that
+  stops the job on leaving.
+  """
 
   def __init__(self, cmd):
     env = dict(ENV, PATH=f"{BIN}:{ENV.get('PATH', '')}")
     self.proc = subprocess.Popen(
-      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      [str(a) for a in cmd],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
     )
     self.lines = []  # (time, line)
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -86,6 +106,13 @@ class _Job:
   def _read(self):
     for line in self.proc.stdout:
       self.lines.append((time.time(), line.rstrip("\n")))
+
+  def log(self):
+    return "\n".join(line for _, line in list(self.lines))
+
+  def _fail(self, what):
+    self.stop()
+    raise JobError(f"{what}; the job's log ends:\n{self.log()[-5000:]}")
 
   def wait_for(self, pattern, after=0.0, timeout=600):
     """(time, match) of the first line after `after` matching `pattern`."""
@@ -98,12 +125,25 @@ class _Job:
       if self.proc.poll() is not None and not self._reader.is_alive():
         break
       time.sleep(0.05)
-    tail = "\n".join(line for _, line in self.lines[-40:])
-    self.stop()
-    raise SystemExit(f"elastic benchmark: no line matching {pattern!r}:\n{tail}")
+    self._fail(f"no line matching {pattern!r}")
+
+  def finish(self, timeout=600):
+    """horovodrun's exit code, once it has ended and its output is read."""
+    try:
+      code = self.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      self._fail(f"the job did not end in {timeout} s")
+    self._reader.join(timeout=10)
+    return code
 
   def workers(self):
     return trainer_processes(self.proc.pid)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
 
   def stop(self):
     """SIGTERM to horovodrun: every rank stops at one step (the preemption path)."""
@@ -127,7 +167,7 @@ def _reform(job, acted, before, after):
 
 def reform_times(data_dir, work):
   """Re-form times of a killed worker, and of a host dropped and listed again."""
-  script, hosts_file = _discovery(work)
+  script, hosts_file = discovery(work)
   flags = ["--steps-per-call", "5", "--log-every", "5", "--eval-every", "0"]
 
   def job(name):
@@ -135,32 +175,25 @@ def reform_times(data_dir, work):
     cmd = elastic_cmd(script) + trainer_cmd(
       data_dir, model_dir, "cifar10_tutorial", 32, 100000, flags
     )
-    return _Job(cmd)
+    return ElasticJob(cmd)
 
   rows = {}
-  hosts_file.write_text("".join(f"{h}:1\n" for h in HOSTS))
-  kill = job("kill")
-  try:
+  with job("kill") as kill:
     kill.wait_for(r"step 100/")
     pid, _ = kill.workers()[1]
     acted = time.time()
     os.kill(pid, signal.SIGKILL)
     rows["killed worker, 2 -> 1"] = _reform(kill, acted, 2, 1)
-  finally:
-    kill.stop()
-  hosts_file.write_text("".join(f"{h}:1\n" for h in HOSTS))
-  hosts = job("hosts")
-  try:
+  set_hosts(hosts_file, HOSTS)
+  with job("hosts") as hosts:
     hosts.wait_for(r"step 100/")
     _, chief_host = hosts.workers()[0]
     acted = time.time()
-    hosts_file.write_text("".join(f"{h}:1\n" for h in HOSTS if h != chief_host))
+    set_hosts(hosts_file, [h for h in HOSTS if h != chief_host])
     rows["chief's host dropped, 2 -> 1"] = _reform(hosts, acted, 2, 1)
     acted = time.time()
-    hosts_file.write_text("".join(f"{h}:1\n" for h in HOSTS))
+    set_hosts(hosts_file, HOSTS)
     rows["host listed again, 1 -> 2"] = _reform(hosts, acted, 1, 2)
-  finally:
-    hosts.stop()
   for name, row in rows.items():
     print(f"(d) {name}: {row}", file=sys.stderr)
   return rows
@@ -169,7 +202,7 @@ def reform_times(data_dir, work):
 def run(data_dir, work, repeats=3):
   """{"overhead": `compare`'s dict, "reform": {scenario: seconds}}."""
   recipe, batch, s1, s2 = OVERHEAD
-  script, _ = _discovery(work)
+  script, _ = discovery(work)
   # The same two hosts as the discovery script lists, so only the elastic mode differs.
   fixed = [os.path.join(BIN, "horovodrun"), "-np", "2", "-H", ",".join(f"{h}:1" for h in HOSTS)]
   extra = ("--steps-per-call", "10")

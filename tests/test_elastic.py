@@ -15,80 +15,31 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
-import psutil
 import pytest
 import tensorflow as tf
 
-from bench.elastic import trainer_processes
-from tests.conftest import BIN
+from bench.elastic import HOSTS
+from bench.elastic import ElasticJob
+from bench.elastic import discovery
+from bench.elastic import elastic_cmd
+from bench.elastic import set_hosts
 from tests.conftest import ROOT
 from trainers import tags
 
-HOSTS = ("localhost", "127.0.0.1")
 QUIET = ["--eval-every", 0, "--histogram-every", 0, "--no-export", "--steps-per-call", 5]
 
 
-class ElasticJob:
-  """One elastic horovodrun of trainers/cifar10.py, its host list in a file the test edits."""
+def _job(tmp_path, flags):
+  """An elastic horovodrun of trainers/cifar10.py (bench/elastic.py's `ElasticJob`), on HOSTS.
 
-  def __init__(self, tmp_path, flags, hosts=HOSTS):
-    self.hosts_file = tmp_path / "hosts"
-    self.set_hosts(hosts)
-    discover = tmp_path / "discover.sh"
-    discover.write_text(f"#!/bin/sh\ncat '{self.hosts_file}'\n")
-    discover.chmod(0o755)
-    self.log_path = tmp_path / "job.log"
-    cmd = [BIN / "horovodrun", "-np", 2, "--min-np", 1, "--max-np", 2]
-    cmd += ["--host-discovery-script", discover, ROOT / "trainers" / "cifar10.py"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{BIN}:{os.environ['PATH']}")
-    self._out = open(self.log_path, "w")
-    self.proc = subprocess.Popen(
-      [str(a) for a in cmd + flags], cwd=ROOT, env=env, stdout=self._out, stderr=subprocess.STDOUT
-    )
-
-  def set_hosts(self, hosts):
-    self.hosts_file.write_text("".join(f"{h}:1\n" for h in hosts))
-
-  def log(self):
-    return self.log_path.read_text()
-
-  def wait_for(self, pattern, timeout=300):
-    """Waits for a log line matching `pattern`; returns the match."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-      match = re.search(pattern, self.log())
-      if match:
-        return match
-      if self.proc.poll() is not None:
-        break
-      time.sleep(0.2)
-    self.stop()
-    pytest.fail(f"no line matching {pattern!r} in the job's log:\n{self.log()[-5000:]}")
-
-  def workers(self):
-    """{initial rank: (pid, host)} of the trainer processes horovodrun started."""
-    return trainer_processes(self.proc.pid)
-
-  def finish(self, timeout=600):
-    try:
-      code = self.proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      self.stop()
-      pytest.fail(f"the elastic job did not end in {timeout} s:\n{self.log()[-5000:]}")
-    self._out.close()
-    return code
-
-  def stop(self):
-    if self.proc.poll() is None:
-      self.proc.send_signal(signal.SIGKILL)
-      for p in psutil.Process().children(recursive=True):
-        p.kill()
-      self.proc.wait()
+  Returns (the job, the file its discovery script prints: `set_hosts` edits it).
+  """
+  script, hosts_file = discovery(tmp_path, HOSTS)
+  cmd = elastic_cmd(script) + [ROOT / "trainers" / "cifar10.py"] + flags
+  return ElasticJob(cmd), hosts_file
 
 
 def _flags(tfrecords, model_dir, *extra):
@@ -137,15 +88,15 @@ def test_a_killed_worker_leaves_the_job_running_on_the_rest(tfrecords, tmp_path)
   """kill -9 of rank 1 mid-run: rank 0 re-forms alone at its last commit and finishes."""
   model_dir, max_steps = tmp_path / "run", 3000
   flags = _flags(tfrecords, model_dir, "--recipe", "tiny", "--max-steps", max_steps)
-  job = ElasticJob(tmp_path, flags + ["--log-every", 100, "--summary-every", 50])
-  try:
+  job, _ = _job(tmp_path, flags + ["--log-every", 100, "--summary-every", 50])
+  with job:
     job.wait_for(r"step 300/")
     pid, _ = job.workers()[1]
     os.kill(pid, signal.SIGKILL)
-    shrunk = job.wait_for(r"world size 2 -> 1 at step (\d+): batch 32 global, learning rate 0.05")
+    _, shrunk = job.wait_for(
+      r"world size 2 -> 1 at step (\d+): batch 32 global, learning rate 0.05"
+    )
     code = job.finish()
-  finally:
-    job.stop()
   log = job.log()
   assert code == 0, log[-5000:]
   # Nothing trained twice or lost: the re-formed job starts at its last commit.
@@ -168,17 +119,15 @@ def test_the_job_follows_its_host_list_down_and_up(tfrecords, tmp_path):
   flags = _flags(
     tfrecords, model_dir, "--recipe", "cifar10_tutorial", "--batch-size", 32, "--max-steps"
   )
-  job = ElasticJob(tmp_path, flags + [max_steps, "--log-every", 20, "--summary-every", 20])
-  try:
+  job, hosts = _job(tmp_path, flags + [max_steps, "--log-every", 20, "--summary-every", 20])
+  with job:
     job.wait_for(r"step 40/")
     _, chief_host = job.workers()[0]
-    job.set_hosts([h for h in HOSTS if h != chief_host])  # the chief's worker must go
-    shrunk = job.wait_for(r"world size 2 -> 1 at step (\d+)")
-    job.set_hosts(HOSTS)
-    grown = job.wait_for(r"world size 1 -> 2 at step (\d+): batch 64 global")
+    set_hosts(hosts, [h for h in HOSTS if h != chief_host])  # the chief's worker must go
+    _, shrunk = job.wait_for(r"world size 2 -> 1 at step (\d+)")
+    set_hosts(hosts, HOSTS)
+    _, grown = job.wait_for(r"world size 1 -> 2 at step (\d+): batch 64 global")
     code = job.finish()
-  finally:
-    job.stop()
   log = job.log()
   assert code == 0, log[-5000:]
   assert f"{chief_host}[0] has been removed from elastic job" in log
@@ -197,12 +146,12 @@ def test_an_elastic_run_refused_its_model_dir_stops_every_rank_with_one_line(tfr
   model_dir = tmp_path / "run"
   model_dir.mkdir()
   lock = dirlock.acquire(str(model_dir), "another trainer", log=print)
-  job = ElasticJob(tmp_path, _flags(tfrecords, model_dir, "--recipe", "tiny", "--max-steps", 50))
+  job, _ = _job(tmp_path, _flags(tfrecords, model_dir, "--recipe", "tiny", "--max-steps", 50))
   try:
-    code = job.finish(timeout=300)
+    with job:
+      code = job.finish(timeout=300)
   finally:
     lock.release()
-    job.stop()
   log = job.log()
   assert code != 0
   errors = [line for line in log.splitlines() if "error: " in line]
