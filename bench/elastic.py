@@ -61,19 +61,20 @@ def elastic_cmd(script):
   ]
 
 
-def trainer_processes(horovodrun_pid, script="cifar10.py"):
+def trainer_processes(horovodrun_pid, script="trainers/"):
   """{initial rank: (pid, host)} of the trainer processes a horovodrun started.
 
   The rank is the one the process started with (HOROVOD_RANK in its
-  environment); an elastic job may renumber its ranks later.
+  environment); an elastic job may renumber its ranks later. Used by this
+  benchmark and by the tests that kill or signal one rank.
   """
   found = {}
   for p in psutil.Process(horovodrun_pid).children(recursive=True):
     try:
-      if "python" in p.name() and any(script in a for a in p.cmdline()):
+      if "python" in p.name() and script in " ".join(p.cmdline()):
         env = p.environ()
         found[int(env["HOROVOD_RANK"])] = (p.pid, env["HOROVOD_HOSTNAME"])
-    except (psutil.NoSuchProcess, KeyError):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
       continue
   return found
 

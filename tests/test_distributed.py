@@ -11,6 +11,7 @@ import psutil
 import pytest
 import tensorflow as tf
 
+from bench.elastic import trainer_processes
 from tests.conftest import BIN
 from tests.conftest import ROOT
 from tests.conftest import run_trainer
@@ -160,19 +161,6 @@ def test_every_trainer_runs_under_horovodrun(tfrecords, tmp_path, dataset, model
   assert (tmp_path / "export" / "saved_model.pb").exists()
 
 
-def _rank_processes(launcher):
-  """The two trainer processes that horovodrun started, by HOROVOD_RANK."""
-  ranks = {}
-  for p in psutil.Process(launcher.pid).children(recursive=True):
-    try:
-      rank = p.environ().get("HOROVOD_RANK")
-      if rank is not None and "python" in " ".join(p.cmdline()):
-        ranks.setdefault(int(rank), p)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-      pass
-  return ranks
-
-
 def test_a_dead_worker_ends_the_job_and_a_restart_resumes(tfrecords, tmp_path):
   flags = [
     "--recipe",
@@ -205,7 +193,7 @@ def test_a_dead_worker_ends_the_job_and_a_restart_resumes(tfrecords, tmp_path):
     text=True,
   )
   wait_for_checkpoint(tmp_path, 10)
-  ranks = _rank_processes(launcher)
+  ranks = {rank: psutil.Process(pid) for rank, (pid, _) in trainer_processes(launcher.pid).items()}
   assert set(ranks) == {0, 1}, ranks
   ranks[1].send_signal(signal.SIGKILL)
   killed = time.time()

@@ -16,10 +16,10 @@ import subprocess
 import time
 
 import numpy as np
-import psutil
 import pytest
 import tensorflow as tf
 
+from bench.elastic import trainer_processes
 from tests.conftest import BIN
 from tests.conftest import ROOT
 from tests.conftest import run_trainer
@@ -93,14 +93,9 @@ def _rank_pid(proc, rank):
   """The pid of the trainer process of `rank` under horovodrun (HOROVOD_RANK in its env)."""
   deadline = time.time() + 60
   while time.time() < deadline:
-    for child in psutil.Process(proc.pid).children(recursive=True):
-      try:
-        if "trainers/" in " ".join(child.cmdline()) and child.environ().get("HOROVOD_RANK") == str(
-          rank
-        ):
-          return child.pid
-      except psutil.NoSuchProcess:
-        continue
+    found = trainer_processes(proc.pid).get(rank)
+    if found:
+      return found[0]
     time.sleep(0.2)
   pytest.fail(f"no process of rank {rank} under horovodrun")
 

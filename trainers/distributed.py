@@ -197,13 +197,16 @@ class ElasticState(ObjectState):
 
   def __init__(self, variables, **objects):
     self._variables = _tf_variables(variables)
-    self._values = [v.numpy() for v in self._variables]
+    self._keep_values()
     # When the last attempt was interrupted (time.time()), for the re-form line.
     self.interrupted = None
     super().__init__(bcast_object=broadcast_object, get_rank=hvd.rank, **objects)
 
-  def save(self):
+  def _keep_values(self):
     self._values = [v.numpy() for v in self._variables]
+
+  def save(self):
+    self._keep_values()
     super().save()
 
   def restore(self):
@@ -212,9 +215,8 @@ class ElasticState(ObjectState):
     super().restore()
 
   def sync(self):
-    if hvd.size() > 1:
-      hvd.broadcast_variables(self._variables, root_rank=0)
-    self._values = [v.numpy() for v in self._variables]
+    broadcast_variables(self._variables, root_rank=0)
+    self._keep_values()
     super().sync()
 
 

@@ -446,11 +446,12 @@ def train(run, outcome=None):
     return _train(run, _resume(run))
   restored = _restore(run)  # rank 0's state reaches the others in the sync
   state_ = distributed.ElasticState(run.shared_variables(), outcome=outcome)
-  first = [True]
+  first = True
 
   def attempt(synced):
-    if first[0]:
-      first[0] = False
+    nonlocal first
+    if first:
+      first = False
       if synced.outcome[0] == "error":
         raise run_dir.RunError(synced.outcome[1])
       _log(run.ctx, f"elastic: state committed every call; world size {run.ctx.size}")
