@@ -28,9 +28,9 @@ import psutil
 
 from bench.cli import BIN
 from bench.cli import ENV
-from bench.cli import ROOT
 from bench.cli import compare
 from bench.cli import trainer_cmd
+from bench.paths import ROOT
 
 HOSTS = ("localhost", "127.0.0.1")  # two hosts to horovodrun on one machine, both without ssh
 OVERHEAD = ("tiny", 32, 100, 2100)  # recipe, batch per worker, S1, S2

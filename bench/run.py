@@ -37,10 +37,10 @@ import time
 
 import psutil
 
+from bench.paths import ROOT
 from preprocess import sample_data
 from preprocess import schema
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
 

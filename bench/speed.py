@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 
-from bench.run import ROOT
+from bench.paths import ROOT
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 BIN = os.path.dirname(sys.executable)

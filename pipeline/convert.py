@@ -35,20 +35,13 @@ from preprocess import errors
 from preprocess import schema
 from preprocess.schema import Reject
 
-SIDECAR_SUFFIX = ".stats.json"
-
-
-def sidecar_path(stats_dir, shard_filename):
-  """Where the task of `shard_filename` leaves its stats and rejects."""
-  return FileSystems.join(stats_dir, shard_filename + SIDECAR_SUFFIX)
-
 
 class ConvertShardFn(beam.DoFn):
   """Converts one `plan.ShardTask` into its TFRecord shard and its sidecar.
 
   The shard is written under a temporary name and renamed when complete, so a
   retried or failed bundle never leaves a truncated file under a shard name.
-  Then the sidecar (`sidecar_path`) is written the same way: a sidecar exists
+  Then the sidecar (`outdir.sidecar_path`) is written the same way: a sidecar exists
   only for a complete shard, and a retried task writes the same bytes again.
   The stats dict is also the main output, for pipelines that want it; the
   job itself reads only the sidecars.
@@ -129,7 +122,7 @@ class ConvertShardFn(beam.DoFn):
       "num_bytes": num_bytes,
     }
     sidecar = {"stats": stats, "rejects": rejects}
-    path = sidecar_path(self._stats_dir, task.filename)
+    path = outdir.sidecar_path(self._stats_dir, task.filename)
     with _writing(path, "cannot write the shard's stats"):
       atomic.write_text(path, json.dumps(sidecar, sort_keys=True) + "\n", filesystem=FileSystems)
     return stats, rejects
@@ -183,7 +176,7 @@ class ConvertShards(beam.PTransform):
     class_names: Label index -> class name.
     image_format: Encoding of the images in the shards.
     image_size: Side of the square output of resized data sets.
-    stats_dir: Directory of the sidecars (see `sidecar_path`); the driver
+    stats_dir: Directory of the sidecars (see `outdir.sidecar_path`); the driver
       makes it per run and deletes it after reading.
   """
 

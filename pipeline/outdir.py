@@ -29,6 +29,8 @@ REJECTS = schema.REJECTS_FILE
 SKIPPED = schema.SKIPPED_FILE
 # Everything a run of the job leaves in its folder, as patterns of its own names.
 OURS = (METADATA, REJECTS, SKIPPED, "*.tfrecord", ".*.tmp-*", ".work-*/**")
+# A task's sidecar (its shard's stats and rejects) is <shard file name> + this.
+SIDECAR_SUFFIX = ".stats.json"
 
 
 class ExistingOutputError(UsageError):
@@ -97,6 +99,11 @@ def prepare(out_dir, overwrite):
     os.makedirs(out_dir, exist_ok=True)
 
 
+def sidecar_path(stats_dir, shard_filename):
+  """Where the task of `shard_filename` leaves its stats and rejects (pipeline/convert.py)."""
+  return FileSystems.join(stats_dir, shard_filename + SIDECAR_SUFFIX)
+
+
 def read_sidecars(work, tasks):
   """Stats and rejects of the planned shards, from the sidecars their tasks wrote.
 
@@ -106,12 +113,10 @@ def read_sidecars(work, tasks):
   Returns:
     (list of stats dicts, list of reject dicts), in task order.
   """
-  from pipeline import convert
-
   found = set(match(work, "*"))
   stats, rejects = [], []
   for task in tasks:
-    path = convert.sidecar_path(work, task.filename)
+    path = sidecar_path(work, task.filename)
     if path in found:
       with FileSystems.open(path) as f:
         sidecar = json.loads(f.read().decode("utf-8"))

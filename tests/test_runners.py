@@ -347,7 +347,6 @@ def test_a_failed_run_leaves_no_sidecars_or_temporary_files(raw, tmp_path):
 
 def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
   """Sidecars of other shards and half-written temporaries are ignored; a missing one is left out."""
-  from pipeline import convert
   from pipeline import plan
 
   tasks = [plan.ShardTask("train", i, 3, ()) for i in range(3)]
@@ -362,10 +361,10 @@ def test_the_driver_reads_exactly_the_sidecars_of_the_planned_shards(tmp_path):
       "label_counts": [1, 0],
     }
     rejects = [{"file": f"f{task.index}", "index": 7, "reason": "r", "split": "train"}]
-    pathlib.Path(convert.sidecar_path(str(tmp_path), task.filename)).write_text(
+    pathlib.Path(outdir.sidecar_path(str(tmp_path), task.filename)).write_text(
       json.dumps({"stats": stats, "rejects": rejects})
     )
-  (tmp_path / (tasks[2].filename + convert.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
+  (tmp_path / (tasks[2].filename + outdir.SIDECAR_SUFFIX + ".tmp-0")).write_text("{")
   stats, rejects = outdir.read_sidecars(str(tmp_path), tasks)
   assert [s["file"] for s in stats] == [tasks[0].filename, tasks[1].filename]
   assert [r["file"] for r in rejects] == ["f0", "f1"]
