@@ -68,6 +68,7 @@ def init():
     The `Context` of this process. Works the same without `horovodrun`
     (a single process of rank 0, size 1).
   """
+  # Horovod: initialize; rank, size and local rank come from horovodrun.
   hvd.init()
   # A GPU is pinned once per process: after an elastic reset a process keeps
   # its GPU even if its local rank changes (TensorFlow cannot re-pin).
@@ -76,6 +77,7 @@ def init():
     # Without memory growth, the first process grabs every GPU's memory.
     tf.config.experimental.set_memory_growth(gpu, True)
   if gpus:
+    # Horovod: pin this process to one GPU, its local rank's.
     tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
   return context()
 
@@ -112,6 +114,7 @@ def average_gradients(grads, compression=False):
   compressed, contexts = (
     zip(*[compressor.compress(grads[i]) for i in present]) if present else ((), ())
   )
+  # Horovod: one fused allreduce of every gradient per step.
   reduced = hvd.grouped_allreduce(list(compressed), op=hvd.Average) if present else []
   out = list(grads)
   for i, r, ctx in zip(present, reduced, contexts):
@@ -127,6 +130,7 @@ def broadcast_variables(variables, root_rank=0):
   the best checkpoint. Horovod's examples call it after the first step instead,
   because there the slots only exist once gradients have been applied.
   """
+  # Horovod: every rank takes the root rank's values.
   hvd.broadcast_variables(_tf_variables(variables), root_rank=root_rank)
 
 
@@ -134,6 +138,7 @@ def broadcast_object(value, root_rank=0):
   """The root rank's `value` (any picklable object) on every rank, e.g. a start-up outcome."""
   if hvd.size() == 1:
     return value
+  # Horovod: the root rank's object, pickled, to every rank.
   return hvd.broadcast_object(value, root_rank=root_rank)
 
 
@@ -141,6 +146,7 @@ def allreduce_mean(value, name=None):
   """Mean of a scalar or tensor over all ranks (for metrics shown to users)."""
   if hvd.size() == 1:
     return tf.convert_to_tensor(value)
+  # Horovod: the mean over ranks.
   return hvd.allreduce(tf.convert_to_tensor(value), op=hvd.Average, name=name)
 
 
@@ -148,6 +154,7 @@ def allreduce_sum(value, name=None):
   """Sum of a tensor over all ranks (for counts: correct predictions, examples)."""
   if hvd.size() == 1:
     return tf.convert_to_tensor(value)
+  # Horovod: the sum over ranks.
   return hvd.allreduce(tf.convert_to_tensor(value), op=hvd.Sum, name=name)
 
 
@@ -158,6 +165,7 @@ def average_variables(variables):
   ranks would evaluate, and rank 0 would checkpoint, different models.
   """
   if variables:
+    # Horovod: one fused allreduce of the variables.
     means = hvd.grouped_allreduce(_tf_variables(variables), op=hvd.Average)
     for v, mean in zip(variables, means):
       v.assign(mean)
@@ -166,6 +174,7 @@ def average_variables(variables):
 def barrier():
   """Returns once every rank has called it (e.g. so no rank exits before the chief's checkpoint)."""
   if hvd.size() > 1:
+    # Horovod: an allreduce returns only once every rank has joined it.
     hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="barrier")
 
 
@@ -200,6 +209,7 @@ class ElasticState(ObjectState):
     self._keep_values()
     # When the last attempt was interrupted (time.time()), for the re-form line.
     self.interrupted = None
+    # Horovod: elastic state, committed in host memory and synced from rank 0.
     super().__init__(bcast_object=broadcast_object, get_rank=hvd.rank, **objects)
 
   def _keep_values(self):
@@ -222,6 +232,7 @@ class ElasticState(ObjectState):
 
 def _reset():
   """Leaves the old world and joins the new one (the driver's next rendezvous)."""
+  # Horovod: elastic reset, leave the old world and join the new one.
   hvd.shutdown()
   hvd.init()
 
@@ -256,4 +267,5 @@ def run_elastic(fn, state):
         raise HorovodInternalError(e) from e
       raise
 
+  # Horovod: elastic, retry fn with the workers there are after each reset.
   return run_fn(attempt, _reset)(state)

@@ -450,6 +450,7 @@ def make_dataset(
   if batch_size < 1:
     raise InputError(f"batch size must be at least 1, got {batch_size}")
   steps = _policy(data_dir, metadata, training, image_shape)
+  # Horovod: each rank reads its own files, or every size-th record.
   plan = plan_shards(metadata, split, rank=rank, size=size, training=training)
   files = tf.constant([join(data_dir, f) for f in plan.files])
   decode = _decode_fn(metadata, steps, seed, with_ids)

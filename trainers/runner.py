@@ -36,6 +36,7 @@ def _restore_trained(run):
   path = run.checkpoints.restore(which)
   if not path:
     raise TrainingError(f"no checkpoint in {run.config.model_dir}: train first")
+  # Horovod: every rank evaluates and exports rank 0's restored weights.
   run.broadcast()
   return path
 
@@ -71,6 +72,7 @@ def run_eval(run, split, trained_step=None, best=None):
     run.step,
     {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
   )
+  # Horovod: rank 0 alone writes metrics.json (every rank computed the same).
   ctx.chief(run_dir.write_json, os.path.join(config.model_dir, run_dir.METRICS), metrics)
   return metrics
 
@@ -157,6 +159,7 @@ def _claimed_model_dir(config, ctx, metadata, elastic=False):
       return None, ("error", str(e))
     return lock, ("ok", previous)
 
+  # Horovod: rank 0 alone locks and checks the model dir.
   lock, outcome = ctx.chief(claim) or (None, None)
   if not elastic:
     outcome = distributed.broadcast_object(outcome)  # Horovod: the chief's outcome
@@ -205,7 +208,7 @@ def run(config, ctx, overrides=None):
     overrides: The line naming the flags that override the run's config.json, or None.
   """
   training = config.mode in run_dir.TRAIN_MODES
-  # Elastic (horovodrun --min-np/--max-np): training re-forms the job when workers come and go.
+  # Horovod: elastic (horovodrun --min-np/--max-np) training re-forms the job as workers come and go.
   elastic = training and distributed.elastic()
   metadata = shards.load_metadata(config.data_dir)
   with _claimed_model_dir(config, ctx, metadata, elastic) as outcome:
@@ -217,6 +220,7 @@ def run(config, ctx, overrides=None):
     if claimed:
       _log_start(r, previous, overrides)
       if training:
+        # Horovod: rank 0 alone writes config.json.
         ctx.chief(_record_config, r)
     metrics = None
     if training:
@@ -226,9 +230,11 @@ def run(config, ctx, overrides=None):
         with _read_errors(r, (config.eval_split,)):
           metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
       if config.export:
+        # Horovod: rank 0 alone exports.
         r.ctx.chief(_export, r)
     elif config.mode == "export":
       _log(ctx, f"exporting {_restore_trained(r)}")
+      # Horovod: rank 0 alone exports.
       ctx.chief(_export, r)
     else:
       with _read_errors(r, (config.eval_split,)):
@@ -247,6 +253,7 @@ def main(dataset, argv=None, config=None, overrides=None):
     from trainers import config as config_lib
 
     config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
+  # Horovod: initialize and pin this process to its GPU.
   ctx = distributed.init()
   try:
     run(config, ctx, overrides)
@@ -254,6 +261,7 @@ def main(dataset, argv=None, config=None, overrides=None):
     ctx = distributed.context()  # an elastic job may have re-formed since init
     # The chief says so after writing; the others once it has (the barrier).
     ctx.log(e)
+    # Horovod: no rank exits before the chief's checkpoint is written.
     distributed.barrier()
     if not ctx.is_chief:
       print(e, flush=True)

@@ -52,6 +52,7 @@ def warmup_steps(config, num_workers, steps_per_epoch, max_steps):
     return config.warmup_steps
   if config.warmup_epochs is not None:
     return math.ceil(config.warmup_epochs * steps_per_epoch)
+  # Horovod: a scaled learning rate is warmed up from the one-worker rate.
   if not (config.scale_lr and num_workers > 1):
     return 0
   steps = max(
@@ -69,6 +70,7 @@ def lr_scale(config, num_workers):
   """
   if not config.scale_lr or num_workers == 1:
     return 1
+  # Horovod: scale the learning rate by the number of workers.
   return num_workers if config.lr_scaling == "linear" else math.sqrt(num_workers)
 
 

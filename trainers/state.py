@@ -158,6 +158,7 @@ class Checkpoints:
 
   def save(self, step, which="latest"):
     """Writes the checkpoint of `step`, then keeps only the newest few (chief only)."""
+    # Horovod: rank 0 alone writes checkpoints.
     if not self.ctx.is_chief:
       return
     d = self._dirs[which]

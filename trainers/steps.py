@@ -206,6 +206,7 @@ def evaluate(eval_step, batches, max_batches=None):
     if max_batches is not None and i >= max_batches:
       break
     totals += eval_step(images, labels).numpy()
+  # Horovod: sum the counts of every rank's part of the split.
   correct, loss, count = distributed.allreduce_sum(totals).numpy()
   if count == 0:
     raise TrainingError("evaluation split is empty")

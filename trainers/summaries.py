@@ -65,6 +65,7 @@ class Writer:
 
   def __init__(self, model_dir, ctx):
     self._model_dir = model_dir
+    # Horovod: rank 0 alone writes summaries.
     self._active = ctx.is_chief
     self._writers = {}
 

@@ -127,6 +127,7 @@ class Run:
     self.augmentation, self.serving_policy, self.augmentation_source = resolve_augmentation(
       recipe, self.metadata
     )
+    # Horovod: a seed per rank, so each draws its own dropout masks.
     keras.utils.set_random_seed(
       config.seed + ctx.rank
     )  # per-rank dropout; weights come from rank 0
@@ -165,6 +166,7 @@ class Run:
   def _resized(self, ctx):
     """What follows the number of workers: global batch, epoch length, learning rate."""
     self.ctx = ctx
+    # Horovod: the global batch is one per-worker batch per rank.
     self.global_batch = self.config.recipe.batch_size * ctx.size
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.metadata, "train", self.global_batch)
     self.schedule = schedule.create_learning_rate_fn(
@@ -173,6 +175,7 @@ class Run:
 
   def _sharded(self, ctx):
     # Built once per world, kept in memory when small (trainers/eval_input.py).
+    # Horovod: each rank evaluates its own part of a split.
     self.eval_inputs = eval_input.EvalInputs(
       lambda split: self.dataset(split, training=False), self.metadata, rank=ctx.rank, size=ctx.size
     )
@@ -187,6 +190,7 @@ class Run:
     self.optimizer.learning_rate = self.schedule  # a schedule replaces a schedule
     self._sharded(ctx)
     self.checkpoints.ctx = ctx
+    # Horovod: the summary writer follows rank 0 after a re-form.
     if self.writer.active != ctx.is_chief:
       self.writer.close()
       self.writer = summaries.Writer(self.config.model_dir, ctx)
@@ -228,6 +232,7 @@ class Run:
 
   def dataset(self, split, training):
     # A resumed run starts where its input stopped, mid-epoch if need be.
+    # Horovod: each rank reads its own part of the split (rank, size).
     return input_pipeline.make_dataset(
       self.config.data_dir,
       dataclasses.replace(self.metadata, augmentation=self.augmentation),
@@ -341,6 +346,7 @@ def _log_resumed(run, restored):
 def _resume(run):
   """Restores the latest checkpoint and takes rank 0's state; returns the step."""
   restored = _restore(run)
+  # Horovod: every rank takes rank 0's state (the optimizer's slots exist: built at start-up).
   run.broadcast()
   _log_resumed(run, restored)
   return run.step
@@ -417,6 +423,7 @@ def _finish(run, step, preempted, checkpointed):
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
   if best:
     run.checkpoints.restore("best")
+    # Horovod: every rank takes rank 0's copy of the best checkpoint's weights.
     run.broadcast()
     _log(
       run.ctx,
@@ -442,9 +449,11 @@ def train(run, outcome=None):
     (the final step, the best evaluation {"precision_at_1", "step"} when the
     recipe stops early, else None).
   """
+  # Horovod: elastic runs commit their state and re-form (trainers/distributed.py).
   if not distributed.elastic():
     return _train(run, _resume(run))
   restored = _restore(run)  # rank 0's state reaches the others in the sync
+  # Horovod: the elastic state: every shared variable, and the chief's claim.
   state_ = distributed.ElasticState(run.shared_variables(), outcome=outcome)
   first = True
 
@@ -460,6 +469,7 @@ def train(run, outcome=None):
       _reformed(run, distributed.context(), time.time() - synced.interrupted)
     return _train(run, run.step, commit=synced.commit)
 
+  # Horovod: elastic, run attempts until one returns.
   return distributed.run_elastic(attempt, state_)
 
 
@@ -535,7 +545,7 @@ def _train(run, start, commit=None):
         run, step, images, labels, time.time() - started
       ):
         break
-      # Elastic: keep this step's state; re-form here if hosts were added or removed.
+      # Horovod: elastic commit, keep this step's state; re-form here if hosts were added or removed.
       if commit and step < run.max_steps:
         commit()
   seconds = time.time() - started
