@@ -59,18 +59,42 @@ def run_beam_job(dataset, raw, out, *flags, timeout=600, check=True):
   return result
 
 
+# Validation records the tests count on in the seed data sets' sample data.
+SAMPLE_VALIDATION = {"cifar10": 250, "mnist": 500, "catdog": 40}
+
+
+def sample_validation_size(name):
+  """Records `tfrecords` holds out for validation in data set `name`'s (small) sample data.
+
+  The table's number for the data sets it names; else the spec's
+  validation_size when the sample leaves at least half its training records,
+  else a tenth of them.
+  """
+  from preprocess import datasets
+
+  if name in SAMPLE_VALIDATION:
+    return SAMPLE_VALIDATION[name]
+  spec = datasets.get(name)
+  train = spec.sample.per_class["small"][0] * len(spec.class_names)
+  if 0 < spec.validation_size <= train // 2:
+    return spec.validation_size
+  return max(1, train // 10)
+
+
 @pytest.fixture(scope="session")
 def tfrecords(tmp_path_factory):
-  """Sample data of all three data sets, converted by the real Beam job once per session.
+  """Sample data of every registered data set, converted by the real Beam job once per session.
 
-  Returns the output root: <root>/cifar10, <root>/mnist, <root>/catdog.
+  Returns the output root: <root>/<name> for each name of preprocess/datasets/.
   """
+  from preprocess import datasets
   from preprocess import sample_data
 
   raw = tmp_path_factory.mktemp("raw")
   out = tmp_path_factory.mktemp("tfrecords")
   sample_data.generate(str(raw), seed=0)
-  for dataset, validation in (("cifar10", 250), ("mnist", 500), ("catdog", 40)):
+  for dataset in datasets.names():
+    validation = sample_validation_size(dataset)
     run_beam_job(dataset, raw, out, "--num-shards", 4, "--validation-size", validation)
   return out
 
@@ -88,16 +112,22 @@ def wait_for_checkpoint(model_dir, min_step, timeout=300):
   pytest.fail(f"no checkpoint of step >= {min_step} in {model_dir} after {timeout} s")
 
 
+def trainer_cmd(dataset):
+  """The command that trains `dataset` as users do: trainers/<dataset>.py if the data set
+  has that script, else the generic `python -m trainers --dataset <dataset>` (a data set
+  added as one file has no script of its own)."""
+  script = ROOT / "trainers" / f"{dataset}.py"
+  if script.exists():
+    return [str(script)]
+  return [sys.executable, "-m", "trainers", "--dataset", dataset]
+
+
 def run_trainer(dataset, flags, np_=1, timeout=900, check=True):
-  """Runs trainers/<dataset>.py as users do: directly, or under horovodrun -np N."""
-  script = str(ROOT / "trainers" / f"{dataset}.py")
+  """Runs `trainer_cmd(dataset)` as users do: directly, or under horovodrun -np N."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-  if np_ == 1:
-    cmd = [script] + [str(f) for f in flags]
-  else:
-    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", script] + [
-      str(f) for f in flags
-    ]
+  cmd = trainer_cmd(dataset) + [str(f) for f in flags]
+  if np_ > 1:
+    cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}"] + cmd
   result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:
     pytest.fail(

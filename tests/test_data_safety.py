@@ -21,6 +21,7 @@ import pytest
 
 from pipeline import outdir
 from pipeline import plan
+from preprocess import datasets
 from preprocess import sample_data
 from tests.conftest import ROOT
 from tests.test_integrity import build
@@ -57,7 +58,7 @@ def raw(tmp_path_factory):
 
 
 def test_readers_take_a_raw_root_with_pattern_characters_literally(raw):
-  for name in ("cifar10", "mnist", "catdog"):
+  for name in datasets.names():
     literal = plan.load(name, str(raw / PATTERN_NAME), image_size=16)
     plain = plan.load(name, str(raw / "plain"), image_size=16)
     assert {k: len(v) for k, v in literal.splits.items()} == {

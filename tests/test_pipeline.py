@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from preprocess import datasets
 from preprocess import sample_data
 from tests.conftest import run_beam_job
 
@@ -344,6 +345,7 @@ def test_progress_lines_report_shards_and_records(raw, tmp_path):
 
 def test_missing_raw_data_is_a_clear_error(tmp_path):
   result = build(tmp_path / "nothing", tmp_path / "out", dataset="all", check=False)
-  assert result.returncode != 0 and "no cifar10/, mnist/ or catdog/" in result.stderr
+  *others, last = [f"{name}/" for name in datasets.names()]  # cifar10/, mnist/, catdog/, ...
+  assert result.returncode != 0 and f"no {', '.join(others)} or {last}" in result.stderr
   result = build(tmp_path / "nothing", tmp_path / "out", dataset="mnist", check=False)
   assert result.returncode != 0 and "mnist" in result.stderr and "Traceback" not in result.stderr

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from preprocess import datasets
 from preprocess import sample_data
 
 CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -297,7 +298,7 @@ def run_cli(*args, cwd=None):
 def test_cli_help():
   proc = run_cli("--help")
   assert proc.returncode == 0
-  for flag in ("--out-dir", "--dataset", "--full", "--seed", "cifar10", "mnist", "catdog"):
+  for flag in ("--out-dir", "--dataset", "--full", "--seed", *datasets.names()):
     assert flag in proc.stdout
 
 
