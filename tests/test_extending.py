@@ -3,10 +3,11 @@
 A copy of the repository gets two new files and no other change: a data-set
 spec (preprocess/datasets/shapes.py, image folders, the format catdog uses) and
 a recipe for it (trainers/recipes/shapes_net.py, marked as the data set's
-default). In the copy, as a user would: the sample data is written, the real
-Beam job converts it, `horovodrun -np 2 python -m trainers --dataset shapes`
-trains the default recipe, and `--mode eval` evaluates the run. docs/extending.md
-walks through the same two files.
+default). In the copy, as a user would: the tests that read the registries
+pass (with the new entries among their cases, and no test edited), the sample
+data is written, the real Beam job converts it, `horovodrun -np 2 python -m
+trainers --dataset shapes` trains the default recipe, and `--mode eval`
+evaluates the run. docs/extending.md walks through the same two files.
 """
 
 import filecmp
@@ -116,6 +117,29 @@ RECIPE = textwrap.dedent('''
 
 NEW_FILES = {"preprocess/datasets/shapes.py": SPEC, "trainers/recipes/shapes_net.py": RECIPE}
 
+# The fast tests that read the data-set and recipe registries (the slow ones, which
+# convert or train every data set, are left to `make test`): run in the copy with
+# its own sources, they must pass with the new files and no test edited.
+REGISTRY_TESTS = [
+  "tests/test_recipes.py",
+  "tests/test_imports.py",
+  "tests/test_models.py::test_the_count_table_names_registered_recipes_and_every_seed_recipe",
+  "tests/test_models.py::test_forward_pass_gives_float_logits",
+  "tests/test_models.py::test_other_models_have_no_weight_decay",
+  "tests/test_models.py::test_unknown_name_lists_valid_names",
+  "tests/test_registry.py::test_builtin_specs_are_registered_once_each",
+  "tests/test_registry.py::test_two_data_sets_may_not_share_a_sample_stream",
+  "tests/test_augment.py::test_every_op_has_an_example_and_every_policy_uses_known_ops",
+  "tests/test_download.py::test_default_sources_are_https_with_well_formed_digests",
+  "tests/test_sample_data.py::test_cli_help",
+  "tests/test_pipeline.py::test_missing_raw_data_is_a_clear_error",
+]
+# The cases that exist only because the registries hold the new entries.
+NEW_CASES = [
+  "test_models.py::test_forward_pass_gives_float_logits[shapes_net] PASSED",
+  "test_models.py::test_other_models_have_no_weight_decay[shapes_net] PASSED",
+]
+
 # What is not the repository's source: the git store, the venv, caches and outputs.
 NOT_SOURCE = {".git", ".venv", ".cache", ".pytest_cache", ".ruff_cache", "build", "data", "runs"}
 
@@ -170,6 +194,14 @@ def test_a_new_data_set_and_recipe_are_one_file_each(tmp_path):
   assert sorted(_differences(ROOT, repo)) == sorted(NEW_FILES)
   # This process runs the repository itself, which knows neither.
   assert "shapes" not in datasets.names() and "shapes_net" not in recipes.RECIPES
+
+  # The registry tests, in the copy: the new data set and recipe are among their cases.
+  # (-k: the 13-million-parameter ResNets are built by the repository's own run.)
+  pytest = ["-m", "pytest", "-v", "-p", "no:cacheprovider", "-k", "not resnet"]
+  tests = _run(repo, pytest + REGISTRY_TESTS).stdout
+  for case in NEW_CASES:
+    assert case in tests, tests[-3000:]
+  assert " failed" not in tests and " passed" in tests
 
   raw, out, run_dir = tmp_path / "raw", tmp_path / "tfrecords", tmp_path / "run"
   _run(repo, ["-m", "preprocess.sample_data", "--dataset", "shapes", "--out-dir", raw])
