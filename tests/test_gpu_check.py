@@ -154,6 +154,7 @@ def test_each_missing_gpu_piece_gets_its_own_error_line(capsys):
     "host memory",
     "one GPU only",
   ]
+  assert len(report.missing) == 2 and report.partial == "on one GPU only"
   assert "upgrade the NVIDIA driver" in errors[0]
   assert "HOROVOD_GPU_OPERATIONS=NCCL" in errors[1]
   assert "2 or more GPUs" in errors[2]
@@ -168,3 +169,13 @@ def test_each_missing_gpu_piece_gets_its_own_error_line(capsys):
     "error:" not in out and "NCCL: 2.22.3 (built into Horovod: hvd.nccl_built() = 22203)" in out
   )
   assert report.checked == ["2 GPUs, NCCL 2.22.3"] and not report.missing
+  # One GPU with all it needs: the error line says what cannot be checked, and it passes.
+  report = gpu_check.Report()
+  assert gpu_check.check_devices(report, dict(found, nccl_code=22203), 12040, 0) == 1
+  assert gpu_check.verdict(report) == gpu_check.PASSED
+  out = capsys.readouterr().out.splitlines()
+  assert out[-1].startswith("verdict: PASS on one GPU only; checked: 1 GPU, NCCL 2.22.3; ")
+  assert [l for l in out if l.startswith("error:")] == [
+    "error: one GPU only: the multi-GPU allreduce (NCCL between GPUs) and scaling are not "
+    "checked: run on a machine or pod with 2 or more GPUs (k8s/jobs/gpu-check requests 2)"
+  ]
