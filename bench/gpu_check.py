@@ -47,7 +47,8 @@ GPU_STEPS, CPU_STEPS = 200, 40
 CUDA_NEEDED = 12000  # cuDriverGetVersion's code for CUDA 12.0, what TensorFlow 2.21's CUDA 12 needs
 PASSED, FAILED, USAGE, MISSING = 0, 1, 2, 3
 EXIT_CODES = f"""exit codes:
-  {PASSED}  every check that could run passed (on a machine without a GPU: the CPU path)
+  {PASSED}  every check that could run passed (on a machine without a GPU: the CPU path;
+     with one GPU: all but the multi-GPU allreduce and scaling)
   {FAILED}  a check failed: an allreduce result not bitwise exact, or a run that crashed
   {USAGE}  bad flags or --data-dir
   {MISSING}  a GPU machine that lacks something the GPU path needs: TensorFlow sees no

@@ -1040,6 +1040,14 @@ def test_gpu_check_job_checks_as_many_gpus_as_it_requests(probe):
   volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
   assert "emptyDir" in volumes["scratch"] and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
   assert "exit codes:" in probe["helps"][("module", "bench.gpu_check")]
+  # The GPU image, which the Job runs, has bench/ (its `COPY . .`; the .dockerignore keeps it).
+  ignored = [
+    l.strip()
+    for l in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    if l.strip() and not l.startswith("#")
+  ]
+  assert not [p for p in ignored if p.strip("/").split("/")[0] in ("bench", "bench*")], ignored
+  assert ("COPY", ". .") in _instructions(DOCKER / "Dockerfile")
 
 
 def test_pods_that_can_wait_forever_have_a_deadline():
