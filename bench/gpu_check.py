@@ -31,8 +31,10 @@ the check generates and converts with the real Beam job in its work directory.
 
 import argparse
 import ctypes
+import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -80,6 +82,23 @@ class Report:
     self.line(f"error: {what}: {fix}")
     self.not_checked.append(not_checked)
     self.partial = partial
+
+
+def _cause(failure):
+  """The line that says why a process failed, from bench/speed.py's message (command + output tails).
+
+  The program's own `error:` line first (under horovodrun, without its `[rank]<stderr>:`
+  prefix), then an exception's last line, then the output's last line.
+  """
+  lines = [
+    re.sub(r"^\[[\d,]+\]<std(?:out|err)>:", "", l).strip() for l in str(failure).splitlines()
+  ]
+  lines = [l for l in lines if l and not l.startswith("failed: ")]
+  own = [l.removeprefix("error: ") for l in lines if l.startswith("error: ")]
+  raised = [
+    l for l in lines if re.match(r"[\w.]*(Error|Exception)\b", l) and "Horovod detected" not in l
+  ]
+  return (own or raised or lines or [""])[-1]
 
 
 def driver_cuda_version():
@@ -177,7 +196,8 @@ def check_allreduce(report, np_, gpus, nccl):
   try:
     ranks = speed._bench(["allreduce"], np_=np_)
   except SystemExit as e:
-    report.fail(f"allreduce at np={np_} did not run", str(e).splitlines()[0])
+    report.fail(f"allreduce at np={np_} did not run", _cause(e))
+    print(str(e), file=sys.stderr)
     return
   bad = [r for r in ranks if r["mismatches"]]
   where = ("GPU tensors, NCCL" if nccl else "GPU tensors, no NCCL") if gpus else "CPU tensors, Gloo"
@@ -207,9 +227,7 @@ def _rate(report, data_dir, work, batch, steps, np_, precision):
     return speed._trainer(data_dir, work, RECIPE, batch, steps, extra, np_=np_)
   except SystemExit as e:
     # The trainer's own one-line error, if it printed one; its output's tail goes to stderr.
-    lines = str(e).splitlines()
-    detail = next((l for l in reversed(lines) if "error:" in l), lines[-1] if lines else "")
-    report.fail(f"trainers/cifar10.py --precision {precision} at np={np_} failed", detail.strip())
+    report.fail(f"trainers/cifar10.py --precision {precision} at np={np_} failed", _cause(e))
     print(str(e), file=sys.stderr)
     return None
 
@@ -219,6 +237,9 @@ def check_speed(report, data_dir, work, batch, steps, np_, gpus):
   cpu = "" if gpus else f" (CPU: the {np_} processes share this machine's {os.cpu_count()} cores)"
   run = f"{RECIPE}, batch {batch}/worker, {steps} steps"
   one = _rate(report, data_dir, work, batch, steps, 1, "float32")
+  if one is None:  # the same trainer on the same data: the other runs would fail alike
+    report.not_checked.append(f"training at np={np_} and mixed precision (np=1 failed)")
+    return
   many = one if np_ == 1 else _rate(report, data_dir, work, batch, steps, np_, "float32")
   if one and many:
     scaling = (
@@ -293,8 +314,13 @@ def parse_args(argv=None):
   a = p.parse_args(argv)
   if a.steps is not None and a.steps < 8:
     p.error("--steps must be at least 8 (the rate is read from the trainer's last 3 of 4 logs)")
-  if a.data_dir and not (pathlib.Path(a.data_dir) / "metadata.json").is_file():
-    p.error(f"--data-dir {a.data_dir}: no metadata.json (the Beam job's output for cifar10)")
+  if a.data_dir:
+    meta = pathlib.Path(a.data_dir) / "metadata.json"
+    if not meta.is_file():
+      p.error(f"--data-dir {a.data_dir}: no metadata.json (the Beam job's output for cifar10)")
+    dataset = json.loads(meta.read_text()).get("dataset")
+    if dataset != "cifar10":
+      p.error(f"--data-dir {a.data_dir}: holds {dataset} data (its metadata.json), not cifar10")
   return a
 
 
@@ -310,7 +336,7 @@ def main(argv=None):
     try:
       (found,) = speed._bench(["devices"])
     except SystemExit as e:
-      report.fail("TensorFlow and Horovod did not start", str(e).splitlines()[0])
+      report.fail("TensorFlow and Horovod did not start", _cause(e))
       print(str(e), file=sys.stderr)
       return verdict(report)
     gpus = check_devices(report, found, driver_cuda_version(), a.gpus)

@@ -10,6 +10,7 @@ is: no GPU, Horovod's CPU build (no NCCL), no NVIDIA driver.
 """
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,35 @@ def test_gpus_asked_for_but_missing_is_an_error_naming_the_fix_and_exit_3(tfreco
   assert result.stdout.splitlines()[-1].startswith("verdict: NOT READY (1 missing")
 
 
+def test_a_failed_run_is_an_error_line_with_its_cause_and_exit_1(tfrecords, tmp_path):
+  """A real failure: a training shard cut in half. The trainer's own error reaches the report."""
+  data = tmp_path / "cifar10"
+  shutil.copytree(tfrecords / "cifar10", data)
+  shard = sorted(data.glob("train-*.tfrecord"))[0]
+  shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+  result = subprocess.run(
+    [sys.executable, "-m", "bench.gpu_check", "--steps", "8", "--batch-size", "32"]
+    + ["--data-dir", str(data), "--work-dir", str(tmp_path / "work")],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  out = result.stdout.splitlines()
+  assert result.returncode == gpu_check.FAILED, result.stdout + result.stderr[-2000:]
+  (error,) = [l for l in out if l.startswith("error:")]
+  assert error.startswith("error: trainers/cifar10.py --precision float32 at np=1 failed: ")
+  assert shard.name in error and error.endswith("the file is truncated")
+  assert any(l.startswith("allreduce: bitwise exact on all 2 ranks") for l in out)
+  assert not [l for l in out if l.startswith(("speed:", "mixed precision:"))]
+  assert out[-1].startswith(
+    "verdict: FAIL (trainers/cifar10.py --precision float32 at np=1 failed); checked: "
+    "allreduce bitwise exact at np=2; not checked: GPUs, NCCL, GPU allreduce, GPU speed and "
+    "mixed precision (no GPU); training at np=2 and mixed precision (np=1 failed)"
+  )
+
+
 def test_known_tensor_sums_exactly_in_any_order():
   """The allreduce's expected value is exact: float32 sums in any order give the same bits."""
   parts = [workers.known_tensor(r, 10_001) for r in range(8)]
@@ -110,9 +140,19 @@ def test_known_tensor_sums_exactly_in_any_order():
   assert not np.array_equal(parts[0], parts[1])  # each rank's part is its own
 
 
-def test_version_codes_and_bad_flags():
+def test_version_codes_and_bad_flags(tfrecords):
   assert gpu_check.nccl_text(22203) == "2.22.3" and gpu_check.nccl_text(2708) == "2.7.8"
   assert gpu_check.cuda_text(12040) == "12.4" and gpu_check.cuda_text(11080) == "11.8"
+  mnist = subprocess.run(
+    [sys.executable, "-m", "bench.gpu_check", "--data-dir", tfrecords / "mnist"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    check=False,
+  )
+  assert mnist.returncode == gpu_check.USAGE
+  assert "mnist: holds mnist data (its metadata.json), not cifar10" in mnist.stderr
   result = subprocess.run(
     [sys.executable, "-m", "bench.gpu_check", "--data-dir", "/nonexistent"],
     cwd=ROOT,
