@@ -25,7 +25,7 @@ ARGS    ?=
 LOGDIR  ?= runs
 PORT    ?= 6006
 
-.PHONY: help install lint format test test-fast cluster-test demo sample-data download preprocess bench tensorboard plots clean
+.PHONY: help install lint format test test-fast cluster-test demo sample-data download preprocess bench gpu-check tensorboard plots clean
 
 # The variables the target descriptions name, shown with their values
 # (tests/test_make_help.py fails on any $(VAR) left unexpanded).
@@ -69,6 +69,9 @@ preprocess: $(STAMP) ## Convert $(RAW) into sharded TFRecords under $(OUT) with 
 
 demo: $(STAMP) ## Run the whole job on sample data: generate, convert, train with horovodrun -np $(NP), evaluate.
 	bash scripts/demo.sh "$(SAMPLE)" "$(NP)"
+
+gpu-check: $(STAMP) ## Check this machine's GPUs: TensorFlow's view, NCCL, a bitwise allreduce, training speed (CPU path without a GPU).
+	$(PY) -m bench.gpu_check $(ARGS)
 
 tensorboard: $(STAMP) ## Serve TensorBoard for the runs under $(LOGDIR) on localhost:$(PORT).
 	@echo "TensorBoard: http://localhost:$(PORT)/ (logdir $(LOGDIR); Ctrl-C stops it)"

@@ -6,6 +6,10 @@
       Horovod's synthetic benchmark; runs under horovodrun too
   python -m bench.workers input --data-dir D --recipe R --batch B --steps N [--no-cache]
   python -m bench.workers flops --recipe R
+  python -m bench.workers devices      TensorFlow's GPUs, its CUDA build, Horovod's NCCL
+  python -m bench.workers allreduce --length L
+      under horovodrun: a Sum allreduce of a known tensor, checked bitwise on
+      every rank (bench/gpu_check.py)
 Each prints one JSON line. With BENCH_PIN_LOCAL_RANK=1 a worker first pins itself to
 the core numbered by its Horovod local rank (one core per worker).
 """
@@ -140,10 +144,74 @@ def flops(a):
   }
 
 
+def devices(a):
+  """What the GPU path needs, as this process sees it (no GPU memory is taken)."""
+  import horovod.tensorflow as hvd
+  import tensorflow as tf
+
+  gpus = []
+  for gpu in tf.config.list_physical_devices("GPU"):
+    details = tf.config.experimental.get_device_details(gpu)
+    gpus.append(
+      {
+        "name": details.get("device_name", gpu.name),
+        "compute_capability": list(details.get("compute_capability", ())),
+      }
+    )
+  build = tf.sysconfig.get_build_info()
+  return {
+    "tensorflow": tf.__version__,
+    "cuda_build": bool(build.get("is_cuda_build")),
+    "cuda": build.get("cuda_version"),
+    "cudnn": build.get("cudnn_version"),
+    "gpus": gpus,
+    # Horovod 0.28.1: NCCL_VERSION_CODE of the NCCL it was compiled with, 0 without NCCL.
+    "nccl_code": int(hvd.nccl_built()),
+    "gloo": bool(hvd.gloo_built()),
+  }
+
+
+def known_tensor(rank, length):
+  """Rank `rank`'s part of the allreduce check: multiples of 1/8 in [-128, 128).
+
+  Every partial sum of up to 16,384 ranks is a float32 exactly, so the sum is
+  the same bits in any reduction order (ring, tree, NCCL or Gloo).
+  """
+  import numpy as np
+
+  i = np.arange(length, dtype=np.int64)
+  return (((i * 7919 + (rank + 1) * 104729) % 2048 - 1024) / 8).astype(np.float32)
+
+
+def allreduce(a):
+  import horovod.tensorflow as hvd
+  import numpy as np
+  import tensorflow as tf
+
+  from trainers import distributed
+
+  ctx = distributed.init()  # as the trainer: one GPU per process, by local rank
+  expected = sum(known_tensor(r, a.length).astype(np.float64) for r in range(ctx.size))
+  expected = expected.astype(np.float32)
+  x = tf.constant(known_tensor(ctx.rank, a.length))
+  got = hvd.allreduce(x, op=hvd.Sum, name="gpu_check")
+  bad = np.flatnonzero(got.numpy().view(np.uint32) != expected.view(np.uint32))
+  return {
+    "rank": ctx.rank,
+    "size": ctx.size,
+    "device": got.device,
+    "elements": a.length,
+    "mismatches": int(bad.size),
+    "first_mismatch": (
+      None if not bad.size else [int(bad[0]), float(got.numpy()[bad[0]]), float(expected[bad[0]])]
+    ),
+  }
+
+
 def main():
   _pin()
   p = argparse.ArgumentParser()
-  p.add_argument("what", choices=("fit", "synthetic", "input", "flops"))
+  p.add_argument("what", choices=("fit", "synthetic", "input", "flops", "devices", "allreduce"))
   p.add_argument("--recipe", default="cifar10_tutorial")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--steps", type=int, default=50)
@@ -152,8 +220,16 @@ def main():
   p.add_argument("--xla", action="store_true")
   p.add_argument("--data-dir")
   p.add_argument("--no-cache", action="store_true")
+  p.add_argument("--length", type=int, default=2**22 + 3)
   a = p.parse_args()
-  result = {"fit": fit, "synthetic": synthetic, "input": input_rate, "flops": flops}[a.what](a)
+  result = {
+    "fit": fit,
+    "synthetic": synthetic,
+    "input": input_rate,
+    "flops": flops,
+    "devices": devices,
+    "allreduce": allreduce,
+  }[a.what](a)
   print("BENCH " + json.dumps(result), flush=True)
   return 0
 

@@ -426,9 +426,11 @@ def test_every_document_parses_and_names_itself():
 def test_kustomization_lists_exactly_the_manifests():
   base = _load(BASE / "kustomization.yaml")[0]
   assert sorted(base["resources"]) == sorted(p.name for p in _manifest_files())
-  assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == [
-    "base/kustomization.yaml"
-  ] + sorted(f"overlays/{d}/kustomization.yaml" for d in _overlay_names())
+  assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == sorted(
+    ["base/kustomization.yaml"]
+    + [f"overlays/{d}/kustomization.yaml" for d in _overlay_names()]
+    + [f"jobs/{d}/kustomization.yaml" for d in _job_names()]
+  )
   for path in _kustomizations() + _components():
     for resource in _load(path)[0].get("resources", []):
       assert (path.parent / resource).exists(), f"{path}: missing resource {resource}"
@@ -446,13 +448,19 @@ def test_kustomization_lists_exactly_the_manifests():
   # resources; any other YAML there would be applied by nobody.
   strays = [p for p in (K8S / "overlays").rglob("*.yaml") if p.name != "kustomization.yaml"]
   assert not strays
-  for path in _components():
+  # So are a one-off job's (k8s/jobs/*: applied on its own, without the base).
+  for path in _components() + [K8S / "jobs" / n / "kustomization.yaml" for n in _job_names()]:
     listed = {(path.parent / r).resolve() for r in _load(path)[0].get("resources", [])}
     assert set(path.parent.glob("*.yaml")) - {path} == listed, path
 
 
 def _overlay_names():
   return sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+
+
+def _job_names():
+  """The one-off jobs of k8s/jobs/, each a kustomization applied on its own (without the base)."""
+  return sorted(p.parent.name for p in (K8S / "jobs").glob("*/kustomization.yaml"))
 
 
 def _data_set_overlays():
@@ -474,6 +482,11 @@ def test_only_the_base_names_the_image_and_labels():
       assert image["name"] == base["images"][0]["newName"] and image["newTag"].endswith("-cpu")
     else:
       assert "images" not in spec, f"{name}: the image is set in k8s/base only"
+  # A one-off job is applied without the base, so it carries copies of the
+  # base's image and labels, held equal here.
+  for name in _job_names():
+    spec = _load(K8S / "jobs" / name / "kustomization.yaml")[0]
+    assert spec["images"] == base["images"] and spec["labels"] == base["labels"], name
 
 
 def test_data_set_overlays_change_only_names_and_data_set():
@@ -802,6 +815,7 @@ def test_paths_named_in_docs_and_comments_exist():
     + _manifest_files()
     + _kustomizations()
     + sorted(ELASTIC_COMPONENT.iterdir())
+    + sorted((K8S / "jobs").rglob("*.yaml"))
     + sorted(DOCKER.iterdir())
   )
   checked = 0
@@ -1002,6 +1016,38 @@ def test_gpu_pods_go_to_gpu_nodes_and_cpu_pods_stay_off_them():
         assert "tolerations" not in spec and "nodeSelector" not in spec, label
       checked += 1
   assert checked >= 10
+
+
+def test_gpu_check_job_checks_as_many_gpus_as_it_requests(probe):
+  """k8s/jobs/gpu-check runs `make gpu-check`'s script on one GPU node, failing with fewer GPUs."""
+  (job,) = _render(K8S / "jobs" / "gpu-check" / "kustomization.yaml")
+  assert job["kind"] == "Job" and job["spec"]["backoffLimit"] == 0
+  pod = job["spec"]["template"]
+  (c,) = _containers(pod)
+  argv = _argv(c)
+  assert argv[:3] == ["python", "-m", "bench.gpu_check"]
+  assert re.search(
+    r"^gpu-check:.*\n\t\$\(PY\) -m bench\.gpu_check ", (ROOT / "Makefile").read_text(), re.M
+  )
+  flags = dict(_flag_values(argv))
+  gpus = c["resources"]["limits"]["nvidia.com/gpu"]
+  assert int(flags["--gpus"]) == gpus >= 2, "--gpus must equal the GPUs requested (2+ for NCCL)"
+  assert "--data-dir" not in flags  # it makes its own sample data, on the pod's scratch volume
+  assert (
+    _claim_at({m["mountPath"]: m["name"] for m in c["volumeMounts"]}, flags["--work-dir"])
+    == "scratch"
+  )
+  volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+  assert "emptyDir" in volumes["scratch"] and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+  assert "exit codes:" in probe["helps"][("module", "bench.gpu_check")]
+  # The GPU image, which the Job runs, has bench/ (its `COPY . .`; the .dockerignore keeps it).
+  ignored = [
+    l.strip()
+    for l in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    if l.strip() and not l.startswith("#")
+  ]
+  assert not [p for p in ignored if p.strip("/").split("/")[0] in ("bench", "bench*")], ignored
+  assert ("COPY", ". .") in _instructions(DOCKER / "Dockerfile")
 
 
 def test_pods_that_can_wait_forever_have_a_deadline():
