@@ -89,6 +89,7 @@ def convert_dataset(name, args, options, log):
       key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]),
     )
     metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
+    _warn_empty_classes(name, metadata, log)
     outdir.write_ledger(FileSystems.join(out_dir, outdir.REJECTS), rejects)
     outdir.write_ledger(
       FileSystems.join(out_dir, outdir.SKIPPED), [r.to_json_dict() for r in raw.skipped]
@@ -122,6 +123,20 @@ def _check_listing(name, raw, log):
     log(
       f"warning: {name}: {len(outside)} files outside the split folders are not converted "
       f"(e.g. {outside[0].file}); they are listed in skipped.jsonl"
+    )
+
+
+def _warn_empty_classes(name, metadata, log):
+  """One line for the classes a split has no record of (they stay in metadata.json too)."""
+  empty = [
+    f"{split} has no {', '.join(info.empty_classes)} (label counts {info.label_counts})"
+    for split, info in metadata.splits.items()
+    if info.empty_classes
+  ]
+  if empty:
+    log(
+      f"warning: {name}: classes without records: {'; '.join(empty)}; recorded as "
+      "empty_classes in metadata.json"
     )
 
 
@@ -239,10 +254,16 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
     split.num_examples += s["written"]
     split.shards.append(
       schema.ShardInfo(
-        file=s["file"], num_examples=s["written"], sha256=s["sha256"], num_bytes=s["num_bytes"]
+        file=s["file"],
+        num_examples=s["written"],
+        sha256=s["sha256"],
+        num_bytes=s["num_bytes"],
+        head_sha256=s["head_sha256"],
       )
     )
     split.label_counts = [a + b for a, b in zip(split.label_counts, s["label_counts"])]
+  for split in splits.values():
+    split.empty_classes = [c for c, n in zip(raw.class_names, split.label_counts) if not n]
   reject_counts = collections.Counter(r["split"] for r in rejects)
   metadata = schema.Metadata(
     dataset=name,
