@@ -324,6 +324,8 @@ def check_json_choices(data, path):
   if isinstance(data.get("recipe"), dict):
     names = recipes.for_dataset(data["dataset"])
     config_values.check_choices(lambda m: error("recipe." + m), data["recipe"], {"name": names})
+  if data.get("warmup_steps") is not None and data.get("warmup_epochs") is not None:
+    error("warmup_steps and warmup_epochs are both set (as the flags, one at most)")
   if data.get("data") is not None and not isinstance(data["data"], dict):
     error(f"data is {json.dumps(data['data'])[:40]}, not an object (what the run was trained on)")
 

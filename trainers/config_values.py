@@ -50,7 +50,7 @@ def check_values(error, values, label=flag):
     if values.get(name) is not None and values[name] < 0:
       error(f"{label(name)} must not be negative")
   # float flags: nan compares false to everything, so test finiteness first.
-  for name in ("epochs", "learning_rate", "lr_decay_rate"):
+  for name in ("epochs", "learning_rate", "lr_decay_rate", "lr_decay_epochs"):
     value = values.get(name)
     if value is not None and not (math.isfinite(value) and value > 0):
       error(f"{label(name)} must be a positive finite number, got {value}")
