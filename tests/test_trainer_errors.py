@@ -215,8 +215,11 @@ def test_metadata_edited_after_conversion_is_one_line(tfrecords, tmp_path, edit,
 
 
 def test_a_foreign_shard_with_the_same_record_count_is_one_line(tfrecords, tmp_path):
-  """CIFAR-10 records in place of an MNIST shard, as many as it held: counts agree, the first-record
-  check does not."""
+  """CIFAR-10 records in place of an MNIST shard, as many as it held: counts agree, the size does
+  not; with its size and no head digest in metadata.json (as if edited), the first record does
+  not."""
+  from trainers import shards
+
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   entry = json.loads((data / "metadata.json").read_text())["splits"]["test"]["shards"][0]
   records = b""
@@ -230,6 +233,15 @@ def test_a_foreign_shard_with_the_same_record_count_is_one_line(tfrecords, tmp_p
       continue
     break
   (data / entry["file"]).write_bytes(records)
+  with pytest.raises(shards.InputError, match=f"{len(records):,} bytes, but metadata.json says"):
+    shards.load_metadata(str(data))
+
+  def sized_like_it(meta):
+    shard = meta["splits"]["test"]["shards"][0]
+    shard.update(num_bytes=len(records))
+    shard.pop("head_sha256")
+
+  _edit_metadata(data, sized_like_it)
   result = run_trainer(
     "mnist",
     ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,

@@ -61,8 +61,9 @@ def load_metadata(data_dir, check_records=True, dataset=None):
     The `preprocess.schema.Metadata` written by pipeline/build_tfrecords.py.
 
   Raises:
-    InputError: metadata.json is missing or malformed, a shard is missing, or a
-      count disagrees. The message names the file and what disagrees.
+    InputError: metadata.json is missing or malformed, a shard is missing, or its
+      record count, size or first bytes disagree (`_differs`). The message names
+      the file and what disagrees.
   """
 
   def open_any(path, mode):  # Local or any tf.io.gfile scheme; a missing file as open() says it.
@@ -80,6 +81,11 @@ def load_metadata(data_dir, check_records=True, dataset=None):
       if not tf.io.gfile.exists(shard_path):
         raise InputError(f"{shard_path}: listed in {METADATA} (split {split!r}) but missing")
       if check_records:
+        found = count_records(shard_path)  # first: its framing tells a truncated copy apart
+        if found != shard.num_examples:
+          raise InputError(
+            f"{shard_path}: holds {found} records, but {METADATA} says {shard.num_examples}"
+          )
         differs = _differs(shard_path, shard)
         if differs:
           raise InputError(
@@ -98,16 +104,13 @@ def verify_command(data_dir, dataset):
 def _differs(path, shard):
   """What of a shard disagrees with its metadata.json entry, cheaply, or None.
 
-  Size (a stat), record count (8 bytes a record) and the sha256 of its first
-  `schema.HEAD_BYTES` bytes, in that order of cost; not the sha256 of every
-  byte, nor the CRCs (docs/data.md says why and what that costs).
+  Its size (a stat) and the sha256 of its first `schema.HEAD_BYTES` bytes (the
+  record count is checked before); not the sha256 of every byte, nor the CRCs
+  (docs/data.md says why and what that costs).
   """
   size = tf.io.gfile.stat(path).length
   if shard.num_bytes is not None and size != shard.num_bytes:
     return f"{size:,} bytes, but {METADATA} says {shard.num_bytes:,}"
-  found = count_records(path)
-  if found != shard.num_examples:
-    return f"holds {found} records, but {METADATA} says {shard.num_examples}"
   if shard.head_sha256 is not None:
     with tf.io.gfile.GFile(path, "rb") as f:
       head = hashlib.sha256(f.read(schema.HEAD_BYTES)).hexdigest()
