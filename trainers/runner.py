@@ -139,7 +139,8 @@ def _claimed_model_dir(config, ctx, metadata, elastic=False, recorded=False):
   Only the chief locks, and checks the run against its data (`run_dir.check_data`);
   every rank learns its outcome, so when the chief cannot claim the directory
   every rank stops at once instead of waiting in the first collective. The
-  outcome is ("ok", the config.json held) or ("error", the line). An elastic
+  outcome is ("ok", the config.json held, a line about the data or None) or
+  ("error", the line). An elastic
   run has no collective before its first state sync (a joining worker would
   run it while the others sync, a deadlock): there the chief's outcome travels
   in that sync (`train.train`), and other ranks get None here.
@@ -157,9 +158,7 @@ def _claimed_model_dir(config, ctx, metadata, elastic=False, recorded=False):
     except run_dir.RunError as e:
       lock.release()
       return None, ("error", str(e))
-    if note:
-      _log(ctx, note)
-    return lock, ("ok", previous)
+    return lock, ("ok", previous, note)
 
   lock, outcome = ctx.chief(claim) or (None, None)
   if not elastic:
@@ -206,6 +205,12 @@ def _load_data(config):
     recorded = run_dir.metadata_from_config(saved, config.dataset)
     if recorded is not None:
       return recorded, True
+    if saved is not None and not tf.io.gfile.exists(config.data_dir):
+      raise shards.InputError(
+        f"{run_dir.config_path(config.model_dir)} does not record the data's shape, classes and "
+        f"augmentation (written by an earlier version), and --data-dir {config.data_dir} does "
+        "not exist: pass the --data-dir the run was trained on"
+      )
   return shards.load_metadata(config.data_dir, dataset=config.dataset), False
 
 
@@ -248,7 +253,8 @@ def _already_done(r):
 def _nothing_trained(r):
   """A run already at --max-steps: one line; evaluates and exports only what it lacks."""
   config = r.config
-  evaluated, exported = _already_done(r)
+  # Horovod: the chief decides, so every rank evaluates (a collective) or none does.
+  evaluated, exported = distributed.broadcast_object(r.ctx.chief(_already_done, r))
   todo = [
     what
     for what, wanted in (
@@ -307,6 +313,8 @@ def run(config, ctx, overrides=None):
     r = Run(config, ctx, metadata)
     if claimed:
       _log_start(r, previous, overrides)
+      if outcome and outcome[2:] and outcome[2]:  # the data, against what the run was trained on
+        _log(ctx, outcome[2])
       if training:
         ctx.chief(_record_config, r)
     metrics = None
