@@ -273,12 +273,12 @@ def _nothing_trained(r):
       else "nothing else to do (--mode eval or --mode export evaluates or exports it again)"
     ),
   )
-  metrics = None
-  if todo and config.mode == "train_and_eval" and not evaluated:
+  metrics, step = None, r.step
+  if todo:
+    _log(r.ctx, f"restored {_restore_trained(r)}")  # the best checkpoint, if one was kept
+  if config.mode == "train_and_eval" and not evaluated:
     with _read_errors(r, (config.eval_split,)):
-      metrics = run_eval(r, config.eval_split)
-  elif todo:
-    _restore_trained(r)
+      metrics = run_eval(r, config.eval_split, trained_step=step)
   if config.export and not exported:
     r.ctx.chief(_export, r)
   return metrics

@@ -86,7 +86,7 @@ def load_metadata(data_dir, check_records=True, dataset=None):
           raise InputError(
             f"{shard_path}: holds {found} records, but {METADATA} says {shard.num_examples}"
           )
-        differs = _differs(shard_path, shard)
+        differs = _differs(shard_path, shard, split)
         if differs:
           raise InputError(
             f"{shard_path} (split {split!r}): {differs}: a foreign, swapped or modified shard; "
@@ -101,12 +101,16 @@ def verify_command(data_dir, dataset):
   return f"python -m pipeline.build_tfrecords --verify-data --dataset {dataset} --out-dir {out_dir}"
 
 
-def _differs(path, shard):
+def _differs(path, shard, split):
   """What of a shard disagrees with its metadata.json entry, cheaply, or None.
 
   Its size (a stat) and the sha256 of its first `schema.HEAD_BYTES` bytes (the
   record count is checked before); not the sha256 of every byte, nor the CRCs
   (docs/data.md says why and what that costs).
+
+  Raises:
+    InputError: The first bytes differ because a record there is damaged: the
+      line names the record and its offset (framing and CRCs of this shard).
   """
   size = tf.io.gfile.stat(path).length
   if shard.num_bytes is not None and size != shard.num_bytes:
@@ -115,6 +119,9 @@ def _differs(path, shard):
     with tf.io.gfile.GFile(path, "rb") as f:
       head = hashlib.sha256(f.read(schema.HEAD_BYTES)).hexdigest()
     if head != shard.head_sha256:
+      damaged = _damaged(path, split)  # bytes changed in place: name the record and offset
+      if damaged:
+        raise InputError(damaged)
       return (
         f"the sha256 of its first {min(size, schema.HEAD_BYTES):,} bytes is {head[:12]}..., "
         f"but {METADATA} says {shard.head_sha256[:12]}..."
@@ -151,16 +158,23 @@ def find_damaged_shard(data_dir, metadata, splits):
     if split not in metadata.splits:
       continue
     for shard in metadata.splits[split].shards:
-      path = join(data_dir, shard.file)
-      try:
-        found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
-      except (OSError, tf.errors.OpError) as e:
-        return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
-      if found:
-        return (
-          f"{found.describe(path)} (split {split!r}): the shard is damaged; "
-          "convert the data again (make preprocess)"
-        )
+      damaged = _damaged(join(data_dir, shard.file), split)
+      if damaged:
+        return damaged
+  return None
+
+
+def _damaged(path, split):
+  """'<shard>: corrupted record N at byte B ... the shard is damaged', or None (framing and CRCs)."""
+  try:
+    found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
+  except (OSError, tf.errors.OpError) as e:
+    return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
+  if found:
+    return (
+      f"{found.describe(path)} (split {split!r}): the shard is damaged; "
+      "convert the data again (make preprocess)"
+    )
   return None
 
 
