@@ -59,7 +59,6 @@ def convert_dataset(name, args, options, log):
     RuntimeError: The counts do not add up after the run.
   """
   from apache_beam.io.filesystems import FileSystems
-  from apache_beam.options.pipeline_options import StandardOptions
 
   from pipeline import outdir
   from pipeline import plan
@@ -76,33 +75,56 @@ def convert_dataset(name, args, options, log):
     raise UsageError(f"{name}: {e}") from None
   out_dir = FileSystems.join(args.out_dir, name)
   with dirlock.hold(out_dir, f"python -m pipeline.build_tfrecords --dataset {name}", log) as lock:
-    outdir.prepare(out_dir, args.overwrite)
-    log(
-      f"{name}: {sum(t.count for t in tasks)} records in {len(tasks)} shards, "
-      f"{len(raw.rejects)} inputs rejected and {len(raw.skipped)} skipped while listing; "
-      f"converting with {options.view_as(StandardOptions).runner}"
-    )
-    stats, shard_rejects = _convert(name, raw, tasks, out_dir, options, args, log, lock)
-    listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
-    rejects = sorted(
-      shard_rejects + listing_rejects,
-      key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]),
-    )
-    metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
-    outdir.write_ledger(FileSystems.join(out_dir, outdir.REJECTS), rejects)
-    outdir.write_ledger(
-      FileSystems.join(out_dir, outdir.SKIPPED), [r.to_json_dict() for r in raw.skipped]
-    )
-    # After the ledger, so the user can read why; before metadata.json, so a
-    # split that lost too much never looks complete.
-    _check_reject_fractions(name, out_dir, metadata, rejects, args.max_reject_fraction)
-    outdir.write_atomically(FileSystems.join(out_dir, METADATA), metadata.to_json())
+    outdir.prepare(out_dir, args.overwrite, log)
+    try:
+      metadata = _convert_and_check(
+        name, raw, tasks, out_dir, validation_size, options, args, log, lock
+      )
+    except IncompleteError:
+      raise  # its ledgers say why; a rerun replaces them
+    except BaseException as e:
+      if isinstance(e, KeyboardInterrupt):  # no worker may rename a shard into place after this
+        supervise.WorkerWatch.ending = True
+        supervise.WorkerWatch.stop_workers()
+      outdir.remove_incomplete(out_dir)  # no shards without metadata.json are left behind
+      raise
   counts = metadata.records
   log(
     f"{name}: read {counts.read} = written {counts.written} + rejected "
     f"{counts.rejected} ({counts.skipped} files skipped) in {time.time() - started:.1f}s "
     f"-> {out_dir}"
   )
+  return metadata
+
+
+def _convert_and_check(name, raw, tasks, out_dir, validation_size, options, args, log, lock):
+  """Converts, checks that nothing was lost, writes the ledgers and, last, metadata.json."""
+  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.options.pipeline_options import StandardOptions
+
+  from pipeline import outdir
+
+  log(
+    f"{name}: {sum(t.count for t in tasks)} records in {len(tasks)} shards, "
+    f"{len(raw.rejects)} inputs rejected and {len(raw.skipped)} skipped while listing; "
+    f"converting with {options.view_as(StandardOptions).runner}"
+  )
+  stats, shard_rejects = _convert(name, raw, tasks, out_dir, options, args, log, lock)
+  listing_rejects = [dict(r.to_json_dict(), split=r.file.split("/", 1)[0]) for r in raw.rejects]
+  rejects = sorted(
+    shard_rejects + listing_rejects,
+    key=lambda r: (r["file"], -1 if r["index"] is None else r["index"]),
+  )
+  metadata = _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
+  _warn_empty_classes(name, metadata, log)
+  outdir.write_ledger(FileSystems.join(out_dir, outdir.REJECTS), rejects)
+  outdir.write_ledger(
+    FileSystems.join(out_dir, outdir.SKIPPED), [r.to_json_dict() for r in raw.skipped]
+  )
+  # After the ledger, so the user can read why; before metadata.json, so a
+  # split that lost too much never looks complete.
+  _check_reject_fractions(name, out_dir, metadata, rejects, args.max_reject_fraction)
+  outdir.write_atomically(FileSystems.join(out_dir, METADATA), metadata.to_json())
   return metadata
 
 
@@ -125,6 +147,20 @@ def _check_listing(name, raw, log):
     )
 
 
+def _warn_empty_classes(name, metadata, log):
+  """One line for the classes a split has no record of (they stay in metadata.json too)."""
+  empty = [
+    f"{split} has no {', '.join(info.empty_classes)} (label counts {info.label_counts})"
+    for split, info in metadata.splits.items()
+    if info.empty_classes
+  ]
+  if empty:
+    log(
+      f"warning: {name}: classes without records: {'; '.join(empty)}; recorded as "
+      "empty_classes in metadata.json"
+    )
+
+
 def _convert(name, raw, tasks, out_dir, options, args, log, lock):
   """Runs the Beam pipeline over `tasks`; returns the sidecars' (stats, rejects)."""
   import apache_beam as beam
@@ -133,21 +169,24 @@ def _convert(name, raw, tasks, out_dir, options, args, log, lock):
   from pipeline import convert
   from pipeline import outdir
 
-  work = FileSystems.join(out_dir, f".work-{uuid.uuid4().hex}")
+  work = FileSystems.join(out_dir, f"{outdir.WORK_PREFIX}{uuid.uuid4().hex}")
 
   def on_death(line, exit_code):
     outdir.remove_work_files(out_dir, work)
+    outdir.remove_incomplete(out_dir)
+    supervise.PrivateTemp.remove()
+    job_options.remove_worker_options()
     lock.release()
     if line is None:
       how = "interrupted" if exit_code == 130 else "terminated (SIGTERM)"
       log(
-        f"error: {how}; temporary files removed, no metadata.json written for {name} "
-        f"(log: {args.log_file})"
+        f"error: {how}; temporary files removed, no shards and no metadata.json left for "
+        f"{name} (log: {args.log_file})"
       )
     else:
       log(
-        f"error: {name}: {line} while converting; temporary files removed, no metadata.json "
-        f"written (log: {args.log_file})"
+        f"error: {name}: {line} while converting; temporary files removed, no shards and no "
+        f"metadata.json left (log: {args.log_file})"
       )
     # Beam's threads that served the dead worker never finish: a normal exit
     # would wait for them forever.
@@ -239,10 +278,16 @@ def _check_and_describe(name, raw, tasks, stats, rejects, validation_size, args)
     split.num_examples += s["written"]
     split.shards.append(
       schema.ShardInfo(
-        file=s["file"], num_examples=s["written"], sha256=s["sha256"], num_bytes=s["num_bytes"]
+        file=s["file"],
+        num_examples=s["written"],
+        sha256=s["sha256"],
+        num_bytes=s["num_bytes"],
+        head_sha256=s["head_sha256"],
       )
     )
     split.label_counts = [a + b for a, b in zip(split.label_counts, s["label_counts"])]
+  for split in splits.values():
+    split.empty_classes = [c for c, n in zip(raw.class_names, split.label_counts) if not n]
   reject_counts = collections.Counter(r["split"] for r in rejects)
   metadata = schema.Metadata(
     dataset=name,
@@ -315,7 +360,8 @@ def main(argv=None):
   os.close(fd)
   keep_log = True
   try:
-    _convert_all(args, options, log)
+    with supervise.PrivateTemp():
+      _convert_all(args, options, log)
     keep_log = False
   except (DataFormatError, UsageError, dirlock.LockHeld) as e:
     log(f"error: {e}")
@@ -329,8 +375,8 @@ def main(argv=None):
     supervise.WorkerWatch.ending = True
     how = "terminated (SIGTERM)" if isinstance(e, supervise.Terminated) else "interrupted"
     log(
-      f"error: {how}; temporary files removed, no metadata.json written for the data set "
-      f"being converted (log: {args.log_file})"
+      f"error: {how}; temporary files removed, no shards and no metadata.json left for the "
+      f"data set being converted (log: {args.log_file})"
     )
     return getattr(e, "exit_code", 130)
   except Exception as e:

@@ -83,7 +83,7 @@ class ConvertShardFn(beam.DoFn):
 
   def _convert(self, task, temp, final):
     read = written = num_bytes = 0
-    digest = hashlib.sha256()
+    digest, head = hashlib.sha256(), hashlib.sha256()
     label_counts = [0] * len(self._class_names)
     rejects = []
     with _writing(final, f"cannot write shard {task.filename}"):
@@ -101,6 +101,7 @@ class ConvertShardFn(beam.DoFn):
           with _writing(final, f"cannot write shard {task.filename}"):
             out.write(framed)
           digest.update(framed)
+          head.update(framed[: max(0, schema.HEAD_BYTES - num_bytes)])
           num_bytes += len(framed)
           written += 1
           label_counts[item.label] += 1
@@ -120,6 +121,7 @@ class ConvertShardFn(beam.DoFn):
       "label_counts": label_counts,
       "sha256": digest.hexdigest(),
       "num_bytes": num_bytes,
+      "head_sha256": head.hexdigest(),
     }
     sidecar = {"stats": stats, "rejects": rejects}
     path = outdir.sidecar_path(self._stats_dir, task.filename)

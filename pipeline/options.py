@@ -8,6 +8,7 @@ level: --help and flag errors answer before Beam (about 3 s to import) loads.
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import json
 import math
@@ -265,5 +266,13 @@ def _quiet_local_workers(level):
   fd, path = tempfile.mkstemp(prefix="beam-worker-options-", suffix=".json")
   with os.fdopen(fd, "w") as f:
     json.dump({"options": {"default_sdk_harness_log_level": level}}, f)
-  atexit.register(os.remove, path)
+  atexit.register(remove_worker_options, path)
   os.environ["PIPELINE_OPTIONS_FILE"] = path
+
+
+def remove_worker_options(path=None):
+  """Deletes the options file `_quiet_local_workers` wrote (also before an `os._exit`, which skips atexit)."""
+  path = path or os.environ.get("PIPELINE_OPTIONS_FILE", "")
+  if os.path.basename(path).startswith("beam-worker-options-"):
+    with contextlib.suppress(OSError):
+      os.remove(path)

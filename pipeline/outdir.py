@@ -31,6 +31,7 @@ SKIPPED = schema.SKIPPED_FILE
 OURS = (METADATA, REJECTS, SKIPPED, "*.tfrecord", ".*.tmp-*", ".work-*/**")
 # A task's sidecar (its shard's stats and rejects) is <shard file name> + this.
 SIDECAR_SUFFIX = ".stats.json"
+WORK_PREFIX = ".work-"
 
 
 class ExistingOutputError(UsageError):
@@ -59,6 +60,22 @@ def match(directory, *patterns):
   return sorted({m.path for result in results for m in result.metadata_list})
 
 
+def ours(out_dir):
+  """Everything of ours in `out_dir`: the files `OURS` matches, and the local work folders.
+
+  Beam's match lists files only, so the work folder of a run killed with -9
+  (empty once its sidecars are gone) is found by listing the folder.
+  """
+  found = match(out_dir, *OURS)
+  if "://" not in out_dir and os.path.isdir(out_dir):
+    found += [
+      os.path.join(out_dir, name)
+      for name in sorted(os.listdir(out_dir))
+      if name.startswith(WORK_PREFIX) and os.path.isdir(os.path.join(out_dir, name))
+    ]
+  return found
+
+
 def delete(paths):
   """Deletes files and folders (recursively) at exactly these paths.
 
@@ -77,18 +94,27 @@ def delete(paths):
     FileSystems.delete(remote)
 
 
-def prepare(out_dir, overwrite):
+def prepare(out_dir, overwrite, log):
   """Makes `out_dir` ready for a new run; refuses to clobber an output without `overwrite`.
 
+  An output without metadata.json is the remains of a run that never
+  finished (killed with -9, or one that failed its checks): nothing trusts it,
+  so it is replaced without --overwrite, with a line saying so.
+
   Raises:
-    ExistingOutputError: It holds files of an earlier run and `overwrite` is False.
+    ExistingOutputError: It holds a complete output and `overwrite` is False.
   """
-  existing = match(out_dir, *OURS)
-  if existing and not overwrite:
-    raise ExistingOutputError(
-      f"{out_dir}: output already exists ({len(existing)} files); pass --overwrite to replace it"
-    )
+  existing = ours(out_dir)
   metadata = FileSystems.join(out_dir, METADATA)
+  if existing and not overwrite:
+    if metadata in existing:
+      raise ExistingOutputError(
+        f"{out_dir}: output already exists ({len(existing)} files); pass --overwrite to replace it"
+      )
+    log(
+      f"{out_dir}: replacing the incomplete output of an earlier run ({len(existing)} files, "
+      "no metadata.json: it never finished)"
+    )
   # metadata.json goes first, so an interrupted overwrite never looks complete.
   if metadata in existing:
     delete([metadata])
@@ -102,6 +128,13 @@ def prepare(out_dir, overwrite):
 def sidecar_path(stats_dir, shard_filename):
   """Where the task of `shard_filename` leaves its stats and rejects (pipeline/convert.py)."""
   return FileSystems.join(stats_dir, shard_filename + SIDECAR_SUFFIX)
+
+
+def remove_incomplete(out_dir):
+  """Deletes a run's output that has no metadata.json (an interrupted or failed run's shards)."""
+  existing = ours(out_dir)
+  if existing and FileSystems.join(out_dir, METADATA) not in existing:
+    delete(existing)
 
 
 def read_sidecars(work, tasks):

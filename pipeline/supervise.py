@@ -3,15 +3,18 @@
 pipeline/build_tfrecords.py runs each conversion inside these: `CapturedStderr`
 sends Beam's own logging to the run's log file, `WorkerWatch` turns a dead
 local worker into one line instead of a hang, `Progress` logs finished shards,
-and `terminate_on_sigterm` makes SIGTERM (what a scheduler sends to stop a
-job) end the run the way Ctrl-C does.
+`terminate_on_sigterm` makes SIGTERM (what a scheduler sends to stop a
+job) end the run the way Ctrl-C does, and `PrivateTemp` gives the run and its
+workers a temporary folder of their own, removed however the run ends.
 """
 
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 
 # Lines of Beam's and its workers' own logging that say nothing to a user.
@@ -209,3 +212,34 @@ def _on_sigterm(signum, frame):
 def terminate_on_sigterm():
   """From now on SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
   signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class PrivateTemp:
+  """A temporary folder of the run's own, set as TMPDIR for the driver and its workers.
+
+  Beam's local runner leaves folders and files in the temporary folder
+  (`beam-pipeline-temp*`, `beam-worker-options-*.json`) when a run is
+  interrupted; inside this folder they go with it. `remove` is safe to call
+  from any thread, also just before `os._exit`.
+  """
+
+  path = None
+
+  def __enter__(self):
+    self._saved = (os.environ.get("TMPDIR"), tempfile.tempdir)
+    PrivateTemp.path = tempfile.mkdtemp(prefix="build_tfrecords-tmp-")
+    os.environ["TMPDIR"] = tempfile.tempdir = PrivateTemp.path  # workers inherit the variable
+    return self
+
+  def __exit__(self, *exc):
+    environ, tempfile.tempdir = self._saved
+    if environ is None:
+      os.environ.pop("TMPDIR", None)
+    else:
+      os.environ["TMPDIR"] = environ
+    PrivateTemp.remove()
+
+  @classmethod
+  def remove(cls):
+    if cls.path:
+      shutil.rmtree(cls.path, ignore_errors=True)

@@ -27,8 +27,13 @@ IMAGE_FORMATS = ("png", "jpeg")
 # The ledgers beside it: one JSON line per rejected record, per skipped file.
 REJECTS_FILE = "rejects.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
-# 2: every shard carries its sha256 and size.
+# 2: every shard carries its sha256 and size. Keys added since are optional,
+# so files of earlier version-2 jobs stay readable (their checks are skipped).
 METADATA_FORMAT_VERSION = 2
+# A shard's `head_sha256` digests this many bytes from its start (or the whole
+# file, if smaller): what the trainers can afford to read of every shard at
+# start-up, to tell a swapped shard from the one metadata.json lists.
+HEAD_BYTES = 1 << 16
 
 
 class MetadataError(ValueError):
@@ -46,21 +51,31 @@ class ShardInfo:
       bit, or a foreign shard with the same record count, changes it
       (`verify_shard`). Required in metadata.json since format version 2.
     num_bytes: The file's size.
+    head_sha256: Hex sha256 of the file's first `HEAD_BYTES` bytes (all of a
+      smaller file), checked by the trainers at start-up; None in files
+      written before it was recorded.
   """
 
   file: str
   num_examples: int
   sha256: str | None = None
   num_bytes: int | None = None
+  head_sha256: str | None = None
 
 
 @dataclasses.dataclass
 class SplitInfo:
-  """One split: its records, its shards in order, and records per label."""
+  """One split: its records, its shards in order, and records per label.
+
+  `empty_classes` names the classes with no record in the split (label count
+  0), which the Beam job also warns about; None in files written before it
+  was recorded.
+  """
 
   num_examples: int
   shards: list
   label_counts: list | None = None
+  empty_classes: list | None = None
 
 
 @dataclasses.dataclass
@@ -215,10 +230,12 @@ class Metadata:
         where = f"splits.{name}.shards[{i}]"
         if shard.num_examples < 0:
           raise MetadataError(f"{path}: {where}.num_examples must not be negative")
-        if shard.sha256 is not None and not _is_sha256(shard.sha256):
-          raise MetadataError(
-            f"{path}: {where}.sha256 must be 64 lowercase hex digits, got {shard.sha256!r}"
-          )
+        for key in ("sha256", "head_sha256"):
+          digest = getattr(shard, key)
+          if digest is not None and not _is_sha256(digest):
+            raise MetadataError(
+              f"{path}: {where}.{key} must be 64 lowercase hex digits, got {digest!r}"
+            )
         if shard.num_bytes is not None:
           _expect(path, f"{where}.num_bytes", shard.num_bytes, int)
         if os.path.basename(shard.file) != shard.file or shard.file in ("", ".", ".."):
@@ -245,6 +262,11 @@ class Metadata:
         raise MetadataError(
           f"{path}: splits.{name}.label_counts has {len(split.label_counts)} "
           f"entries but num_classes is {self.num_classes}"
+        )
+      unknown = [c for c in split.empty_classes or () if c not in self.class_names]
+      if unknown:
+        raise MetadataError(
+          f"{path}: splits.{name}.empty_classes names {unknown[0]!r}, not one of class_names"
         )
       listed = sum(s.num_examples for s in split.shards)
       if listed != split.num_examples:
@@ -275,25 +297,38 @@ def _split_from_json(path, name, entry):
       if key not in shard:
         raise MetadataError(f"{path}: missing key {where}.shards[{i}].{key}")
       _expect(path, f"{where}.shards[{i}].{key}", shard[key], kind)
+    head = shard.get("head_sha256")  # optional: not in files of earlier jobs
+    if head is not None:
+      _expect(path, f"{where}.shards[{i}].head_sha256", head, str)
     shards.append(
-      ShardInfo(shard["file"], shard["num_examples"], shard["sha256"], shard["num_bytes"])
+      ShardInfo(shard["file"], shard["num_examples"], shard["sha256"], shard["num_bytes"], head)
     )
-  counts = entry.get("label_counts")
-  if counts is not None:
-    _expect(path, f"{where}.label_counts", counts, list)
-  return SplitInfo(entry["num_examples"], shards, counts)
+  optional = {}
+  for key in ("label_counts", "empty_classes"):
+    if entry.get(key) is not None:
+      _expect(path, f"{where}.{key}", entry[key], list)
+      optional[key] = entry[key]
+  return SplitInfo(entry["num_examples"], shards, **optional)
 
 
 def _split_json(split):
-  out = {
-    "num_examples": split.num_examples,
-    "shards": [
-      {"file": s.file, "num_examples": s.num_examples, "sha256": s.sha256, "num_bytes": s.num_bytes}
-      for s in split.shards
-    ],
-  }
+  out = {"num_examples": split.num_examples, "shards": [_shard_json(s) for s in split.shards]}
   if split.label_counts is not None:
     out["label_counts"] = list(split.label_counts)
+  if split.empty_classes is not None:
+    out["empty_classes"] = list(split.empty_classes)
+  return out
+
+
+def _shard_json(shard):
+  out = {
+    "file": shard.file,
+    "num_examples": shard.num_examples,
+    "sha256": shard.sha256,
+    "num_bytes": shard.num_bytes,
+  }
+  if shard.head_sha256 is not None:
+    out["head_sha256"] = shard.head_sha256
   return out
 
 

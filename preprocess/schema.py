@@ -31,6 +31,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from preprocess.metadata import HEAD_BYTES  # noqa: F401
 from preprocess.metadata import IMAGE_FORMATS
 from preprocess.metadata import METADATA_FILE
 from preprocess.metadata import METADATA_FORMAT_VERSION  # noqa: F401

@@ -157,18 +157,23 @@ def test_a_second_job_on_one_output_gets_one_line_naming_the_first(raw, tmp_path
 
 
 def test_the_lock_of_a_killed_job_is_taken_over_with_a_line(raw, tmp_path):
+  """Killed with -9 after its first shard: a plain rerun replaces the remains, with one line."""
   killed = _start(raw / "plain", tmp_path)
   _wait_until_locked(killed, tmp_path)
+  while not list((tmp_path / "cifar10").glob(".work-*/*")):  # a shard and its sidecar written
+    assert killed.poll() is None, killed.stderr.read()
+    time.sleep(0.05)
   os.killpg(killed.pid, signal.SIGKILL)  # As the out-of-memory killer ends a job.
   killed.wait(timeout=60)
   holder = json.loads((tmp_path / "cifar10" / ".lock").read_text())
   assert holder["pid"] == killed.pid
-  result = build(raw / "plain", tmp_path, "--overwrite", dataset="cifar10")
+  result = build(raw / "plain", tmp_path, dataset="cifar10")  # --overwrite clears the same way
   assert result.returncode == 0, result.stderr
   assert (
     f"took over the lock of python -m pipeline.build_tfrecords --dataset cifar10 (pid {killed.pid}"
     in (result.stderr)
   )
+  assert "replacing the incomplete output of an earlier run" in result.stderr, result.stderr
   assert (tmp_path / "cifar10" / "metadata.json").exists() and not leftovers(tmp_path)
 
 

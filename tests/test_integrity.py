@@ -263,6 +263,20 @@ def test_split_over_the_reject_fraction_fails_and_under_it_passes(raw, tmp_path)
   )
 
 
+def test_a_class_without_records_in_a_split_is_warned_and_recorded(raw, tmp_path):
+  tree = tmp_path / "raw" / "catdog"
+  shutil.copytree(raw / "catdog", tree)
+  for image in (tree / "test" / "dog").iterdir():
+    image.unlink()
+  result = build(tmp_path / "raw", tmp_path / "out", "--image-size", "16", check=True)
+  warnings = [l for l in result.stderr.splitlines() if l.startswith("warning:")]
+  assert len(warnings) == 1, result.stderr
+  assert "test has no dog (label counts [30, 0])" in warnings[0], warnings[0]
+  meta = schema.read_metadata(tmp_path / "out" / "catdog")
+  assert meta.splits["test"].empty_classes == ["dog"] and meta.splits["train"].empty_classes == []
+  assert meta.splits["test"].label_counts == [30, 0]
+
+
 def test_split_emptied_while_listing_fails_with_one_line(raw, tmp_path):
   tree = tmp_path / "raw" / "catdog"
   shutil.copytree(raw / "catdog", tree)
@@ -293,7 +307,7 @@ def test_unwritable_output_is_one_line_naming_the_shard(raw, tmp_path):
   assert len(result.stderr.splitlines()) <= 3, result.stderr
 
 
-def _start(raw, out):
+def _start(raw, out, env=None):
   return subprocess.Popen(
     [
       sys.executable,
@@ -314,7 +328,7 @@ def _start(raw, out):
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
-    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
   )
 
 
@@ -335,13 +349,23 @@ def _wait_for_workers(proc):
 
 
 def test_ctrl_c_is_one_line_and_leaves_no_temporary_files(raw, tmp_path):
-  proc = _start(raw, tmp_path)
+  """Ctrl-C after some shards are finished: no shard, no Beam temporary folder is left."""
+  temp = tmp_path / "tmp"
+  temp.mkdir()
+  proc = _start(raw, tmp_path / "out", env={"TMPDIR": str(temp)})
   _wait_for_workers(proc)
+  out = tmp_path / "out" / "cifar10"
+  while not list(out.glob("*.tfrecord")):
+    assert proc.poll() is None, proc.stderr.read()
+    time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGINT)  # What a terminal's Ctrl-C does.
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 130, err
   assert "Traceback" not in err and "interrupted" in err and len(err.splitlines()) <= 2, err
-  assert not leftovers(tmp_path) and not (tmp_path / "cifar10" / "metadata.json").exists()
+  assert "no shards and no metadata.json left" in err, err
+  assert [p.name for p in out.iterdir()] == [".lock"]  # A plain rerun has nothing in its way.
+  log = err.rsplit("(log: ", 1)[1].rstrip(")\n")
+  assert [p.name for p in temp.iterdir()] == [os.path.basename(log)], list(temp.iterdir())
 
 
 def test_killed_worker_ends_the_run_with_one_line(raw, tmp_path):

@@ -133,8 +133,8 @@ def test_a_config_json_that_does_not_read_back_is_one_line(tfrecords, tmp_path):
     (lambda c: c.update(bogus=1), "unknown key 'bogus'"),
     (lambda c: c.update(seed="0"), "seed is \"0\""),
     (lambda c: c["recipe"].update(batch_size=1.5), "recipe.batch_size is 1.5"),
-    (lambda c: c["recipe"].update(name="nope"), "recipe 'nope'"),
-    (lambda c: c.update(checkpoint_every=0), "--checkpoint-every must be at least 1"),
+    (lambda c: c["recipe"].update(name="nope"), "recipe.name is 'nope', not one of"),
+    (lambda c: c.update(checkpoint_every=0), "checkpoint_every must be at least 1"),
   ):
     broken = json.loads(json.dumps(saved))
     edit(broken)

@@ -5,6 +5,7 @@ edited metadata, a model dir that is a file or holds a damaged config.json or
 checkpoint, a full disk. All runs are the real entry scripts (conftest.run_trainer).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -214,8 +215,11 @@ def test_metadata_edited_after_conversion_is_one_line(tfrecords, tmp_path, edit,
 
 
 def test_a_foreign_shard_with_the_same_record_count_is_one_line(tfrecords, tmp_path):
-  """CIFAR-10 records in place of an MNIST shard, as many as it held: counts agree, the first-record
-  check does not."""
+  """CIFAR-10 records in place of an MNIST shard, as many as it held: counts agree, the size does
+  not; with its size and no head digest in metadata.json (as if edited), the first record does
+  not."""
+  from trainers import shards
+
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   entry = json.loads((data / "metadata.json").read_text())["splits"]["test"]["shards"][0]
   records = b""
@@ -229,6 +233,15 @@ def test_a_foreign_shard_with_the_same_record_count_is_one_line(tfrecords, tmp_p
       continue
     break
   (data / entry["file"]).write_bytes(records)
+  with pytest.raises(shards.InputError, match=f"{len(records):,} bytes, but metadata.json says"):
+    shards.load_metadata(str(data))
+
+  def sized_like_it(meta):
+    shard = meta["splits"]["test"]["shards"][0]
+    shard.update(num_bytes=len(records))
+    shard.pop("head_sha256")
+
+  _edit_metadata(data, sized_like_it)
   result = run_trainer(
     "mnist",
     ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
@@ -357,10 +370,13 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
   model_dir = tmp_path / "m"
   assert _train(tfrecords, model_dir).returncode == 0
   saved = json.loads((model_dir / "config.json").read_text())
+  digest = hashlib.sha256((tfrecords / "mnist" / "metadata.json").read_bytes()).hexdigest()
   assert saved["data"] == {
     "image_shape": [28, 28, 1],
     "num_classes": 10,
     "class_names": saved["data"]["class_names"],
+    "splits": {"train": 5500, "validation": 500, "test": 500},
+    "metadata_sha256": digest,
   }
   # Another image size (the tiny recipe accepts any): 32x32 images in a copy of the data.
   bigger = _copy(tfrecords / "mnist", tmp_path / "bigger")
@@ -380,6 +396,175 @@ def test_a_run_resumes_only_on_data_of_its_image_shape_and_classes(tfrecords, tm
     check=False,
   )
   one_line_error(result, "config.json", "class names")
+
+
+def _moved_to_train(meta, split="validation"):
+  """metadata.json as if converted with one shard of `split` less: other split sizes, same shards."""
+  moved = meta["splits"][split]["shards"].pop()
+  for name, sign in (("train", 1), (split, -1)):
+    meta["splits"][name]["num_examples"] += sign * moved["num_examples"]
+    meta["splits"][name].pop("label_counts")
+  meta["splits"]["train"]["shards"].append(moved)
+
+
+def test_resume_on_other_data_is_refused_in_one_line_unless_accepted(tfrecords, tmp_path):
+  """Data converted again with other split sizes between two runs of one model dir."""
+  model_dir = tmp_path / "m"
+  assert _train(tfrecords, model_dir).returncode == 0
+  other = _copy(tfrecords / "mnist", tmp_path / "other")
+  _edit_metadata(other, _moved_to_train)
+  flags = ["--data-dir", other, "--model-dir", model_dir, "--max-steps", "5"] + TINY
+  refused = run_trainer("mnist", flags, check=False)
+  one_line_error(
+    refused, "config.json", "trained on other data", "train 5,500 -> 5,625", "--accept-new-data"
+  )
+  accepted = run_trainer("mnist", flags + ["--accept-new-data"])
+  assert "resuming on other data (--accept-new-data)" in accepted.stdout
+  assert "step 5/5" in accepted.stdout
+  saved = json.loads((model_dir / "config.json").read_text())["data"]
+  assert saved["splits"]["train"] == 5625
+  assert (
+    saved["metadata_sha256"] == hashlib.sha256((other / "metadata.json").read_bytes()).hexdigest()
+  )
+  # Evaluating on the first data is legitimate: said in one line, not refused.
+  evaluated = run_trainer(
+    "mnist", ["--data-dir", tfrecords / "mnist", "--model-dir", model_dir, "--mode", "eval"]
+  )
+  assert "note: the run in" in evaluated.stdout and "train 5,625 -> 5,500" in evaluated.stdout
+
+
+def test_max_steps_already_reached_says_so_and_redoes_nothing(tfrecords, tmp_path):
+  model_dir = tmp_path / "m"
+  flags = ["--data-dir", tfrecords / "mnist", "--model-dir", model_dir] + TINY[:-1]
+  run_trainer("mnist", flags + ["--max-steps", "3"])
+  metrics = (model_dir / "metrics.json").read_text()
+  shutil.rmtree(model_dir / "export")  # as if the first run had been stopped before its export
+  again = run_trainer("mnist", flags + ["--max-steps", "2"])
+  lines = [l for l in again.stdout.splitlines() if "nothing to train" in l]
+  assert len(lines) == 1 and "at step 3 and --max-steps is 2" in lines[0], again.stdout
+  assert "exporting it" in lines[0] and "evaluating" not in lines[0], lines[0]
+  assert "precision@1" not in again.stdout and "trained" not in again.stdout
+  assert (model_dir / "export" / "saved_model.pb").exists()
+  assert (model_dir / "metrics.json").read_text() == metrics
+  assert [p.name for p in (model_dir / "checkpoints").glob("ckpt-*.index")] == ["ckpt-3.index"]
+  # Everything up to date: one line and no work at all.
+  export_time = (model_dir / "export" / "saved_model.pb").stat().st_mtime_ns
+  third = run_trainer("mnist", flags)
+  assert "nothing else to do" in third.stdout and "exported" not in third.stdout, third.stdout
+  assert (model_dir / "export" / "saved_model.pb").stat().st_mtime_ns == export_time
+  # Export needs only config.json: its data dir gone, --data-dir not given.
+  saved = json.loads((model_dir / "config.json").read_text())
+  saved["data_dir"] = str(tmp_path / "gone")
+  (model_dir / "config.json").write_text(json.dumps(saved))
+  shutil.rmtree(model_dir / "export")
+  exported = run_trainer("mnist", ["--model-dir", model_dir, "--mode", "export"])
+  assert "exported the serving model" in exported.stdout and "make preprocess" not in (
+    exported.stderr
+  )
+  assert (model_dir / "export" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize(
+  "edit, needles",
+  [
+    (lambda c: c.update(precision="float64"), ["precision is 'float64'", "mixed_bfloat16"]),
+    (lambda c: c.update(lr_scaling="cube"), ["lr_scaling is 'cube'", "sqrt, linear"]),
+    (lambda c: c["recipe"].update(name=["tiny"]), ["recipe.name is ['tiny'] (list)", "tiny"]),
+    (lambda c: c.update(dataset="imagenet"), ["dataset is 'imagenet'", "cifar10, mnist"]),
+    (lambda c: c["recipe"].update(name="cifar10_tutorial"), ["recipe.name", "mnist_basic"]),
+    (lambda c: c.update(data="x"), ["data is \"x\", not an object"]),
+    (lambda c: c["recipe"].update(batch_size=0), ["recipe.batch_size must be at least 1"]),
+  ],
+)
+def test_config_json_values_out_of_their_choices_are_one_line(tmp_path, edit, needles):
+  """Hand-edited config.json, read back by --print-config (no TensorFlow) as by every mode."""
+  from trainers import config as config_lib
+
+  model_dir = tmp_path / "m"
+  model_dir.mkdir()
+  saved = config_lib.parse("mnist", ["--recipe", "tiny", "--model-dir", str(model_dir)]).to_json()
+  edit(saved)
+  (model_dir / "config.json").write_text(json.dumps(saved, default=str))
+  result = run_trainer("mnist", ["--model-dir", model_dir, "--print-config"], check=False)
+  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert "config.json" in result.stderr and "Traceback" not in result.stderr
+  for needle in needles:
+    assert needle in result.stderr, result.stderr
+
+
+def test_the_choices_of_config_json_are_the_flags(tmp_path):
+  """One list: every flag with choices is checked in config.json against the same choices."""
+  from trainers import config as config_lib
+  from trainers import recipes
+
+  for flag in (f for f in config_lib.FLAGS if f.choices and f.name not in config_lib.INVOCATION):
+    data = {"dataset": "mnist", flag.name: "not-a-choice"}
+    with pytest.raises(recipes.ConfigError, match=", ".join(flag.choices)):
+      config_lib.check_json_choices(data, "config.json")
+
+
+def test_paths_that_point_the_wrong_way_are_one_line_naming_the_fix(tfrecords, tmp_path):
+  """--data-dir one level too high, a dangling model-dir symlink, an unreachable model dir."""
+  from trainers import config as config_lib
+  from trainers import run_dir
+  from trainers import shards
+
+  with pytest.raises(shards.InputError) as e:
+    shards.load_metadata(str(tfrecords), dataset="mnist")
+  assert f"pass --data-dir {tfrecords / 'mnist'}" in str(e.value) and "preprocess" not in str(
+    e.value
+  )
+  (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+  config = config_lib.parse("mnist", ["--recipe", "tiny", "--model-dir", str(tmp_path / "link")])
+  with pytest.raises(run_dir.RunError, match="is a symlink to .*nowhere, which does not exist"):
+    run_dir.claim(config, "test", print)
+  # A scheme tf.io.gfile has no file system for fails at once, offline, like an unreachable gs://.
+  result = run_trainer("mnist", ["--model-dir", "s3://bucket/run", "--recipe", "tiny"], check=False)
+  one_line_error(result, "--model-dir s3://bucket/run: cannot be reached", "not implemented")
+  assert result.returncode == 2
+
+
+def test_a_swapped_shard_is_one_line_at_start_up(tfrecords, tmp_path):
+  """A validation shard swapped with a test shard: same names, same record counts."""
+  data = _copy(tfrecords / "mnist", tmp_path / "data")
+  a, b = data / "validation-00001-of-00004.tfrecord", data / "test-00001-of-00004.tfrecord"
+  a_bytes = a.read_bytes()
+  a.write_bytes(b.read_bytes())
+  b.write_bytes(a_bytes)
+  result = run_trainer(
+    "mnist",
+    ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
+    check=False,
+  )
+  one_line_error(
+    result, a.name, "split 'validation'", "bytes, but metadata.json says", "--verify-data"
+  )
+  assert not (tmp_path / "m" / "metrics.json").exists()
+
+
+def test_a_swapped_shard_of_the_same_size_is_caught_by_its_head_digest(tfrecords, tmp_path):
+  from trainers import shards
+
+  data = _copy(tfrecords / "mnist", tmp_path / "data")
+  a, b = data / "validation-00001-of-00004.tfrecord", data / "test-00001-of-00004.tfrecord"
+  a_bytes = a.read_bytes()
+  a.write_bytes(b.read_bytes())
+  b.write_bytes(a_bytes)
+
+  def same_sizes(meta):  # as if the two shards had the same size
+    for split, shard in (("validation", a), ("test", b)):
+      entry = next(s for s in meta["splits"][split]["shards"] if s["file"] == shard.name)
+      entry["num_bytes"] = shard.stat().st_size
+
+  _edit_metadata(data, same_sizes)
+  with pytest.raises(shards.InputError, match="the sha256 of its first 65,536 bytes"):
+    shards.load_metadata(str(data))
+  # metadata.json of an earlier job, without head digests: still read, the digest not checked.
+  _edit_metadata(
+    data,
+    lambda m: [s.pop("head_sha256") for split in m["splits"].values() for s in split["shards"]],
+  )
+  assert shards.load_metadata(str(data)).splits["validation"].shards[1].head_sha256 is None
 
 
 # --- the README's command with more workers ----------------------------------

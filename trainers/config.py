@@ -17,12 +17,12 @@ import argparse
 import collections
 import dataclasses
 import json
-import math
 import sys
 import textwrap
 
 from preprocess import cli
 from preprocess import datasets
+from trainers import config_values
 from trainers import recipes
 from trainers import run_dir
 
@@ -43,9 +43,7 @@ LR_SCALINGS = ("sqrt", "linear")
 DEFAULT_WARMUP_EPOCHS = 5.0
 MIN_WARMUP_STEPS = 100
 
-# --seed: the run seeds NumPy with seed + rank (keras.utils.set_random_seed),
-# which takes [0, 2**32); this bound leaves room for 2**31 ranks.
-MAX_SEED = 2**31 - 1
+MAX_SEED = config_values.MAX_SEED
 
 
 # The flags after --recipe and --data-dir (whose values depend on the data set), in --help order.
@@ -174,6 +172,13 @@ FLAGS = (
   ),
   Flag("export", "Export the serving model at the end of training.", action=_ON_OFF, default=True),
   Flag(
+    "accept_new_data",
+    "Resume a run on data other than it was trained on (config.json's \"data\": another "
+    "metadata.json, e.g. re-converted with other split sizes); without it such a resume is "
+    "refused.",
+    action="store_true",
+  ),
+  Flag(
     "print_config",
     "Print the resolved config (the run's config.json with the flags applied) as JSON and exit.",
     action="store_true",
@@ -221,7 +226,7 @@ RECIPE_OVERRIDES = RECIPE_FLAGS + ("lr_decay_epochs",)
 
 # Config fields that say what to do now, not what the run is: taken from the
 # command line (or its defaults), never from the run's config.json.
-INVOCATION = ("mode", "overwrite", "model_dir")
+INVOCATION = ("mode", "overwrite", "model_dir", "accept_new_data")
 # Keys config.json holds besides Config's fields: what the run found and
 # applied (trainers/train.py `Run.config_json`); read back as records only.
 RECORDS = ("augmentation_source", "workers", "data")
@@ -267,6 +272,7 @@ class Config:
   xla: bool = False
   # Issue 17: op determinism, so a resumed run equals an uninterrupted one bitwise.
   deterministic: bool = False
+  accept_new_data: bool = False
 
   def to_json(self):
     """JSON values of the config, the recipe as a nested dict."""
@@ -293,6 +299,7 @@ class Config:
     missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
     if missing:
       raise recipes.ConfigError(f"{path}: no {missing[0]!r}")
+    check_json_choices(data, path)
     values = {}
     for key, f in fields.items():
       if key == "recipe":
@@ -300,6 +307,27 @@ class Config:
       elif key in data:
         values[key] = recipes.typed(path, key, data[key], f.type)
     return cls(**values)
+
+
+def check_json_choices(data, path):
+  """config.json's values that have choices hold one: those of the flags, data set and recipe.
+
+  Raises:
+    recipes.ConfigError: One line naming `path`, the key and the allowed values.
+  """
+
+  def error(message):
+    raise recipes.ConfigError(f"{path}: {message}")
+
+  flags = {f.name: f.choices for f in FLAGS if f.choices and f.name not in INVOCATION}
+  config_values.check_choices(error, data, {"dataset": datasets.names(), **flags})
+  if isinstance(data.get("recipe"), dict):
+    names = recipes.for_dataset(data["dataset"])
+    config_values.check_choices(lambda m: error("recipe." + m), data["recipe"], {"name": names})
+  if data.get("warmup_steps") is not None and data.get("warmup_epochs") is not None:
+    error("warmup_steps and warmup_epochs are both set (as the flags, one at most)")
+  if data.get("data") is not None and not isinstance(data["data"], dict):
+    error(f"data is {json.dumps(data['data'])[:40]}, not an object (what the run was trained on)")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -401,8 +429,7 @@ def _dataset_of(argv):
   return p.parse_known_args(argv)[0].dataset
 
 
-def _flag(name):
-  return "--" + name.replace("_", "-")
+_flag = config_values.flag
 
 
 # A value no flag parses to: the namespace starts with it, so what is still
@@ -422,51 +449,7 @@ def _defaults(parser):
   return {a.dest: a.default for a in parser._actions if a.dest != "help"}
 
 
-def check_values(error, values):
-  """Every numeric value in its range; `error(message)` is called with one line for the first bad one.
-
-  Args:
-    error: Called with the message (parser.error for flags; it does not return).
-    values: {flag dest: value}; missing or None values are not checked.
-  """
-  for name in (
-    "batch_size",
-    "max_steps",
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "lr_decay_steps",
-    "steps_per_call",
-  ):
-    value = values.get(name)
-    if value is not None and value < 1:
-      error(f"{_flag(name)} must be at least 1")
-  for name in (
-    "eval_every",
-    "warmup_steps",
-    "early_stopping_patience",
-    "summary_every",
-    "histogram_every",
-  ):
-    if values.get(name) is not None and values[name] < 0:
-      error(f"{_flag(name)} must not be negative")
-  # float flags: nan compares false to everything, so test finiteness first.
-  for name in ("epochs", "learning_rate", "lr_decay_rate"):
-    value = values.get(name)
-    if value is not None and not (math.isfinite(value) and value > 0):
-      error(f"{_flag(name)} must be a positive finite number, got {value}")
-  warmup = values.get("warmup_epochs")
-  if warmup is not None and not (math.isfinite(warmup) and warmup >= 0):
-    error(f"--warmup-epochs must be a non-negative finite number, got {warmup}")
-  if values.get("lr_decay_rate") is not None and values["lr_decay_rate"] > 1:
-    error(f"--lr-decay-rate must be at most 1 (a decay), got {values['lr_decay_rate']}")
-  seed = values.get("seed")
-  if seed is not None and not 0 <= seed <= MAX_SEED:
-    error(f"--seed must be between 0 and {MAX_SEED} (2**31 - 1), got {seed}")
-  for name in ("data_dir", "model_dir", "eval_split"):
-    value = values.get(name)
-    if value is not None and not value.strip():
-      error(f"{_flag(name)} must not be empty")
+check_values = config_values.check_values
 
 
 def _apply_recipe_flags(recipe, given):
@@ -560,15 +543,16 @@ def resolve(dataset, argv):
     try:
       before = Config.from_json(saved, run_dir.config_path(model_dir))
     except recipes.ConfigError as e:
-      _fail(f"{e}: cannot tell what run {model_dir} holds; {run_dir.advice(mode)}")
+      _fail(f"{e}: correct the file, or {run_dir.advice(mode)}")
     try:
       run_dir.check_holds(
         model_dir, before.dataset, before.recipe.name, dataset, given.get("recipe"), mode
       )
     except run_dir.RunError as e:
       _fail(str(e))
-    check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.to_json())
-    check_values(lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}"), before.recipe.to_json())
+    bad = lambda m: _fail(f"{run_dir.config_path(model_dir)}: {m}")  # noqa: E731
+    check_values(bad, before.to_json(), label=str)
+    check_values(bad, before.recipe.to_json(), label=lambda name: "recipe." + name)
     values = before.to_json()
     recipe = before.recipe
   fields = {f.name for f in dataclasses.fields(Config)} - {"recipe"}
@@ -586,6 +570,7 @@ def resolve(dataset, argv):
       "(add --early-stopping-patience 0 to train without it)"
     )
   values.update(dataset=dataset, recipe=recipe, model_dir=model_dir, mode=mode, overwrite=overwrite)
+  values["accept_new_data"] = given.get("accept_new_data", False)
   config = Config(**values)
   overrides = _override_line(before, config, given) if saved is not None else None
   if given.get("print_config"):

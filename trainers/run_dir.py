@@ -14,9 +14,11 @@ Every error here is a `RunError` with a one-line message. `--overwrite` is
 advised only to a user who asked to train (it deletes the run).
 """
 
+import hashlib
 import importlib
 import json
 import os
+import sys
 
 from preprocess import dirlock
 from trainers import tags
@@ -36,7 +38,12 @@ class RunError(Exception):
 
 def _gfile():
   """tf.io.gfile (literal paths, local or object stores); imported on first use, after the flags."""
-  return importlib.import_module("tensorflow").io.gfile
+  if "tensorflow" not in sys.modules:  # its start-up banners dropped, as trainers/entry.py does
+    from trainers import entry
+
+    with entry.quiet_imports():
+      importlib.import_module("tensorflow")
+  return sys.modules["tensorflow"].io.gfile
 
 
 def config_path(model_dir):
@@ -85,6 +92,10 @@ def read_config(model_dir, training=True):
     ) from None
   except NotADirectoryError:
     return None  # the model dir is a file; `claim` says so
+  except Exception as e:  # tf.errors.OpError: gs:// offline, a scheme TensorFlow lacks
+    if "://" not in path or isinstance(e, OSError):
+      raise
+    raise unreachable(model_dir, e) from None
   if raw is None:
     return None
   try:
@@ -98,6 +109,15 @@ def read_config(model_dir, training=True):
   raise RunError(
     f"{path} is damaged ({why}): cannot tell what run {model_dir} holds; restore the file, or "
     + advice("train" if training else "eval")
+  )
+
+
+def unreachable(model_dir, error):
+  """The one line of a model dir that tf.io.gfile cannot reach (gs:// offline, an unknown scheme)."""
+  text = (getattr(error, "message", None) or str(error)).strip().splitlines()
+  return RunError(
+    f"--model-dir {model_dir}: cannot be reached ({text[0] if text else type(error).__name__}): "
+    "check the path, the network and the credentials, or pass another --model-dir"
   )
 
 
@@ -154,9 +174,18 @@ def claim(config, owner, log):
   """
   d, gfile = config.model_dir, _gfile()
   training = config.mode in TRAIN_MODES
-  if gfile.exists(d) and not gfile.isdir(d):
+  if os.path.islink(d) and not os.path.exists(d):
+    raise RunError(
+      f"--model-dir {d} is a symlink to {os.readlink(d)}, which does not exist: create that "
+      "directory, or pass another --model-dir"
+    )
+  try:
+    exists = gfile.exists(d)
+  except Exception as e:  # tf.errors.OpError
+    raise unreachable(d, e) from None
+  if exists and not gfile.isdir(d):
     raise RunError(f"--model-dir {d} is a file, not a directory: pass a directory")
-  if not training and not gfile.exists(d):
+  if not training and not exists:
     raise RunError(f"--model-dir {d} does not exist: there is no run to {config.mode}; train first")
   try:
     gfile.makedirs(d)
@@ -191,13 +220,79 @@ def write_json(path, data):
 # --- the run against its data, at start-up ------------------------------------
 
 
-def data_signature(metadata):
-  """What a model is tied to in its data, recorded in config.json as "data"."""
-  return {
+def data_signature(metadata, data_dir=None):
+  """What a model is tied to in its data, recorded in config.json as "data".
+
+  The image shape and classes (what the model's shapes and export follow), the
+  split sizes and, with `data_dir`, the sha256 of its metadata.json: the
+  data's identity, which lists every shard's sha256, so data converted again
+  with other splits or inputs has another one. The same bytes copied
+  elsewhere keep it.
+  """
+  signature = {
     "image_shape": list(metadata.image_shape),
     "num_classes": metadata.num_classes,
     "class_names": list(metadata.class_names),
+    "splits": {name: split.num_examples for name, split in metadata.splits.items()},
   }
+  if data_dir is not None:
+    with _gfile().GFile(os.path.join(data_dir, "metadata.json"), "rb") as f:
+      signature["metadata_sha256"] = hashlib.sha256(f.read()).hexdigest()
+  return signature
+
+
+def metadata_from_config(saved, dataset):
+  """The data a run's config.json records, as a `Metadata` without shards, or None if incomplete.
+
+  What --mode export needs of the data: image shape, classes, the train split's
+  size (the schedule's epoch) and the augmentation the run applied; so an
+  export needs no data dir. config.json files written before the split sizes
+  were recorded give None (the data dir is read instead).
+  """
+  from preprocess import augment
+  from preprocess import metadata as metadata_lib
+
+  data, recipe = (saved or {}).get("data"), (saved or {}).get("recipe")
+  if not isinstance(data, dict) or not isinstance(recipe, dict):
+    return None
+  splits, policy = data.get("splits"), recipe.get("augmentation")
+  if not isinstance(splits, dict) or "train" not in splits or not isinstance(policy, dict):
+    return None
+  try:
+    metadata = metadata_lib.Metadata(
+      dataset=dataset,
+      class_names=data["class_names"],
+      num_classes=data["num_classes"],
+      image_shape=data["image_shape"],
+      image_format=metadata_lib.IMAGE_FORMATS[0],
+      feature_spec={},
+      splits={name: metadata_lib.SplitInfo(n, []) for name, n in splits.items()},
+      augmentation=policy,
+    )
+    augment.output_shape(policy["train"], metadata.image_shape)  # a policy this checkout reads
+    if len(metadata.class_names) != metadata.num_classes:
+      return None
+  except (KeyError, TypeError, ValueError):
+    return None
+  return metadata
+
+
+def _data_change(recorded, now):
+  """'split sizes train 9,000 -> 8,500' or 'its metadata.json differs', or None if the same data."""
+  if "metadata_sha256" not in recorded or recorded["metadata_sha256"] == now["metadata_sha256"]:
+    return None
+  before, after = recorded.get("splits") or {}, now["splits"]
+  changed = [
+    f"{name} {before.get(name, 0):,} -> {after.get(name, 0):,}"
+    for name in sorted(set(before) | set(after))
+    if before.get(name) != after.get(name)
+  ]
+  if changed:
+    return "split sizes " + ", ".join(changed)
+  return (
+    f"same split sizes, but its metadata.json differs (sha256 {recorded['metadata_sha256'][:12]}... "
+    f"-> {now['metadata_sha256'][:12]}...)"
+  )
 
 
 def _shape(shape):
@@ -209,7 +304,12 @@ def check_data(config, metadata, previous):
 
   Checks the data set (metadata.json names it), the image shape the recipe is
   written for, the splits the run evaluates, and, for a run that exists, the
-  image shape and classes it was trained on (its config.json "data").
+  image shape and classes it was trained on (its config.json "data"), and
+  whether it is the same data (metadata.json's sha256): resuming on other data
+  is refused unless --accept-new-data; evaluating on it is said.
+
+  Returns:
+    A line to log about the data (other data accepted or evaluated), or None.
 
   Raises:
     RunError: The first mismatch found.
@@ -250,8 +350,8 @@ def check_data(config, metadata, previous):
     )
   recorded = (previous or {}).get("data")
   if not isinstance(recorded, dict):
-    return  # a new run, or a config.json written before the data were recorded
-  now = data_signature(metadata)
+    return None  # a new run, or a config.json written before the data were recorded
+  now = data_signature(metadata, data_dir)
   for key, what in (
     ("image_shape", "images of shape"),
     ("num_classes", "classes:"),
@@ -263,3 +363,17 @@ def check_data(config, metadata, previous):
         f"{recorded[key]}, but {data_dir} has {now[key]}: use the data it was trained on "
         f"(--data-dir), or {advice(config.mode)}"
       )
+  change = _data_change(recorded, now)
+  if change is None:
+    return None
+  where = (
+    f"the run in {config.model_dir} was trained on other data than {data_dir} holds ({change})"
+  )
+  if config.mode not in TRAIN_MODES:
+    return f"note: {where}; {config.mode} uses {data_dir}"
+  if not config.accept_new_data:
+    raise RunError(
+      f"{config_path(config.model_dir)}: {where}: pass the --data-dir it was trained on, "
+      f"--accept-new-data to resume on this data, or {advice(config.mode)}"
+    )
+  return f"resuming on other data (--accept-new-data): {where}"

@@ -9,6 +9,7 @@ into metrics.json (`run_eval`) and exports the serving model (trainers/export.py
 """
 
 import contextlib
+import json
 import os
 import sys
 
@@ -134,13 +135,14 @@ def _read_errors(run, splits):
 
 
 @contextlib.contextmanager
-def _claimed_model_dir(config, ctx, metadata, elastic=False):
+def _claimed_model_dir(config, ctx, metadata, elastic=False, recorded=False):
   """Holds the model dir for the block (trainers/run_dir.py); yields the chief's outcome.
 
   Only the chief locks, and checks the run against its data (`run_dir.check_data`);
   every rank learns its outcome, so when the chief cannot claim the directory
   every rank stops at once instead of waiting in the first collective. The
-  outcome is ("ok", the config.json held) or ("error", the line). An elastic
+  outcome is ("ok", the config.json held, a line about the data or None) or
+  ("error", the line). An elastic
   run has no collective before its first state sync (a joining worker would
   run it while the others sync, a deadlock): there the chief's outcome travels
   in that sync (`train.train`), and other ranks get None here.
@@ -153,11 +155,12 @@ def _claimed_model_dir(config, ctx, metadata, elastic=False):
     except run_dir.RunError as e:
       return None, ("error", str(e))
     try:
-      run_dir.check_data(config, metadata, previous)
+      # Data that config.json records is the run's own: nothing to check it against.
+      note = None if recorded else run_dir.check_data(config, metadata, previous)
     except run_dir.RunError as e:
       lock.release()
       return None, ("error", str(e))
-    return lock, ("ok", previous)
+    return lock, ("ok", previous, note)
 
   # Horovod: rank 0 alone locks and checks the model dir.
   lock, outcome = ctx.chief(claim) or (None, None)
@@ -191,6 +194,99 @@ def _export(r):
   )
 
 
+def _load_data(config):
+  """(metadata, whether it is config.json's record): --mode export needs no data dir.
+
+  An export takes the image shape, classes and augmentation from the run's
+  config.json when it records them; every other mode reads and checks the data.
+  """
+  if config.mode == "export":
+    try:
+      saved = run_dir.read_config(config.model_dir, training=False)
+    except run_dir.RunError:
+      saved = None  # `claim` says what is wrong with it
+    recorded = run_dir.metadata_from_config(saved, config.dataset)
+    if recorded is not None:
+      return recorded, True
+    if saved is not None and not tf.io.gfile.exists(config.data_dir):
+      raise shards.InputError(
+        f"{run_dir.config_path(config.model_dir)} does not record the data's shape, classes and "
+        f"augmentation (written by an earlier version), and --data-dir {config.data_dir} does "
+        "not exist: pass the --data-dir the run was trained on"
+      )
+  return shards.load_metadata(config.data_dir, dataset=config.dataset), False
+
+
+def _newest_mtime(gfile, directory):
+  """The newest modification time (ns) of the files directly in `directory`, or 0."""
+  if not gfile.isdir(directory):
+    return 0
+  return max(
+    (gfile.stat(os.path.join(directory, n)).mtime_nsec for n in gfile.listdir(directory)), default=0
+  )
+
+
+def _already_done(r):
+  """(evaluated, exported): whether metrics.json and export/ already hold the run's current step.
+
+  For a run that had nothing to train: the final evaluation is done when
+  metrics.json records the eval split at this step; the export, when it is
+  newer than every checkpoint.
+  """
+  config, gfile = r.config, tf.io.gfile
+  path = os.path.join(config.model_dir, run_dir.METRICS)
+  entries = []
+  if gfile.exists(path) and not gfile.isdir(path):
+    with contextlib.suppress(ValueError, tf.errors.OpError):
+      with gfile.GFile(path, "rb") as f:
+        data = json.loads(f.read())
+      entries = [data] + [v for v in data.values() if isinstance(v, dict)]
+  evaluated = any(
+    e.get("split") == config.eval_split and e.get("trained_steps", e.get("step")) == r.step
+    for e in entries
+  )
+  model = os.path.join(config.model_dir, "export", "saved_model.pb")
+  newest = max(
+    _newest_mtime(gfile, os.path.join(config.model_dir, name)) for name in ("checkpoints", "best")
+  )
+  exported = gfile.exists(model) and gfile.stat(model).mtime_nsec >= newest
+  return evaluated, exported
+
+
+def _nothing_trained(r):
+  """A run already at --max-steps: one line; evaluates and exports only what it lacks."""
+  config = r.config
+  # Horovod: the chief decides, so every rank evaluates (a collective) or none does.
+  evaluated, exported = distributed.broadcast_object(r.ctx.chief(_already_done, r))
+  todo = [
+    what
+    for what, wanted in (
+      (f"evaluating it on {config.eval_split}", config.mode == "train_and_eval" and not evaluated),
+      ("exporting it", config.export and not exported),
+    )
+    if wanted
+  ]
+  _log(
+    r.ctx,
+    f"nothing to train: {config.model_dir} is at step {r.step} and --max-steps is "
+    f"{r.max_steps}; "
+    + (
+      " and ".join(todo) + ", which that step lacks"
+      if todo
+      else "nothing else to do (--mode eval or --mode export evaluates or exports it again)"
+    ),
+  )
+  metrics, step = None, r.step
+  if todo:
+    _log(r.ctx, f"restored {_restore_trained(r)}")  # the best checkpoint, if one was kept
+  if config.mode == "train_and_eval" and not evaluated:
+    with _read_errors(r, (config.eval_split,)):
+      metrics = run_eval(r, config.eval_split, trained_step=step)
+  if config.export and not exported:
+    r.ctx.chief(_export, r)
+  return metrics
+
+
 def _record_config(r):
   """Writes config.json (it describes the training run) and its summaries (called on the chief)."""
   saved = r.config_json()
@@ -210,15 +306,18 @@ def run(config, ctx, overrides=None):
   training = config.mode in run_dir.TRAIN_MODES
   # Horovod: elastic (horovodrun --min-np/--max-np) training re-forms the job as workers come and go.
   elastic = training and distributed.elastic()
-  metadata = shards.load_metadata(config.data_dir)
-  with _claimed_model_dir(config, ctx, metadata, elastic) as outcome:
+  metadata, recorded = _load_data(config)
+  with _claimed_model_dir(config, ctx, metadata, elastic, recorded) as outcome:
     claimed = outcome is None or outcome[0] == "ok"  # None: not the chief of an elastic run
     previous = outcome[1] if outcome and claimed else None
-    shards.check_first_records(config.data_dir, metadata)
+    if not recorded:
+      shards.check_first_records(config.data_dir, metadata)
     preemption.set_determinism(config.deterministic)
     r = Run(config, ctx, metadata)
     if claimed:
       _log_start(r, previous, overrides)
+      if outcome and outcome[2:] and outcome[2]:  # the data, against what the run was trained on
+        _log(ctx, outcome[2])
       if training:
         # Horovod: rank 0 alone writes config.json.
         ctx.chief(_record_config, r)
@@ -226,10 +325,12 @@ def run(config, ctx, overrides=None):
     if training:
       with _read_errors(r, ("train", config.recipe.eval_on)):
         step, best = train(r, outcome if elastic else None)
-      if config.mode == "train_and_eval":
+      if not r.trained_steps:
+        metrics = _nothing_trained(r)
+      elif config.mode == "train_and_eval":
         with _read_errors(r, (config.eval_split,)):
           metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
-      if config.export:
+      if config.export and r.trained_steps:
         # Horovod: rank 0 alone exports.
         r.ctx.chief(_export, r)
     elif config.mode == "export":

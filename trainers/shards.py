@@ -9,6 +9,8 @@ and `find_damaged_shard` names the shard behind a read error. Every failure is
 an `InputError` of one line naming the file.
 """
 
+import hashlib
+
 import tensorflow as tf
 
 from preprocess import schema
@@ -44,7 +46,7 @@ def count_records(path):
       raise InputError(str(e)) from None
 
 
-def load_metadata(data_dir, check_records=True):
+def load_metadata(data_dir, check_records=True, dataset=None):
   """Reads `<data_dir>/metadata.json` and checks the shards against it.
 
   Args:
@@ -52,13 +54,16 @@ def load_metadata(data_dir, check_records=True):
     check_records: Also count each shard's records (reads 8 bytes a record; on
       remote storage that still streams the shards once, so very large data
       sets may skip it once they have been checked).
+    dataset: The data set the caller trains, to name its folder when
+      `data_dir` is the folder above it.
 
   Returns:
     The `preprocess.schema.Metadata` written by pipeline/build_tfrecords.py.
 
   Raises:
-    InputError: metadata.json is missing or malformed, a shard is missing, or a
-      count disagrees. The message names the file and what disagrees.
+    InputError: metadata.json is missing or malformed, a shard is missing, or its
+      record count, size or first bytes disagree (`_differs`). The message names
+      the file and what disagrees.
   """
 
   def open_any(path, mode):  # Local or any tf.io.gfile scheme; a missing file as open() says it.
@@ -69,19 +74,82 @@ def load_metadata(data_dir, check_records=True):
   try:
     metadata = schema.read_metadata(data_dir, opener=open_any)  # The one reader of the contract.
   except schema.MetadataError as e:
-    raise InputError(str(e)) from None
+    raise InputError(_one_level_down(data_dir, dataset) or str(e)) from None
   for split, entry in metadata.splits.items():
     for shard in entry.shards:
       shard_path = join(data_dir, shard.file)
       if not tf.io.gfile.exists(shard_path):
         raise InputError(f"{shard_path}: listed in {METADATA} (split {split!r}) but missing")
       if check_records:
-        found = count_records(shard_path)
+        found = count_records(shard_path)  # first: its framing tells a truncated copy apart
         if found != shard.num_examples:
           raise InputError(
             f"{shard_path}: holds {found} records, but {METADATA} says {shard.num_examples}"
           )
+        differs = _differs(shard_path, shard, split)
+        if differs:
+          raise InputError(
+            f"{shard_path} (split {split!r}): {differs}: a foreign, swapped or modified shard; "
+            f"check every shard with {verify_command(data_dir, metadata.dataset)}"
+          )
   return metadata
+
+
+def verify_command(data_dir, dataset):
+  """The command that checks every byte of the data (the full sha256 the trainers skip)."""
+  out_dir = data_dir.rstrip("/").rsplit("/", 1)[0] if "/" in data_dir.rstrip("/") else "."
+  return f"python -m pipeline.build_tfrecords --verify-data --dataset {dataset} --out-dir {out_dir}"
+
+
+def _differs(path, shard, split):
+  """What of a shard disagrees with its metadata.json entry, cheaply, or None.
+
+  Its size (a stat) and the sha256 of its first `schema.HEAD_BYTES` bytes (the
+  record count is checked before); not the sha256 of every byte, nor the CRCs
+  (docs/data.md says why and what that costs).
+
+  Raises:
+    InputError: The first bytes differ because a record there is damaged: the
+      line names the record and its offset (framing and CRCs of this shard).
+  """
+  size = tf.io.gfile.stat(path).length
+  if shard.num_bytes is not None and size != shard.num_bytes:
+    return f"{size:,} bytes, but {METADATA} says {shard.num_bytes:,}"
+  if shard.head_sha256 is not None:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      head = hashlib.sha256(f.read(schema.HEAD_BYTES)).hexdigest()
+    if head != shard.head_sha256:
+      damaged = _damaged(path, split)  # bytes changed in place: name the record and offset
+      if damaged:
+        raise InputError(damaged)
+      return (
+        f"the sha256 of its first {min(size, schema.HEAD_BYTES):,} bytes is {head[:12]}..., "
+        f"but {METADATA} says {shard.head_sha256[:12]}..."
+      )
+  return None
+
+
+def _one_level_down(data_dir, dataset=None):
+  """'X/metadata.json: not found, but X/mnist has one: pass --data-dir X/mnist', when so."""
+  try:
+    below = [
+      name.rstrip("/")
+      for name in sorted(tf.io.gfile.listdir(data_dir))
+      if tf.io.gfile.exists(join(data_dir, name.rstrip("/"), METADATA))
+    ]
+  except (tf.errors.OpError, OSError):
+    return None
+  if not below:
+    return None
+  pick = dataset if dataset in below else below[0]
+  which = (
+    f"{join(data_dir, pick)} has one"
+    if len(below) == 1
+    else f"its subfolders {', '.join(below)} have one each"
+  )
+  return (
+    f"{join(data_dir, METADATA)}: not found, but {which}: pass --data-dir {join(data_dir, pick)}"
+  )
 
 
 def find_damaged_shard(data_dir, metadata, splits):
@@ -90,16 +158,23 @@ def find_damaged_shard(data_dir, metadata, splits):
     if split not in metadata.splits:
       continue
     for shard in metadata.splits[split].shards:
-      path = join(data_dir, shard.file)
-      try:
-        found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
-      except (OSError, tf.errors.OpError) as e:
-        return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
-      if found:
-        return (
-          f"{found.describe(path)} (split {split!r}): the shard is damaged; "
-          "convert the data again (make preprocess)"
-        )
+      damaged = _damaged(join(data_dir, shard.file), split)
+      if damaged:
+        return damaged
+  return None
+
+
+def _damaged(path, split):
+  """'<shard>: corrupted record N at byte B ... the shard is damaged', or None (framing and CRCs)."""
+  try:
+    found = schema.find_corruption(path, opener=tf.io.gfile.GFile)
+  except (OSError, tf.errors.OpError) as e:
+    return f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
+  if found:
+    return (
+      f"{found.describe(path)} (split {split!r}): the shard is damaged; "
+      "convert the data again (make preprocess)"
+    )
   return None
 
 

@@ -155,6 +155,7 @@ class Run:
     objects = {"model": self.model, "optimizer": self.optimizer, **self.early_stopping.variables}
     if self.ema:
       objects["ema"] = self.ema.checkpointable
+    self.trained_steps = 0  # by this process's `train`; 0: the run was at max_steps already
     self.input_position = preemption.InputPosition()
     objects["input_position"] = self.input_position.variable
     objects["seed_states"] = preemption.seed_states(self.model)
@@ -211,7 +212,7 @@ class Run:
       recipe=recipe,
       augmentation_source=self.augmentation_source,
       workers=self.ctx.size,
-      data=run_dir.data_signature(self.metadata),
+      data=run_dir.data_signature(self.metadata, self.config.data_dir),
     )
 
   def shared_variables(self):
@@ -492,6 +493,8 @@ def _reformed(run, ctx, seconds):
 
 def _train(run, start, commit=None):
   """The loop from `start`; `commit` (elastic runs) is called after each call."""
+  if start >= run.max_steps:
+    return start, None  # nothing to train: trainers/runner.py says so, and does no needless work
   k = steps_per_call(run.config)
   every = _cadences(run, k)
   train_steps = make_train_loop(
@@ -549,6 +552,7 @@ def _train(run, start, commit=None):
       if commit and step < run.max_steps:
         commit()
   seconds = time.time() - started
+  run.trained_steps = step - start
   _log(
     run.ctx,
     f"trained {step - start} steps in {seconds:.2f}s ({training:.2f}s of training steps, "

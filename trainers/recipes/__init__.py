@@ -152,8 +152,9 @@ class Recipe:
     """
     if not isinstance(data, dict):
       raise ConfigError(f"{path}: recipe is not a JSON object")
-    if data.get("name") not in RECIPES:
-      raise ConfigError(f"{path}: recipe {data.get('name')!r} is not one of trainers/recipes/")
+    name = data.get("name")
+    if not isinstance(name, str) or name not in RECIPES:
+      raise ConfigError(f"{path}: recipe.name is {name!r}, not one of {', '.join(RECIPES)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
