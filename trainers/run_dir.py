@@ -21,6 +21,7 @@ import os
 import sys
 
 from preprocess import dirlock
+from trainers import quiet
 from trainers import tags
 
 CONFIG = "config.json"
@@ -39,9 +40,7 @@ class RunError(Exception):
 def _gfile():
   """tf.io.gfile (literal paths, local or object stores); imported on first use, after the flags."""
   if "tensorflow" not in sys.modules:  # its start-up banners dropped, as trainers/entry.py does
-    from trainers import entry
-
-    with entry.quiet_imports():
+    with quiet.quiet_imports():
       importlib.import_module("tensorflow")
   return sys.modules["tensorflow"].io.gfile
 
