@@ -167,7 +167,7 @@ FLAGS = (
   Flag(
     "histogram_every",
     "Write histograms of weights, gradients and activations, and input images, "
-    "every N steps (0: never; default: 1000, or a fifth of a shorter run, so a short run shows "
+    "every N steps, and at the first and last step (0: never; default: 1000, or a fifth of a shorter run, so a short run shows "
     "them more than once).",
     int,
   ),
