@@ -147,6 +147,7 @@ class Progress:
     self.run, self.start, self.every = run, start, every
     self.started = time.time()
     self.last = None  # (step, training seconds, wall time) of the last line
+    self.steady = None  # (step, training seconds) after the first call: the ETA's origin
 
   def maybe_log(self, step, metrics, training):
     now = time.time()
