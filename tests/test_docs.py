@@ -1,4 +1,5 @@
-"""The docs name only what exists: every repository path in README.md and docs/*.md.
+"""The docs name only what exists: every repository path in README.md, docs/*.md and
+the other Markdown files of the checkout (k8s/README.md, bench/RESULTS.md, ...).
 
 A path is a token of an inline code span, a fenced code block or a link target
 whose first component is a top-level entry of the repository (`trainers/...`,
@@ -23,8 +24,6 @@ from tests.conftest import ROOT
 from trainers import run_dir
 from trainers import tags
 
-DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
-
 # Folders the documented commands create; a path under one is produced, not kept:
 # runs/ by the trainers and `make demo` (--model-dir runs/<recipe>), data/ by
 # `make preprocess` (data/raw, data/tfrecords), .venv/ by `make install`.
@@ -39,6 +38,20 @@ TOPS = {
   for name in os.listdir(ROOT)
   if not name.startswith(".") and name not in PRODUCED and name not in ("build", "__pycache__")
 }
+
+
+def _markdown_files():
+  """README.md, docs/*.md and every other Markdown file the checkout keeps."""
+  found = []
+  for path, dirs, files in os.walk(ROOT):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in PRODUCED)
+    dirs[:] = [d for d in dirs if d not in ("build", "__pycache__") and not d.endswith("egg-info")]
+    found += [ROOT / path / f for f in sorted(files) if f.endswith(".md")]
+  return found
+
+
+DOCS = _markdown_files()
+assert ROOT / "README.md" in DOCS and ROOT / "docs" / "tensorboard.md" in DOCS
 
 CODE_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
