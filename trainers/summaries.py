@@ -16,7 +16,6 @@ ReLU sparsity of each activation (as the CIFAR-10 tutorial's
 the config as text, and HParams.
 """
 
-import glob
 import json
 import os
 
@@ -83,7 +82,11 @@ def hparams(config_dict, steps, elastic=False):
 
 
 def _events(directory):
-  return sorted(glob.glob(os.path.join(glob.escape(directory), "events.out.tfevents.*")))
+  """The event files directly in `directory` (local or gs://: listed, not globbed)."""
+  if not tf.io.gfile.isdir(directory):
+    return []
+  names = [n for n in tf.io.gfile.listdir(directory) if n.startswith("events.out.tfevents.")]
+  return sorted(os.path.join(directory, n) for n in names)
 
 
 def steps_written(directory, tag):
@@ -187,7 +190,7 @@ class Writer:
       hp.hparams(values)
     writer.close()
     for path in older:
-      os.remove(path)
+      tf.io.gfile.remove(path)
 
   def evaluation(self, split, step, result, log):
     """Writes an evaluation's point under the split's run, once per step.
