@@ -19,7 +19,6 @@ import sys
 
 import numpy as np
 import pytest
-from tensorboard.plugins.hparams import plugin_data_pb2
 import tensorflow as tf
 
 from bench.elastic import HOSTS
@@ -28,6 +27,7 @@ from bench.elastic import discovery
 from bench.elastic import elastic_cmd
 from bench.elastic import set_hosts
 from tests.conftest import ROOT
+from tests.conftest import hparams_session
 from trainers import tags
 
 QUIET = ["--eval-every", 0, "--histogram-every", 0, "--no-export", "--steps-per-call", 5]
@@ -76,19 +76,6 @@ def _sizes_in_order(values):
   return out
 
 
-def _hparams(model_dir):
-  """The HParams session of the run: {column: value}, from its one event file at the top."""
-  (path,) = model_dir.glob("events.out.tfevents.*")
-  for event in tf.compat.v1.train.summary_iterator(str(path)):
-    for v in event.summary.value:
-      if v.tag == "_hparams_/session_start_info":
-        data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
-        return {
-          k: getattr(h, h.WhichOneof("kind")) for k, h in data.session_start_info.hparams.items()
-        }
-  raise AssertionError(f"no HParams session in {path}")
-
-
 def _finished(model_dir, max_steps, workers):
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert metrics["step"] == max_steps and metrics["trained_steps"] == max_steps
@@ -97,7 +84,7 @@ def _finished(model_dir, max_steps, workers):
   state = (model_dir / "checkpoints" / "checkpoint").read_text()
   assert f'model_checkpoint_path: "ckpt-{max_steps}"' in state
   # HParams tell an elastic run from a fixed one of the same size (mnist-np2, mnist-elastic).
-  assert _hparams(model_dir)["elastic"] is True
+  assert hparams_session(model_dir)["elastic"] is True
 
 
 def test_a_killed_worker_leaves_the_job_running_on_the_rest(tfrecords, tmp_path):

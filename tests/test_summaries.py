@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tests.conftest import BIN
 from tests.conftest import ROOT
+from tests.conftest import hparams_session
 from tests.conftest import run_trainer
 from trainers import steps
 from trainers import summaries
@@ -365,8 +366,9 @@ def test_make_plots_writes_png_figures_of_the_run(run_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def short_run(tfrecords, tmp_path_factory):
-  """tiny for 50 steps (shorter than every cadence but the scalars'), resumed to 100,
-  evaluated again on the test split, then on the training split.
+  """tiny for 50 steps (shorter than every cadence but the scalars'), evaluated again on
+  the test split, then on the training split. (A resumed run's HParams:
+  tests/test_trainers.py's resume test.)
 
   Returns (model dir, {stage: stdout}).
   """
@@ -374,7 +376,6 @@ def short_run(tfrecords, tmp_path_factory):
   flags = ["--data-dir", tfrecords / "mnist", "--model-dir", model_dir, "--no-export"]
   out = {}
   out["train"] = run_trainer("mnist", flags + ["--recipe", "tiny", "--max-steps", 50]).stdout
-  out["resume"] = run_trainer("mnist", flags + ["--max-steps", 100]).stdout
   out["eval"] = run_trainer("mnist", ["--mode", "eval", "--model-dir", model_dir]).stdout
   out["eval_train"] = run_trainer(
     "mnist", ["--mode", "eval", "--model-dir", model_dir, "--eval-split", "train"]
@@ -385,15 +386,10 @@ def short_run(tfrecords, tmp_path_factory):
 def test_a_short_run_draws_its_whole_curve_and_its_last_step(short_run):
   model_dir, out = short_run
   mux = _multiplexer(model_dir)
-  # ~50 points a session: every step of the first 50, every 2nd of the resumed 50.
-  assert _steps(mux, "train", "loss/cross_entropy") == list(range(1, 52)) + list(range(52, 101, 2))
-  # Histograms every fifth of a session, its first step and its last, on the call grid.
-  assert _steps(mux, "train", "weights/conv1/kernel") == [1, 10, 20, 30, 40, 50] + [
-    51,
-    60,
-    80,
-    100,
-  ]
+  # ~50 points a run: every step of a 50-step run, the last one included.
+  assert _steps(mux, "train", "loss/cross_entropy") == list(range(1, 51))
+  # Histograms every fifth of the run, its first step and its last.
+  assert _steps(mux, "train", "weights/conv1/kernel") == [1, 10, 20, 30, 40, 50]
   # The start-up line names only cadences the run reaches (tiny logs every 100 steps).
   line = next(l for l in out["train"].splitlines() if l.startswith("training steps 0->50"))
   assert "log at the first and last step only" in line and "scalars every 1" in line
@@ -401,28 +397,24 @@ def test_a_short_run_draws_its_whole_curve_and_its_last_step(short_run):
   assert "every 100" not in line and "every 1000" not in line
 
 
-def test_hparams_are_one_session_per_run_dir_with_the_resumed_values(short_run):
+def test_hparams_are_one_session_per_run_dir(short_run):
   model_dir, _ = short_run
   assert len(list(model_dir.glob("events.out.tfevents.*"))) == 1
-  mux = _multiplexer(model_dir)
-  content = mux.PluginRunToTagToContent("hparams")["."]
-  start = plugin_data_pb2.HParamsPluginData.FromString(
-    content["_hparams_/session_start_info"]
-  ).session_start_info
-  values = {k: _hparam_value(v) for k, v in start.hparams.items()}
-  assert values["steps"] == 100 and values["workers"] == 1 and values["elastic"] is False
+  values = hparams_session(model_dir)
+  assert values["steps"] == 50 and values["workers"] == 1 and values["elastic"] is False
 
 
 def test_evaluations_get_one_point_per_step_and_the_training_split_its_own_run(short_run):
   model_dir, out = short_run
   mux = _multiplexer(model_dir)
   assert {"train", "test", "eval_train", "."} == set(mux.Runs())
-  # The final evaluations of both sessions; the second --mode eval of step 100 added none.
-  assert _steps(mux, "test", "metrics/precision_at_1") == [50, 100]
-  assert "test/ already has an evaluation at step 100; not adding a second point" in out["eval"]
+  # The final evaluation (the loop's at step 50 left it the point); --mode eval of the
+  # same checkpoint added none.
+  assert _steps(mux, "test", "metrics/precision_at_1") == [50]
+  assert "test/ already has an evaluation at step 50; not adding a second point" in out["eval"]
   # --eval-split train: its own run; train/ keeps only the loop's batch accuracy.
-  assert _steps(mux, "eval_train", "metrics/precision_at_1") == [100]
-  assert _steps(mux, "train", "metrics/precision_at_1").count(100) == 1
+  assert _steps(mux, "eval_train", "metrics/precision_at_1") == [50]
+  assert _steps(mux, "train", "metrics/precision_at_1").count(50) == 1
   metrics = json.loads((model_dir / "metrics.json").read_text())
   assert metrics["split"] == "train" and set(metrics["splits"]) == {"train", "test"}
   assert metrics["splits"]["train"]["precision_at_1"] == metrics["precision_at_1"]
@@ -448,5 +440,5 @@ def test_the_console_says_what_each_mode_does(short_run, tfrecords):
   meta = json.loads((tfrecords / "mnist" / "metadata.json").read_text())
   examples = meta["splits"]["train"]["num_examples"]
   line = next(l for l in out["eval_train"].splitlines() if l.startswith("evaluating "))
-  assert f"ckpt-100 (step 100) on the train split ({examples:,} examples, raw weights" in line
+  assert f"ckpt-50 (step 50) on the train split ({examples:,} examples, raw weights" in line
   assert "steps/epoch" not in out["eval_train"] and "learning rate" not in out["eval_train"]
