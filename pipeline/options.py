@@ -60,7 +60,12 @@ def _parser(description):
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   names = specs.names()
-  parser.add_argument("--dataset", required=True, choices=names + ("all",))
+  parser.add_argument(
+    "--dataset",
+    required=True,
+    choices=names + ("all",),
+    help="Data set to convert, a file of preprocess/datasets/; 'all': each of them in turn.",
+  )
   parser.add_argument(
     "--raw-dir",
     help=f"Raw data root: holds {', '.join(n + '/' for n in names)} "
@@ -88,14 +93,14 @@ def _parser(description):
     type=int,
     default=150,
     help="Image folders (catdog): side of the square output; shorter side resized "
-    "to it, then centre-cropped.",
+    "to it, then centre-cropped (default: %(default)s).",
   )
   parser.add_argument(
     "--image-format",
     choices=schema.IMAGE_FORMATS,
     default="jpeg",
-    help="Image folders (catdog): encoding in the shards (CIFAR-10 and MNIST are "
-    "always PNG, lossless).",
+    help="Image folders (catdog): encoding in the shards (default: %(default)s; CIFAR-10 and "
+    "MNIST are always PNG, lossless).",
   )
   parser.add_argument(
     "--download", action="store_true", help="Fetch missing raw data first (official URLs)."
@@ -107,7 +112,8 @@ def _parser(description):
     "--progress-seconds",
     type=float,
     default=10.0,
-    help="Log converted shards and records this often (0: only the final summary).",
+    help="Log converted shards and records every this many seconds (default: %(default)g; 0: "
+    "only the final summary).",
   )
   parser.add_argument(
     "--max-reject-fraction",

@@ -135,3 +135,20 @@ def run_trainer(dataset, flags, np_=1, timeout=900, check=True):
       f"\n--- stderr\n{result.stderr[-4000:]}"
     )
   return result
+
+
+def hparams_session(model_dir):
+  """The HParams session a run dir's TensorBoard shows: {column: value}, read from the one
+  event file at its top (tensorboard's hparams plugin data)."""
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  import tensorflow as tf
+
+  (path,) = pathlib.Path(model_dir).glob("events.out.tfevents.*")
+  for record in tf.data.TFRecordDataset(str(path)):
+    for v in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
+      if v.tag == "_hparams_/session_start_info":
+        data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+        return {
+          k: getattr(h, h.WhichOneof("kind")) for k, h in data.session_start_info.hparams.items()
+        }
+  raise AssertionError(f"no HParams session in {path}")

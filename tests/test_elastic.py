@@ -27,6 +27,7 @@ from bench.elastic import discovery
 from bench.elastic import elastic_cmd
 from bench.elastic import set_hosts
 from tests.conftest import ROOT
+from tests.conftest import hparams_session
 from trainers import tags
 
 QUIET = ["--eval-every", 0, "--histogram-every", 0, "--no-export", "--steps-per-call", 5]
@@ -82,6 +83,8 @@ def _finished(model_dir, max_steps, workers):
   assert 0.0 <= metrics["precision_at_1"] <= 1.0 and metrics["examples"] == 500
   state = (model_dir / "checkpoints" / "checkpoint").read_text()
   assert f'model_checkpoint_path: "ckpt-{max_steps}"' in state
+  # HParams tell an elastic run from a fixed one of the same size (mnist-np2, mnist-elastic).
+  assert hparams_session(model_dir)["elastic"] is True
 
 
 def test_a_killed_worker_leaves_the_job_running_on_the_rest(tfrecords, tmp_path):

@@ -74,6 +74,9 @@ def test_eval_export_and_resume_take_the_run_from_its_config_json(tfrecords, tmp
   # from config.json; nothing is overridden, so nothing is said.
   result = run_trainer("mnist", ["--mode", "eval", "--model-dir", run])
   assert "test precision@1" in result.stdout and not _overrides(result.stdout)
+  # Its start-up says what it evaluates, with no training plan.
+  assert "ckpt-2 (step 2) on the test split (" in result.stdout
+  assert "steps/epoch" not in result.stdout and "worker(s), batch" not in result.stdout
   metrics = json.loads((run / "metrics.json").read_text())
   assert metrics["recipe"] == "mnist_resnet" and metrics["step"] == 2
   # A flag given overrides config.json, in one line.
@@ -81,9 +84,12 @@ def test_eval_export_and_resume_take_the_run_from_its_config_json(tfrecords, tmp
     "mnist", ["--mode", "eval", "--model-dir", run, "--eval-split", "validation"]
   )
   assert _overrides(result.stdout) == ["overriding config.json: --eval-split validation (was test)"]
-  assert json.loads((run / "metrics.json").read_text())["split"] == "validation"
+  metrics = json.loads((run / "metrics.json").read_text())
+  assert metrics["split"] == "validation" and set(metrics["splits"]) == {"test", "validation"}
   # Export, from the run dir alone.
   result = run_trainer("mnist", ["--mode", "export", "--model-dir", run])
+  assert "exporting " in result.stdout and "ckpt-2 (step 2, raw weights" in result.stdout
+  assert "steps/epoch" not in result.stdout
   assert (run / "export" / "saved_model.pb").exists() and (run / "export" / "labels.txt").exists()
   # Resume: the run's flags, two of them overridden (named in one line).
   result = run_trainer("mnist", ["--model-dir", run, "--max-steps", 4, "--no-export"])
@@ -323,7 +329,9 @@ def test_the_progress_line_counts_training_time_and_shows_total_loss_only_when_i
     + QUIET,
   )
   steps = [l for l in result.stdout.splitlines() if l.startswith("step ") and "/20 loss" in l]
-  assert len(steps) == 2 and all("(total" not in l for l in steps), steps
+  # The first call's sign of life, then --log-every 10.
+  assert [l.split()[1] for l in steps] == ["1/20", "10/20", "20/20"], steps
+  assert all("(total" not in l for l in steps), steps
   trained = re.search(
     r"trained 20 steps in ([\d.]+)s \(([\d.]+)s of training steps, (\d+) img/s\)",
     result.stdout,

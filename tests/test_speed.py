@@ -61,13 +61,14 @@ def test_k_steps_per_call_give_the_weights_of_k_single_steps(tfrecords, tmp_path
     result = run_trainer("cifar10", _flags(tfrecords / "cifar10", out, "--steps-per-call", k))
     assert f"{k} steps per call" in result.stdout
     runs[k] = _weights(out)
-    # Calls end on the grid of k (log every 1 rounds up to 5), the last at max_steps.
+    # Calls end on the grid of k (log every 1 rounds up to 5), the first after one step
+    # (its line the sign of life), the last at max_steps.
     logged = [
       int(l.split()[1].split("/")[0])
       for l in result.stdout.splitlines()
       if l.startswith("step ") and "/12 " in l
     ]
-    assert logged == ([5, 10, 12] if k == 5 else list(range(1, 13)))
+    assert logged == ([1, 5, 10, 12] if k == 5 else list(range(1, 13)))
   assert runs[1].keys() == runs[5].keys() and runs[1]
   for name in runs[1]:
     np.testing.assert_allclose(runs[1][name], runs[5][name], rtol=1e-4, atol=1e-5, err_msg=name)

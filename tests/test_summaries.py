@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tests.conftest import BIN
 from tests.conftest import ROOT
+from tests.conftest import hparams_session
 from tests.conftest import run_trainer
 from trainers import steps
 from trainers import summaries
@@ -44,6 +45,11 @@ def _steps(mux, run, tag):
 
 def _values(mux, run, tag):
   return [float(tf.make_ndarray(e.tensor_proto)) for e in mux.Tensors(run, tag)]
+
+
+def _hparam_value(value):
+  kind = value.WhichOneof("kind")
+  return getattr(value, kind)
 
 
 def _tags(mux, plugin, run):
@@ -127,7 +133,7 @@ def test_hparams_are_the_few_columns_runs_are_compared_by(validated_dir):
   ).experiment
   columns = [h.name for h in experiment.hparam_infos]
   assert sorted(columns) == sorted(
-    ["recipe", "batch_size", "learning_rate", "workers", "precision", "steps"]
+    ["recipe", "batch_size", "learning_rate", "workers", "elastic", "precision", "steps"]
   )
   assert {(m.name.group, m.name.tag) for m in experiment.metric_infos} == {
     ("validation", "metrics/precision_at_1"),
@@ -139,8 +145,9 @@ def test_hparams_are_the_few_columns_runs_are_compared_by(validated_dir):
   start = plugin_data_pb2.HParamsPluginData.FromString(
     content["_hparams_/session_start_info"]
   ).session_start_info
-  values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+  values = {k: _hparam_value(v) for k, v in start.hparams.items()}
   assert values == {
+    "elastic": False,
     "recipe": "mnist/mnist_basic",
     "batch_size": 16,
     "learning_rate": pytest.approx(
@@ -176,8 +183,9 @@ def test_scalars_fall_in_a_few_named_groups(run_dir):
   assert set(_values(mux, "train", "speed/workers")) == {1.0}
   # The weight decay terms make the total loss larger than the cross-entropy.
   assert _values(mux, "train", "loss/total")[-1] > _values(mux, "train", "loss/cross_entropy")[-1]
-  # The test split during training (--eval-every 10), then the final evaluation.
-  assert _steps(mux, "test", "metrics/precision_at_1") == [10, 20, 20]
+  # The test split during training (--eval-every 10); at step 20 the final evaluation
+  # (the whole split) writes the step's one point.
+  assert _steps(mux, "test", "metrics/precision_at_1") == [10, 20]
 
 
 def test_histograms_and_images_come_more_than_once_in_a_short_run(run_dir):
@@ -209,22 +217,28 @@ def test_histograms_and_images_come_more_than_once_in_a_short_run(run_dir):
   assert decoded.shape == (24, 24, 3) and decoded.max() > decoded.min()
 
 
-def test_the_demo_shows_histograms_more_than_once():
+def test_the_demo_draws_curves_and_shows_histograms_more_than_once():
   """The demo's cadences (scripts/demo.sh: 300 steps, --log-every 50, --eval-every 100)."""
 
   class Demo:
     steps_per_call = None
-    summary_every, histogram_every, checkpoint_every = 100, None, 1000
+    summary_every, histogram_every, checkpoint_every = None, None, 1000
 
     class recipe:  # noqa: N801 (the config's attribute)
       log_every, eval_every = 50, 100
 
-  k = steps.steps_per_call(Demo)
+  k = steps.steps_per_call(Demo, 300)
+  scalars = summaries.summary_cadence(None, 300)
+  assert (k, scalars) == (5, 5)  # 61 points of the training curve, not 4
   every = steps.round_cadence(summaries.histogram_cadence(None, 300), k)
-  shown = [s for s in range(1, 301) if train_lib.due(s, every, first=1)]
-  assert shown == [1, 100, 200, 300]
+  shown = [s for s in range(1, 301) if train_lib.due(s, every, first=1, last=300)]
+  assert shown == [1, 60, 120, 180, 240, 300]
   assert summaries.histogram_cadence(None, 1_000_000) == 1000
   assert summaries.histogram_cadence(7, 300) == 7
+  # About 50 points a run, at a round cadence, at most every 100 steps.
+  points = {n: len(range(0, n, summaries.summary_cadence(None, n))) for n in (50, 300, 2000, 10**4)}
+  assert points == {50: 50, 300: 60, 2000: 100, 10**4: 100}
+  assert summaries.summary_cadence(None, 10**6) == 100 and summaries.summary_cadence(3, 50) == 3
 
 
 def test_graph_is_the_models_layer_graph_and_config_text(run_dir):
@@ -345,3 +359,86 @@ def test_make_plots_writes_png_figures_of_the_run(run_dir, tmp_path):
       assert image.format == "PNG"
       assert 600 <= image.width <= 2000 and 300 <= image.height <= 1200
       assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 10  # not blank
+
+
+# --- a short run, resumed and evaluated again: what TensorBoard and the console show ---
+
+
+@pytest.fixture(scope="module")
+def short_run(tfrecords, tmp_path_factory):
+  """tiny for 50 steps (shorter than every cadence but the scalars'), evaluated again on
+  the test split, then on the training split. (A resumed run's HParams:
+  tests/test_trainers.py's resume test.)
+
+  Returns (model dir, {stage: stdout}).
+  """
+  model_dir = tmp_path_factory.mktemp("short")
+  flags = ["--data-dir", tfrecords / "mnist", "--model-dir", model_dir, "--no-export"]
+  out = {}
+  out["train"] = run_trainer("mnist", flags + ["--recipe", "tiny", "--max-steps", 50]).stdout
+  out["eval"] = run_trainer("mnist", ["--mode", "eval", "--model-dir", model_dir]).stdout
+  out["eval_train"] = run_trainer(
+    "mnist", ["--mode", "eval", "--model-dir", model_dir, "--eval-split", "train"]
+  ).stdout
+  return model_dir, out
+
+
+def test_a_short_run_draws_its_whole_curve_and_its_last_step(short_run):
+  model_dir, out = short_run
+  mux = _multiplexer(model_dir)
+  # ~50 points a run: every step of a 50-step run, the last one included.
+  assert _steps(mux, "train", "loss/cross_entropy") == list(range(1, 51))
+  # Histograms every fifth of the run, its first step and its last.
+  assert _steps(mux, "train", "weights/conv1/kernel") == [1, 10, 20, 30, 40, 50]
+  # The start-up line names only cadences the run reaches (tiny logs every 100 steps).
+  line = next(l for l in out["train"].splitlines() if l.startswith("training steps 0->50"))
+  assert "log at the first and last step only" in line and "scalars every 1" in line
+  assert "histograms every 10" in line and "checkpoint at the last step only" in line
+  assert "every 100" not in line and "every 1000" not in line
+
+
+def test_hparams_are_one_session_per_run_dir(short_run):
+  model_dir, _ = short_run
+  assert len(list(model_dir.glob("events.out.tfevents.*"))) == 1
+  values = hparams_session(model_dir)
+  assert values["steps"] == 50 and values["workers"] == 1 and values["elastic"] is False
+
+
+def test_evaluations_get_one_point_per_step_and_the_training_split_its_own_run(short_run):
+  model_dir, out = short_run
+  mux = _multiplexer(model_dir)
+  assert {"train", "test", "eval_train", "."} == set(mux.Runs())
+  # The final evaluation (the loop's at step 50 left it the point); --mode eval of the
+  # same checkpoint added none.
+  assert _steps(mux, "test", "metrics/precision_at_1") == [50]
+  assert "test/ already has an evaluation at step 50; not adding a second point" in out["eval"]
+  # --eval-split train: its own run; train/ keeps only the loop's batch accuracy.
+  assert _steps(mux, "eval_train", "metrics/precision_at_1") == [50]
+  assert _steps(mux, "train", "metrics/precision_at_1").count(50) == 1
+  metrics = json.loads((model_dir / "metrics.json").read_text())
+  assert metrics["split"] == "train" and set(metrics["splits"]) == {"train", "test"}
+  assert metrics["splits"]["train"]["precision_at_1"] == metrics["precision_at_1"]
+  test_value = _values(mux, "test", "metrics/precision_at_1")[-1]
+  assert metrics["splits"]["test"]["precision_at_1"] == pytest.approx(test_value)
+  assert _values(mux, "eval_train", "metrics/precision_at_1")[-1] == pytest.approx(
+    metrics["precision_at_1"]
+  )
+
+
+def test_the_console_says_what_each_mode_does(short_run, tfrecords):
+  model_dir, out = short_run
+  train = out["train"].splitlines()
+  # The model summary: layers, output shapes, parameters.
+  table = train[train.index("model tiny:") + 1 :][:5]
+  assert table[0].split() == ["layer", "(type)", "output", "shape", "parameters"]
+  assert table[2].split()[:2] == ["conv1", "(Conv2D)"] and table[2].split()[-1] == "80"
+  # A sign of life right after the first call, which traces: no rate, no ETA yet.
+  first = next(l for l in train if l.startswith("step "))
+  assert first.startswith("step 1/50 ") and "first call" in first and "eta" not in first
+  assert any(l.startswith("step 50/50 ") and "eta 0:00:00" in l for l in train)
+  # Eval: what it evaluates, not a training plan.
+  meta = json.loads((tfrecords / "mnist" / "metadata.json").read_text())
+  examples = meta["splits"]["train"]["num_examples"]
+  line = next(l for l in out["eval_train"].splitlines() if l.startswith("evaluating "))
+  assert f"ckpt-50 (step 50) on the train split ({examples:,} examples, raw weights" in line
+  assert "steps/epoch" not in out["eval_train"] and "learning rate" not in out["eval_train"]

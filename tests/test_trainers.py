@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tests.conftest import BIN
 from tests.conftest import ROOT
+from tests.conftest import hparams_session
 from tests.conftest import run_trainer
 from tests.conftest import wait_for_checkpoint
 from trainers import recipes
@@ -160,6 +161,8 @@ def test_resume_continues_from_the_saved_step(tfrecords, tmp_path):
   assert "at step 20" in result.stdout and "step 25/30" in result.stdout
   assert "step 5/30" not in result.stdout
   assert _metrics(tmp_path)["step"] == 30
+  # TensorBoard's HParams row: the resumed session's step budget, not the first one's.
+  assert hparams_session(tmp_path)["steps"] == 30
   # --overwrite starts again from step 0.
   result = run_trainer("cifar10", flags + ["--max-steps", 10, "--overwrite"])
   assert "resumed" not in result.stdout and _metrics(tmp_path)["step"] == 10

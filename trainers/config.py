@@ -23,11 +23,12 @@ import textwrap
 from preprocess import cli
 from preprocess import datasets
 from trainers import config_values
+from trainers import help_text
 from trainers import recipes
 from trainers import run_dir
 
 # The generic entry (trainers/__main__.py), for any data set.
-GENERIC = "python -m trainers"
+GENERIC = help_text.GENERIC
 
 MODES = ("train", "eval", "train_and_eval", "export")
 # Modes that train: the only ones in which --overwrite (delete the run, train anew) makes sense.
@@ -154,11 +155,17 @@ FLAGS = (
   Flag("log_every", "Log progress every N steps.", int, recipe=True),
   Flag("checkpoint_every", "Save a checkpoint every N steps.", int, 1000),
   Flag("keep_checkpoints", "Checkpoints to keep.", int, 5),
-  Flag("summary_every", "Write scalar summaries every N steps (0: never).", int, 100),
+  Flag(
+    "summary_every",
+    "Write scalar summaries every N steps, and at the first and last step (0: never; default: "
+    "the round cadence, of 1, 2, 5, 10, 20, 50 or 100 steps, that gives a run about 50 points, "
+    "so a short run draws a curve).",
+    int,
+  ),
   Flag(
     "histogram_every",
     "Write histograms of weights, gradients and activations, and input images, "
-    "every N steps (0: never; default: 1000, or a fifth of a shorter run, so a short run shows "
+    "every N steps, and at the first and last step (0: never; default: 1000, or a fifth of a shorter run, so a short run shows "
     "them more than once).",
     int,
   ),
@@ -260,7 +267,7 @@ class Config:
   eval_split: str
   checkpoint_every: int
   keep_checkpoints: int
-  summary_every: int
+  summary_every: int | None
   histogram_every: int | None
   seed: int
   overwrite: bool
@@ -330,40 +337,6 @@ def check_json_choices(data, path):
     error(f"data is {json.dumps(data['data'])[:40]}, not an object (what the run was trained on)")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-  """Every flag's default in --help (those without a fixed one say what decides it)."""
-
-  def _get_help_string(self, action):
-    text = action.help or ""
-    if action.default is None and text.startswith("(recipe)"):
-      return text + " (default: the recipe's value, listed below)"
-    if action.default is None or "default" in text.lower():
-      return text
-    return super()._get_help_string(action)
-
-
-def _recipe_table(dataset):
-  """The --help epilog: what each (recipe) flag defaults to, per recipe."""
-  lines = ["values of the (recipe) flags for a new run, by --recipe:"]
-  for name in recipes.for_dataset(dataset):
-    r = recipes.RECIPES[name]
-    decay = (
-      f" (every {r.lr_decay_epochs:g} epochs)"
-      if r.lr_decay_epochs
-      else f" (every {r.lr_decay_steps} steps)"
-      if r.lr_decay_steps and r.lr_decay_rate != 1
-      else ""
-    )
-    line = (
-      f"  {name}: --batch-size {r.batch_size} --max-steps {r.max_steps} "
-      f"--learning-rate {r.learning_rate:g} --lr-decay-rate {r.lr_decay_rate:g}{decay} "
-      f"--eval-every {r.eval_every} --early-stopping-patience {r.early_stopping_patience or 0} "
-      f"--log-every {r.log_every}"
-    )
-    lines.append(textwrap.fill(line, 100, subsequent_indent="      ", break_on_hyphens=False))
-  return "\n".join(lines)
-
-
 def _parser(dataset, generic=False):
   # No abbreviations: the retired `--model NAME` would otherwise be taken as
   # `--model-dir NAME` and train into a directory named after the recipe.
@@ -371,7 +344,7 @@ def _parser(dataset, generic=False):
   p = cli.ArgumentParser(
     prog=GENERIC if generic else command,
     allow_abbrev=False,
-    formatter_class=_HelpFormatter,
+    formatter_class=help_text.HelpFormatter,
     description=textwrap.fill(
       f"Train, evaluate or export a {dataset or 'DATASET'} model on the TFRecords of "
       f"`make preprocess`. One process per GPU: `horovodrun -np 4 {command}`; "
@@ -383,23 +356,28 @@ def _parser(dataset, generic=False):
       f"See docs/run-lifecycle.md.",
       width=100,
     ),
-    epilog=_recipe_table(dataset),
+    epilog=help_text.recipe_table(dataset),
   )
   if generic:
     _dataset_flag(p).required = True
-  default = recipes.default_for(dataset)
+  default = recipes.default_for(dataset) if dataset else None
   p.add_argument(
     "--recipe",
     choices=recipes.for_dataset(dataset) if dataset else list(recipes.RECIPES),
+    # Without --dataset (which the parser then asks for) the list is every data set's.
+    metavar=None if dataset else "RECIPE",
     default=default,
-    required=default is None,
+    required=bool(dataset) and default is None,
     help="Recipe to train, a file of trainers/recipes/ ('tiny' is a few-hundred-"
-    "parameter model for tests). Default: the data set's recipe marked default.",
+    "parameter model for tests). Default: the data set's recipe marked default"
+    + ("" if dataset else " (listed below)")
+    + ".",
   )
   p.add_argument(
     "--data-dir",
-    default=f"data/tfrecords/{dataset}",
-    help="Output of the Beam job for this data set (holds metadata.json).",
+    default=f"data/tfrecords/{dataset}" if dataset else None,
+    help="Output of the Beam job for this data set (holds metadata.json)"
+    + ("." if dataset else "; default: data/tfrecords/<the --dataset>."),
   )
   names = dict.fromkeys(f.group for f in FLAGS if f.group)
   groups = {name: p.add_mutually_exclusive_group() for name in names}

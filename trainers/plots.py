@@ -109,7 +109,7 @@ def read_scalars(event_dir):
 
 
 def read_run(run_dir):
-  """Returns {"train"|"validation"|"test": {tag: Series}} for one run directory."""
+  """Returns {"train"|"validation"|"test"|"eval_train": {tag: Series}} for one run directory."""
   return {kind: read_scalars(os.path.join(run_dir, kind)) for kind in tags.RUNS}
 
 
@@ -192,7 +192,7 @@ def plot_run(name, scalars, path):
     scalars: What `read_run` returns.
     path: PNG file to write.
   """
-  train, val, test = (scalars[run] for run in tags.RUNS)
+  train, val, test = (scalars[run] for run in (tags.TRAIN,) + tags.EVAL_RUNS)
   fig = _new_figure()
   loss_ax, acc_ax = fig.subplots(1, 2)
 
@@ -214,6 +214,9 @@ def plot_run(name, scalars, path):
     )
   _eval_points(acc_ax, val.get(tags.PRECISION_AT_1), "C2", "o", "validation precision@1")
   _eval_points(acc_ax, test.get(tags.PRECISION_AT_1), "C3", "*", "test precision@1")
+  # --mode eval --eval-split train: the full split, evaluation weights, dropout off.
+  full_train = scalars[tags.EVAL_TRAIN].get(tags.PRECISION_AT_1)
+  _eval_points(acc_ax, full_train, "C4", "s", "train precision@1 (full split)")
   acc_ax.set_ylim(0, 1.02)  # the full range, so runs read the same way side by side
   _finish(acc_ax, "Accuracy", "accuracy / precision@1")
 

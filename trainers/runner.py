@@ -24,7 +24,6 @@ from trainers import run_dir
 from trainers import schedule
 from trainers import shards
 from trainers import state
-from trainers import tags
 from trainers.steps import TrainingError
 from trainers.train import Run
 from trainers.train import _log
@@ -42,11 +41,49 @@ def _restore_trained(run):
   return path
 
 
+def _with_splits(path, metrics):
+  """metrics.json's content: the latest evaluation, and under "splits" the latest of each split.
+
+  The top level stays the last evaluation (the shape older readers know); the
+  "splits" entry keeps one evaluation per split, so evaluating the training
+  split does not lose the test figure. An older or unreadable file starts it
+  afresh from what it holds.
+  """
+  splits = {}
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      previous = json.load(f)
+    if isinstance(previous, dict):
+      splits = previous.get("splits") or (
+        {previous["split"]: previous} if isinstance(previous.get("split"), str) else {}
+      )
+  except (tf.errors.OpError, ValueError, OSError):
+    pass  # none yet, or not JSON: this evaluation starts the record
+  splits = {name: entry for name, entry in splits.items() if isinstance(entry, dict)}
+  splits[metrics["split"]] = metrics
+  return dict(metrics, splits=dict(sorted(splits.items())))
+
+
+def _weights(run):
+  return "EMA weights" if run.ema else "raw weights (no EMA)"
+
+
 def run_eval(run, split, trained_step=None, best=None):
-  """Evaluates on `split`, prints precision@1 and writes metrics.json (chief)."""
+  """Evaluates on `split`, prints precision@1 and writes metrics.json (chief).
+
+  TensorBoard gets the point under the split's run (`tags.eval_run`: the
+  training split's is `eval_train/`), once per step of the evaluated weights.
+  """
   config, ctx = run.config, run.ctx
   if trained_step is None:
-    _log(ctx, f"evaluating {_restore_trained(run)}")
+    path = _restore_trained(run)
+    splits = run.metadata.splits
+    examples = f"{splits[split].num_examples:,} examples, " if split in splits else ""
+    _log(
+      ctx,
+      f"evaluating {path} (step {run.step}) on the {split} split ({examples}"
+      f"{_weights(run)}) on {ctx.size} worker(s)",
+    )
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
   metrics = dict(
@@ -68,14 +105,25 @@ def run_eval(run, split, trained_step=None, best=None):
     f"({result['examples']} examples, loss {result['loss']:.4f}, step {run.step}"
     f"{', EMA weights' if run.ema else ''})",
   )
-  run.writer.scalars(
-    split,
-    run.step,
-    {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
-  )
+  run.writer.evaluation(split, run.step, result, lambda line: _log(ctx, line))
   # Horovod: rank 0 alone writes metrics.json (every rank computed the same).
-  ctx.chief(run_dir.write_json, os.path.join(config.model_dir, run_dir.METRICS), metrics)
+  path = os.path.join(config.model_dir, run_dir.METRICS)
+  ctx.chief(lambda: run_dir.write_json(path, _with_splits(path, metrics)))
   return metrics
+
+
+def _model_summary(model):
+  """The model's layers, output shapes and parameters, as plain lines (Keras's table is
+  drawn with box characters cut to the terminal's width)."""
+  rows = [("layer (type)", "output shape", "parameters")]
+  for layer in model.layers:
+    shape = getattr(layer, "output", None)
+    shape = str(tuple(shape.shape)) if shape is not None and hasattr(shape, "shape") else "?"
+    rows.append((f"{layer.name} ({type(layer).__name__})", shape, f"{layer.count_params():,}"))
+  name_width = max(len(r[0]) for r in rows) + 2
+  shape_width = max(len(r[1]) for r in rows) + 2
+  lines = [f"  {a:<{name_width}}{b:<{shape_width}}{c:>12}" for a, b, c in rows]
+  return f"model {model.name}:\n" + "\n".join(lines)
 
 
 def _log_start(run, previous, overrides):
@@ -101,6 +149,9 @@ def _log_start(run, previous, overrides):
     ctx,
     f"data {config.data_dir}: {meta.dataset}, {shape} images, {meta.num_classes} classes; {counts}",
   )
+  if not training:
+    return  # eval and export say what they do once they hold the checkpoint (run_eval, run)
+  _log(ctx, _model_summary(run.model))
   how = (
     f" ({recipe.learning_rate:g} x {scale:.4g} for {ctx.size} workers, "
     f"--lr-scaling {config.lr_scaling})"
@@ -291,7 +342,7 @@ def _record_config(r):
   """Writes config.json (it describes the training run) and its summaries (called on the chief)."""
   saved = r.config_json()
   run_dir.write_json(run_dir.config_path(r.config.model_dir), saved)
-  r.writer.config(saved, r.max_steps)
+  r.writer.config(saved, r.max_steps, elastic=distributed.elastic())
   r.writer.graph(r.model)
 
 
@@ -334,7 +385,7 @@ def run(config, ctx, overrides=None):
         # Horovod: rank 0 alone exports.
         r.ctx.chief(_export, r)
     elif config.mode == "export":
-      _log(ctx, f"exporting {_restore_trained(r)}")
+      _log(ctx, f"exporting {_restore_trained(r)} (step {r.step}, {_weights(r)})")
       # Horovod: rank 0 alone exports.
       ctx.chief(_export, r)
     else:

@@ -4,7 +4,8 @@ Sits between the model (built in trainers/train.py from a recipe of
 trainers/recipes/) and the loop (`train.train`), which calls them on batches
 from trainers/input_pipeline.py. `make_train_loop` runs n synchronized steps
 per call (their gradients averaged over ranks by trainers/distributed.py),
-`steps_per_call`, `round_cadence` and `call_length` size those calls,
+`steps_per_call`, `round_cadence` and `call_length` size those calls (`due`
+says which periodic work falls on a step),
 `make_eval_step` and `evaluate` give precision@1 summed over ranks, and
 `make_activation_probe` feeds the activation histograms of trainers/summaries.py.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import distributed
+from trainers import summaries
 
 
 class TrainingError(Exception):
@@ -138,15 +140,19 @@ def make_train_loop(model, optimizer, ema, ctx, fp16_allreduce=False, xla=False)
   return train_steps
 
 
-def steps_per_call(config):
-  """--steps-per-call, or the default: the gcd of the non-zero cadences, at most 100."""
+def steps_per_call(config, max_steps):
+  """--steps-per-call, or the default: the gcd of the non-zero cadences, at most 100.
+
+  The scalar summaries' default cadence (trainers/summaries.py) depends on the
+  run's length `max_steps`; the histograms' default is left out, and rounded.
+  """
   if config.steps_per_call:
     return config.steps_per_call
   cadences = [
     c
     for c in (
       config.recipe.log_every,
-      config.summary_every,
+      summaries.summary_cadence(config.summary_every, max_steps),
       config.histogram_every,
       config.checkpoint_every,
       config.recipe.eval_every,
@@ -154,6 +160,21 @@ def steps_per_call(config):
     if c
   ]
   return min(100, math.gcd(*cadences)) if cadences else 100
+
+
+def due(step, every, first=None, last=None):
+  """Whether periodic work with period `every` falls on `step`.
+
+  Args:
+    step: The step just completed (1-based: after the first update it is 1).
+    every: Period in steps; 0 or None means never.
+    first: Also due on this step (e.g. the first step of a run, for summaries).
+    last: Also due on this step (e.g. the final step, for the progress line).
+
+  Returns:
+    True if `every` is set and `step` is a multiple of it, `first` or `last`.
+  """
+  return bool(every) and (step % every == 0 or step in (first, last))
 
 
 def round_cadence(every, k):

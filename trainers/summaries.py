@@ -30,6 +30,13 @@ from trainers import tags
 HISTOGRAM_EVERY = 1000
 HISTOGRAMS_PER_SHORT_RUN = 5
 
+# Scalars: by default about SUMMARY_POINTS points per run (a short run draws a
+# curve, as Keras's callback does writing every epoch), at a round cadence
+# from SUMMARY_CADENCES (at most every 100 steps, the old fixed default, so a
+# long run's event files do not grow with its length faster than before).
+SUMMARY_POINTS = 50
+SUMMARY_CADENCES = (1, 2, 5, 10, 20, 50, 100)
+
 # Metrics the HParams dashboard shows beside each run's settings: (tag, run).
 HPARAM_METRICS = (
   (tags.PRECISION_AT_1, "validation"),
@@ -47,17 +54,53 @@ def histogram_cadence(asked, max_steps):
   return max(1, min(HISTOGRAM_EVERY, max_steps // HISTOGRAMS_PER_SHORT_RUN))
 
 
-def hparams(config_dict, steps):
-  """The columns a user compares runs by, from a run's config.json dict."""
+def summary_cadence(asked, max_steps):
+  """--summary-every as given, or by default the round cadence that gives a run ~50 points."""
+  if asked is not None:
+    return asked
+  fitting = [c for c in SUMMARY_CADENCES if c * SUMMARY_POINTS <= max_steps]
+  return fitting[-1] if fitting else SUMMARY_CADENCES[0]
+
+
+def hparams(config_dict, steps, elastic=False):
+  """The columns a user compares runs by, from a run's config.json dict.
+
+  `workers` is the world size the run (or its latest session) started with;
+  `elastic` tells a horovodrun --min-np/--max-np job from a fixed one of the
+  same size.
+  """
   recipe = config_dict["recipe"]
   return {
     "recipe": f"{config_dict['dataset']}/{recipe['name']}",
     "batch_size": recipe["batch_size"],
     "learning_rate": recipe["learning_rate"],
     "workers": config_dict["workers"],
+    "elastic": bool(elastic),
     "precision": config_dict["precision"],
     "steps": steps,
   }
+
+
+def _events(directory):
+  """The event files directly in `directory` (local or gs://: listed, not globbed)."""
+  if not tf.io.gfile.isdir(directory):
+    return []
+  names = [n for n in tf.io.gfile.listdir(directory) if n.startswith("events.out.tfevents.")]
+  return sorted(os.path.join(directory, n) for n in names)
+
+
+def steps_written(directory, tag):
+  """The steps at which `directory`'s event files hold `tag` (empty if none)."""
+  steps = set()
+  for path in _events(directory):
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        if any(v.tag == tag for v in event.summary.value):
+          steps.add(event.step)
+    except tf.errors.DataLossError:  # a file cut short by a kill: what was read counts
+      continue
+  return steps
 
 
 class Writer:
@@ -68,6 +111,7 @@ class Writer:
     # Horovod: rank 0 alone writes summaries.
     self._active = ctx.is_chief
     self._writers = {}
+    self._evaluated = {}  # {eval run: steps it holds}, read from its files on first use
 
   @property
   def active(self):
@@ -115,19 +159,29 @@ class Writer:
     with self._writer(run).as_default(step=step):
       tf.summary.text(name, markdown)
 
-  def config(self, config_dict, steps):
+  def config(self, config_dict, steps, elastic=False):
     """The full run config as a text summary; a few of its values as HParams.
+
+    The HParams record is one session per run directory, rewritten by every
+    training session: TensorBoard's readers keep the FIRST metadata they meet
+    for a tag, so a second record beside the first would leave the HParams
+    table showing the values of the session that started the run (its step
+    budget before a resume, say). The new record is written, then the older
+    ones are deleted (the model dir's own event files hold nothing else).
 
     Args:
       config_dict: The run's config.json.
       steps: The run's step budget (the recipe's, or --max-steps, or --epochs').
+      elastic: Whether the run is an elastic horovodrun job.
     """
     if not self._active:
       return
     pretty = json.dumps(config_dict, indent=2, sort_keys=True)
     self.text(tags.TRAIN, 0, tags.CONFIG, "```\n" + pretty + "\n```")
-    values = hparams(config_dict, steps)
-    with self._writer("").as_default(step=0):
+    values = hparams(config_dict, steps, elastic)
+    older = _events(self._model_dir)
+    writer = tf.summary.create_file_writer(self._model_dir, filename_suffix=".hparams")
+    with writer.as_default(step=0):
       hp.hparams_config(
         hparams=[hp.HParam(k) for k in values],
         metrics=[
@@ -135,6 +189,33 @@ class Writer:
         ],
       )
       hp.hparams(values)
+    writer.close()
+    for path in older:
+      tf.io.gfile.remove(path)
+
+  def evaluation(self, split, step, result, log):
+    """Writes an evaluation's point under the split's run, once per step.
+
+    Event files only grow, so a point cannot be replaced: when the run
+    already holds one at `step` (the same checkpoint evaluated again), none
+    is added and `log` says so, and each chart keeps one point per step.
+
+    Returns:
+      Whether the point was written (on other ranks: False).
+    """
+    if not self._active:
+      return False
+    run = tags.eval_run(split)
+    if run not in self._evaluated:
+      self._evaluated[run] = steps_written(os.path.join(self._model_dir, run), tags.PRECISION_AT_1)
+    if step in self._evaluated[run]:
+      log(f"{run}/ already has an evaluation at step {step}; not adding a second point")
+      return False
+    self._evaluated[run].add(step)
+    self.scalars(
+      run, step, {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]}
+    )
+    return True
 
   def graph(self, model):
     """The model's layer graph for the Graphs tab, as Keras's TensorBoard callback writes it.

@@ -13,10 +13,20 @@ loading TensorFlow first.
 """
 
 # Run directories under the model dir. Evaluations go to the run named after
-# their split; the HParams record goes to the model dir itself.
+# their split (`eval_run`); the HParams record goes to the model dir itself.
 TRAIN = "train"
 EVAL_RUNS = ("validation", "test")
-RUNS = (TRAIN,) + EVAL_RUNS
+# An evaluation of the training split (--mode eval --eval-split train): its own
+# run, as Keras's callback keeps evaluations out of `train/`, so the batch
+# accuracy of the loop and the full-split precision never share one curve.
+EVAL_TRAIN = "eval_train"
+RUNS = (TRAIN,) + EVAL_RUNS + (EVAL_TRAIN,)
+
+
+def eval_run(split):
+  """The run directory an evaluation of `split` writes to."""
+  return EVAL_TRAIN if split == TRAIN else split
+
 
 # Scalars in the train run AND the evaluation runs (one chart, two curves).
 CROSS_ENTROPY = "loss/cross_entropy"

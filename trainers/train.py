@@ -6,9 +6,10 @@ trainers/runner.py (called by the entry scripts through trainers/entry.py)
 builds a `Run` from a `config.Config` and calls `train`, then evaluates and
 exports.
 
-Read top to bottom: the periodic-work helper, the model, the per-process
-`Run`, the summaries and evaluation of the loop, the loop (`train`). The
-compiled step functions are in trainers/steps.py; run state that outlives a
+Read top to bottom: the model, the per-process `Run`, the evaluation of the
+loop, the loop (`train`). The compiled step functions and the periodic-work
+helper `due` are in trainers/steps.py; what the loop shows (its cadence line,
+progress lines and summaries) in trainers/reporting.py; run state that outlives a
 step (EMA, checkpoints, early stopping) in trainers/state.py, the model dir
 (its config.json, its lock, the start-up checks against the data) in
 trainers/run_dir.py.
@@ -35,36 +36,19 @@ from trainers import distributed
 from trainers import eval_input
 from trainers import input_pipeline
 from trainers import preemption
+from trainers import reporting
 from trainers import run_dir
 from trainers import schedule
 from trainers import shards
 from trainers import state
 from trainers import summaries
-from trainers import tags
 from trainers.steps import TrainingError
 from trainers.steps import call_length
+from trainers.steps import due
 from trainers.steps import evaluate
-from trainers.steps import make_activation_probe
 from trainers.steps import make_eval_step
 from trainers.steps import make_train_loop
-from trainers.steps import round_cadence
 from trainers.steps import steps_per_call
-
-
-def due(step, every, first=None, last=None):
-  """Whether periodic work with period `every` falls on `step`.
-
-  Args:
-    step: The step just completed (1-based: after the first update it is 1).
-    every: Period in steps; 0 or None means never.
-    first: Also due on this step (e.g. the first step of a run, for summaries).
-    last: Also due on this step (e.g. the final step, for the progress line).
-
-  Returns:
-    True if `every` is set and `step` is a multiple of it, `first` or `last`.
-  """
-  return bool(every) and (step % every == 0 or step in (first, last))
-
 
 # --- what the run applies ----------------------------------------------------
 
@@ -109,11 +93,6 @@ def make_eval_model(model, eval_output=None):
 
 def _log(ctx, message):
   ctx.log(message)
-
-
-def _format_seconds(seconds):
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Run:
@@ -256,47 +235,6 @@ class Run:
       return evaluate(self.eval_step, self.eval_inputs.get(split, max_batches))
 
 
-def _train_summaries(run, step, metrics, averages, steps_per_second):
-  recipe = run.config.recipe
-  run.writer.scalars(
-    tags.TRAIN,
-    step,
-    {
-      tags.CROSS_ENTROPY: metrics["cross_entropy"],
-      tags.TOTAL_LOSS: metrics["total_loss"],
-      tags.PRECISION_AT_1: metrics["accuracy"],
-      tags.CROSS_ENTROPY_AVG: averages["cross_entropy"],
-      tags.TOTAL_LOSS_AVG: averages["total_loss"],
-      tags.LEARNING_RATE: float(run.schedule(step - 1)),
-      tags.STEP_TIME: 1.0 / steps_per_second,
-      tags.IMAGES_PER_SEC: steps_per_second * run.global_batch,
-      tags.IMAGES_PER_SEC_PER_WORKER: steps_per_second * recipe.batch_size,
-      tags.WORKERS: run.ctx.size,
-    },
-  )
-
-
-def _histograms(run, step, images, grads, probe):
-  activations, relu_layers = probe
-  outputs = activations(images)
-  variables = run.model.trainable_variables
-  run.writer.histograms(
-    tags.TRAIN,
-    step,
-    {
-      **{tags.WEIGHTS + v.path: v.value for v in variables},
-      **{tags.GRADIENTS + v.path: g for v, g in zip(variables, grads) if g is not None},
-      **{tags.ACTIVATIONS + name: out for name, out in outputs.items()},
-    },
-  )
-  run.writer.scalars(
-    tags.TRAIN,
-    step,
-    {tags.SPARSITY + name: tf.math.zero_fraction(outputs[name]) for name in sorted(relu_layers)},
-  )
-  run.writer.images(tags.TRAIN, step, tags.INPUT_IMAGES, images)
-
-
 def _evaluate_during_training(run, step, images, labels, elapsed):
   """Evaluates the recipe's split, logs the recipe's line; returns whether to stop."""
   recipe, ctx = run.config.recipe, run.ctx
@@ -305,11 +243,17 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
   result = run.evaluate(recipe.eval_on, recipe.eval_batches)
   split = recipe.eval_on
   # The split's run: its curves overlay the train run's under the same tags.
-  run.writer.scalars(
-    split,
-    step,
-    {tags.PRECISION_AT_1: result["precision_at_1"], tags.CROSS_ENTROPY: result["loss"]},
+  # At the last step the final evaluation of the same split (whole split, the
+  # weights the run keeps) writes the point, so the chart has one per step.
+  config = run.config
+  final_follows = (
+    step == run.max_steps
+    and config.mode == "train_and_eval"
+    and config.eval_split == split
+    and not recipe.early_stopping_patience
   )
+  if not final_follows:
+    run.writer.evaluation(split, step, result, lambda line: _log(ctx, line))
   improved = stop = False
   if recipe.early_stopping_patience:
     improved, stop = run.early_stopping.update(step, result["precision_at_1"])
@@ -319,7 +263,7 @@ def _evaluate_during_training(run, step, images, labels, elapsed):
     ctx,
     f"step {step}: train accuracy {batch['precision_at_1']:.4f} (batch, dropout off), "
     f"{split} precision@1 {result['precision_at_1']:.4f} ({result['examples']} examples), "
-    f"elapsed {_format_seconds(elapsed)}{' improved' if improved else ''}",
+    f"elapsed {reporting.format_seconds(elapsed)}{' improved' if improved else ''}",
   )
   if stop:
     best = run.early_stopping.best()
@@ -353,31 +297,6 @@ def _resume(run):
   return run.step
 
 
-def _cadences(run, k):
-  """{periodic work: its period in steps}, on the grid of calls of k steps; logs the run's line.
-
-  The default k (the gcd of the cadences) moves none; an explicit --steps-per-call
-  rounds them up, and the line says which moved.
-  """
-  config, recipe = run.config, run.config.recipe
-  asked = {
-    "log": recipe.log_every,
-    "summary": config.summary_every,
-    "histogram": summaries.histogram_cadence(config.histogram_every, run.max_steps),
-    "checkpoint": config.checkpoint_every,
-    "eval": recipe.eval_every,
-  }
-  every = {name: round_cadence(value, k) for name, value in asked.items()}
-  moved = [f"{name} every {every[name]}" for name, value in asked.items() if every[name] != value]
-  _log(
-    run.ctx,
-    f"training steps {run.step}->{run.max_steps}, augmentation from {run.augmentation_source}; "
-    f"{k} steps per call, {config.precision}{', XLA' if config.xla else ''}"
-    + (f" (cadences rounded to multiples of {k}: {', '.join(moved)})" if moved else ""),
-  )
-  return every
-
-
 def _check_finite(metrics, step, n):
   """Every rank sees the same rank-averaged call means, so all stop here together."""
   if not math.isfinite(metrics["mean_total_loss"]):
@@ -395,18 +314,6 @@ def _update_averages(averages, metrics, n):
     averages[name] = (
       decay * averages.get(name, metrics["mean_" + name]) + (1 - decay) * metrics["mean_" + name]
     )
-
-
-def _log_progress(run, step, metrics, rate, elapsed, eta):
-  loss, total = f"{metrics['cross_entropy']:.4f}", f"{metrics['total_loss']:.4f}"
-  _log(
-    run.ctx,
-    f"step {step}/{run.max_steps} loss {loss}{f' (total {total})' if total != loss else ''} "
-    f"acc {metrics['accuracy']:.3f} "
-    f"lr {float(run.schedule(step - 1)):.4g} {rate:.0f} img/s "
-    f"({rate / run.ctx.size:.0f}/worker) elapsed {_format_seconds(elapsed)} "
-    f"eta {_format_seconds(eta)}",
-  )
 
 
 def _finish(run, step, preempted, checkpointed):
@@ -495,17 +402,16 @@ def _train(run, start, commit=None):
   """The loop from `start`; `commit` (elastic runs) is called after each call."""
   if start >= run.max_steps:
     return start, None  # nothing to train: trainers/runner.py says so, and does no needless work
-  k = steps_per_call(run.config)
-  every = _cadences(run, k)
+  k = steps_per_call(run.config, run.max_steps)
+  every = reporting.cadences(run, k)
   train_steps = make_train_loop(
     run.model, run.optimizer, run.ema, run.ctx, run.config.fp16_allreduce, run.config.xla
   )
-  probe = make_activation_probe(run.model)
-  averages = {}  # Moving averages of the losses, as the tutorial's loss summaries.
+  progress = reporting.Progress(run, start, every["log"])
+  written = reporting.Summaries(run, start, every)
   started = time.time()
   # img/s counts the time of the training calls only (not evaluation, checkpoints, summaries).
   training = 0.0
-  last_log, last_summary = (start, training), (start, training)
   step = start
   batches = iter(run.dataset("train", training=True))
   # SIGTERM/SIGINT: stop at a step every rank agrees on (trainers/preemption.py).
@@ -521,32 +427,23 @@ def _train(run, start, commit=None):
       step += n
       run.input_position.advance(n * run.global_batch)
       _check_finite(metrics, step, n)
-      if metrics["stop"] > 0:  # the same rank mean everywhere: every rank stops here
-        preempted = True
-        break
-      _update_averages(averages, metrics, n)
+      _update_averages(written.averages, metrics, n)
+      preempted = metrics["stop"] > 0  # the same rank mean everywhere: every rank stops here
       metrics = {name: metrics[name] for name in ("cross_entropy", "total_loss", "accuracy")}
-      now = time.time()
-      # Log.
-      if due(step, every["log"], last=run.max_steps):
-        rate = (step - last_log[0]) / max(training - last_log[1], 1e-9) * run.global_batch
-        last_log = (step, training)
-        eta = (now - started) / (step - start) * (run.max_steps - step)
-        _log_progress(run, step, metrics, rate, now - started, eta)
-      # Summaries (rank 0 writes; the writer does nothing elsewhere).
-      if due(step, every["summary"], first=start + 1):
-        steps_per_second = (step - last_summary[0]) / max(training - last_summary[1], 1e-9)
-        last_summary = (step, training)
-        _train_summaries(run, step, metrics, averages, steps_per_second)
-      if run.writer.active and due(step, every["histogram"], first=start + 1):
-        _histograms(run, step, images, grads, probe)
+      # Log; summaries (rank 0 writes; the writer does nothing elsewhere). A
+      # preempted run's last scalars are written: the step it stopped at.
+      progress.maybe_log(step, metrics, training)
+      written.write(step, metrics, training, images, grads, preempted, histograms=not preempted)
+      if preempted:
+        break
       # Checkpoint.
       if due(step, every["checkpoint"]):
         run.checkpoints.save(step)
-      # Evaluate (and stop early).
+      # Evaluate (and stop early: this step's histograms too, the run's last).
       if due(step, every["eval"]) and _evaluate_during_training(
         run, step, images, labels, time.time() - started
       ):
+        written.write(step, metrics, training, images, grads, final=True)
         break
       # Horovod: elastic commit, keep this step's state; re-form here if hosts were added or removed.
       if commit and step < run.max_steps:
