@@ -152,13 +152,11 @@ def clear(model_dir):
     name = name.rstrip("/")
     path = os.path.join(model_dir, name)
     is_dir = gfile.isdir(path)
-    ours_dir = name in TEMPORARY or (
-      name in RUN_DIRS and (name != EXPORT or _is_export(gfile, path))
-    )
-    ours_file = name in RUN_FILES or name in TEMPORARY or name.startswith("events.out.tfevents.")
-    if is_dir and ours_dir:
-      gfile.rmtree(path)
-    elif not is_dir and ours_file:
+    if is_dir:
+      ours = name in TEMPORARY or (name in RUN_DIRS and (name != EXPORT or _is_export(gfile, path)))
+      if ours:
+        gfile.rmtree(path)
+    elif name in RUN_FILES or name in TEMPORARY or name.startswith("events.out.tfevents."):
       gfile.remove(path)
 
 

@@ -164,10 +164,13 @@ class Checkpoints:
     does not fit this run, or when every one is damaged.
     """
     damaged = []
-    for step in reversed(self._steps(which)):
+    files = self._files(which)
+    for step in sorted(files, reverse=True):
       path = os.path.join(self._dirs[which], f"ckpt-{step}")
       readable = _readable(path)
-      why = _damage(readable)
+      # A set without its index or a shard: a write cut short (kill -9), or files deleted.
+      names = sorted(files[step])
+      why = _damage(readable) if _complete(names) else f"incomplete: only {', '.join(names)}"
       if why:
         damaged.append((path, why))
         continue
