@@ -46,6 +46,8 @@ def run_eval(run, split, trained_step=None, best=None):
   config, ctx = run.config, run.ctx
   if trained_step is None:
     _log(ctx, f"evaluating {_restore_trained(run)}")
+  else:  # the final evaluation: a line before the wait, as --mode eval's
+    _log(ctx, f"evaluating the weights of step {run.step} on the {split} split")
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
   metrics = dict(
