@@ -2,7 +2,7 @@
 
 A small real Keras model (no training: the signature, not the weights, is under
 test) is exported with a deterministic policy; the loaded `serving_default`
-signature serves images of the stored size and refuses any other size or rank
+signature serves images of the stored size (an empty batch too) and refuses any other size or rank
 with one message saying what it takes.
 """
 
@@ -53,3 +53,24 @@ def test_refuses_other_sizes_with_one_clear_message(served, shape):
   message = error.value.message
   assert "images must be a batch of 8x6x3 uint8 images, shape [batch, 8, 6, 3]" in message
   assert f"got shape] [{' '.join(str(d) for d in shape)}]" in message, message
+
+
+def test_an_empty_batch_gets_empty_outputs(served, tmp_path):
+  out = served(images=tf.zeros((0,) + SHAPE, tf.uint8))
+  assert out["logits"].shape == (0, 4) and out["probabilities"].shape == (0, 4)
+  assert out["classes"].shape == (0,) and out["classes"].dtype == tf.int32
+  # The CIFAR-10 tutorial's model (its local response normalization has no answer
+  # for zero images) with its policy, as a run exports it.
+  from trainers.recipes import cifar10_tutorial
+
+  policy = [{"op": "central_crop", "height": 24, "width": 24}, {"op": "per_image_standardization"}]
+  model = train.make_eval_model(cifar10_tutorial.build(10, (24, 24, 3)))
+  names = [str(i) for i in range(10)]
+  export.export_serving_model(
+    model, (32, 32, 3), names, {"train": policy, "eval": policy}, policy, str(tmp_path / "e")
+  )
+  tutorial = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
+  out = tutorial(images=tf.zeros((0, 32, 32, 3), tf.uint8))
+  assert out["probabilities"].shape == (0, 10) and out["classes"].shape == (0,)
+  # A batch after it still serves (the branch is taken per call).
+  assert tutorial(images=tf.zeros((2, 32, 32, 3), tf.uint8))["classes"].shape == (2,)

@@ -23,9 +23,17 @@ def main(dataset=None, argv=None):
   `dataset` is trainers/<dataset>.py's, or None for `python -m trainers --dataset NAME`.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO/WARNING lines after start-up
-  from trainers import config as config_lib
+  from trainers import stops  # imports nothing slow
 
-  config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
-  with quiet_imports():
-    from trainers import runner
-  return runner.main(config.dataset, config=config, overrides=overrides)
+  # From here on a stop signal is one line and status 75 in every phase (trainers/stops.py).
+  with stops.installed():
+    try:
+      from trainers import config as config_lib
+
+      config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
+      with quiet_imports():
+        from trainers import runner
+    except stops.Stopped as e:
+      print(e, flush=True)
+      return stops.EXIT_STOPPED
+    return runner.main(config.dataset, config=config, overrides=overrides)

@@ -14,6 +14,8 @@ import os
 import tensorflow as tf
 
 from trainers import input_pipeline
+from trainers import run_dir
+from trainers import stops
 
 LABELS = "labels.txt"
 AUGMENTATION = "augmentation.json"
@@ -44,7 +46,13 @@ def _check_image_shape(images, image_shape):
 def export_serving_model(
   eval_model, image_shape, class_names, augmentation, serving_policy, export_dir
 ):
-  """Writes the SavedModel, labels.txt and augmentation.json to `export_dir` (replaced).
+  """Writes the SavedModel, labels.txt and augmentation.json to `export_dir`, replacing it whole.
+
+  The new export is written beside the old one (`export_dir` + ".partial") and
+  swapped in by renames, so until it is complete the old export stands; if the
+  write fails or is stopped, the partial one is removed. A kill -9 at any
+  point leaves names that the next run's start-up cleans
+  (trainers/run_dir.py's `clean_interrupted`).
 
   Args:
     eval_model: Keras model images -> (logits, scores); the served logits are
@@ -66,22 +74,51 @@ def export_serving_model(
   @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve(images):
     images = _check_image_shape(images, (height, width, channels))
-    _, logits = eval_model(
-      input_pipeline.serving_preprocess(images, serving_policy), training=False
-    )
-    # Under a mixed-precision policy the model computes in 16 bits; clients get float32.
-    logits = tf.cast(logits, tf.float32)
-    return {
-      "logits": logits,
-      "probabilities": tf.nn.softmax(logits),
-      "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
-    }
+
+    def outputs(logits):
+      return {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits),
+        "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+      }
+
+    def predict():
+      _, logits = eval_model(
+        input_pipeline.serving_preprocess(images, serving_policy), training=False
+      )
+      # Under a mixed-precision policy the model computes in 16 bits; clients get float32.
+      return outputs(tf.cast(logits, tf.float32))
+
+    # An empty batch gets empty outputs ([0, classes], [0]); some ops of the
+    # policy and the model have no answer for zero images.
+    empty = lambda: outputs(tf.zeros([0, len(class_names)], tf.float32))  # noqa: E731
+    return tf.cond(tf.shape(images)[0] > 0, predict, empty)
 
   module.serve = serve
-  if tf.io.gfile.exists(export_dir):
-    tf.io.gfile.rmtree(export_dir)
-  tf.saved_model.save(module, export_dir, signatures={"serving_default": serve})
-  with tf.io.gfile.GFile(os.path.join(export_dir, LABELS), "w") as f:
-    f.write("\n".join(class_names) + "\n")
-  with tf.io.gfile.GFile(os.path.join(export_dir, AUGMENTATION), "w") as f:
-    f.write(json.dumps(policies, indent=2, sort_keys=True) + "\n")
+  partial = export_dir + run_dir.PARTIAL
+  if tf.io.gfile.exists(partial):
+    tf.io.gfile.rmtree(partial)
+  try:
+    tf.saved_model.save(module, partial, signatures={"serving_default": serve})
+    with tf.io.gfile.GFile(os.path.join(partial, LABELS), "w") as f:
+      f.write("\n".join(class_names) + "\n")
+    with tf.io.gfile.GFile(os.path.join(partial, AUGMENTATION), "w") as f:
+      f.write(json.dumps(policies, indent=2, sort_keys=True) + "\n")
+  except BaseException:  # an error, or a stop signal (trainers/stops.py): no debris
+    if tf.io.gfile.exists(partial):
+      tf.io.gfile.rmtree(partial)
+    raise
+  _swap_in(partial, export_dir)
+
+
+def _swap_in(new, export_dir):
+  """Replaces `export_dir` by `new`: two renames, then the old one is deleted; signals wait."""
+  old = export_dir + run_dir.SWAPPED
+  with stops.deferred():
+    if tf.io.gfile.exists(old):
+      tf.io.gfile.rmtree(old)
+    if tf.io.gfile.exists(export_dir):
+      tf.io.gfile.rename(export_dir, old)
+    tf.io.gfile.rename(new, export_dir)
+    if tf.io.gfile.exists(old):
+      tf.io.gfile.rmtree(old)

@@ -8,7 +8,9 @@ an offset). `StopSignal` turns SIGTERM and SIGINT (what Kubernetes and Ctrl-C
 send) into a flag that the loop folds into the allreduce it already does once
 per call, so every rank agrees to stop after the same step; the chief then
 writes a checkpoint of that step and every process exits with `EXIT_PREEMPTED`,
-which launchers and Kubernetes Jobs see as a failure to retry. With
+which launchers and Kubernetes Jobs see as a failure to retry. Outside the
+loop (start-up, the final evaluation, --mode eval and export) trainers/stops.py
+handles the same signals, with the same status. With
 `--deterministic` (TensorFlow's op determinism) a resumed run's final weights
 equal an uninterrupted run's bitwise.
 
@@ -105,6 +107,10 @@ def rank_seeds_kept(model):
 
 class StopSignal:
   """SIGTERM and SIGINT set a flag instead of ending the process; a second signal ends it.
+
+  The second signal goes to the handler that was there before: trainers/stops.py's
+  in a trainer process (one line, status 75, without a checkpoint of this step;
+  a third ends the process at once).
 
   The loop passes `flag()` into each call of its tf.function, which adds it
   to the per-call metric allreduce: a signal caught during a call stops the

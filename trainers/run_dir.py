@@ -22,14 +22,25 @@ import sys
 
 from preprocess import dirlock
 from trainers import quiet
+from trainers import stops
 from trainers import tags
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
+EXPORT = "export"
+# Beside export/ while an export is written (PARTIAL) and while the new one is
+# swapped in (SWAPPED); a run that finds them was interrupted, and cleans them.
+PARTIAL = ".partial"
+SWAPPED = ".old"
 # What a run writes into its directory, and so what --overwrite deletes (with
-# the HParams event files at the top level); anything else (notes, the lock) stays.
+# the HParams event files at the top level), each with its kind: an entry of
+# the other kind is not the run's and stays. Anything else (notes, the lock) stays.
 # ("eval" is the evaluation run of versions before trainers/tags.py.)
-RUN_ENTRIES = ("checkpoints", "best", "export", *tags.RUNS, "eval", CONFIG, METRICS)
+RUN_DIRS = ("checkpoints", "best", EXPORT, *tags.RUNS, "eval")
+RUN_FILES = (CONFIG, METRICS)
+RUN_ENTRIES = RUN_DIRS + RUN_FILES
+# The run's own temporary names: written whole, then renamed into place.
+TEMPORARY = (CONFIG + ".tmp", METRICS + ".tmp", EXPORT + PARTIAL, EXPORT + SWAPPED)
 TRAIN_MODES = ("train", "train_and_eval")
 
 
@@ -143,17 +154,108 @@ def check_holds(model_dir, held_dataset, held_recipe, dataset, recipe, mode):
     )
 
 
+def _is_export(gfile, path):
+  """Whether directory `path` is empty or holds a SavedModel (so a run may have written it)."""
+  names = gfile.listdir(path)
+  return not names or "saved_model.pb" in names
+
+
 def clear(model_dir):
-  """Deletes what a run wrote into `model_dir` (`RUN_ENTRIES`, top-level event files), listing it."""
+  """Deletes what a run wrote into `model_dir` (`RUN_ENTRIES`, top-level event files).
+
+  Only entries of the kind a run writes: a file named `export`, a folder named
+  `metrics.json` or an `export/` without a SavedModel is the user's and stays.
+  """
   gfile = _gfile()
   for name in gfile.listdir(model_dir):
     name = name.rstrip("/")
-    if name in RUN_ENTRIES or name.startswith("events.out.tfevents.") or name.endswith(".tmp"):
-      path = os.path.join(model_dir, name)
-      if gfile.isdir(path):
+    path = os.path.join(model_dir, name)
+    is_dir = gfile.isdir(path)
+    if is_dir:
+      ours = name in TEMPORARY or (name in RUN_DIRS and (name != EXPORT or _is_export(gfile, path)))
+      if ours:
         gfile.rmtree(path)
-      else:
-        gfile.remove(path)
+    elif name in RUN_FILES or name in TEMPORARY or name.startswith("events.out.tfevents."):
+      gfile.remove(path)
+
+
+# What each entry a run writes holds, for the start-up check's line.
+_WHAT = {
+  "checkpoints": "checkpoints",
+  "best": "best checkpoint",
+  EXPORT: "serving model",
+  CONFIG: "config",
+  METRICS: "final metrics",
+}
+
+
+def _writes(config):
+  """{entry of the model dir that `config.mode` writes: True for a directory, False for a file}."""
+  training = config.mode in TRAIN_MODES
+  writes = {run: True for run in tags.RUNS}  # TensorBoard summaries
+  writes.update({config.eval_split: True, "checkpoints": True})  # eval reads it: a file fails too
+  if training:
+    writes.update({"best": True, CONFIG: False})
+  if config.mode in ("eval", "train_and_eval"):
+    writes[METRICS] = False
+  if config.mode == "export" or (training and config.export):
+    writes[EXPORT] = True
+  return writes
+
+
+def check_paths(config):
+  """Refuses, before any work, a model dir where an entry the run will write is of the wrong kind.
+
+  A file named `checkpoints`, a folder named `metrics.json`, an `export/` that
+  holds no SavedModel (not the run's), a folder that cannot be written: each
+  would fail late (at the first checkpoint, after the whole training) or lose
+  the user's file. Local folders are checked for write permission too.
+
+  Raises:
+    RunError: The first such entry, named with its problem.
+  """
+  d, gfile = config.model_dir, _gfile()
+  fix = "move it away, or pass another --model-dir"
+  local = "://" not in d
+  if local and not os.access(d, os.W_OK | os.X_OK):
+    raise RunError(f"--model-dir {d} is not writable: the run writes its files there")
+  for name, is_dir in sorted(_writes(config).items()):
+    what = _WHAT.get(name, "TensorBoard summaries")
+    # A file is written as <name>.tmp, then renamed.
+    for path in [os.path.join(d, name)] + ([] if is_dir else [os.path.join(d, name + ".tmp")]):
+      if not gfile.exists(path):
+        continue
+      if gfile.isdir(path) != is_dir:
+        kind = "a file, not a directory" if is_dir else "a directory, not a file"
+        raise RunError(f"{path} is {kind}: the run writes its {what} there; {fix}")
+      if local and is_dir and not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"{path} is not writable: the run writes its {what} there; {fix}")
+      if name == EXPORT and not _is_export(gfile, path):
+        raise RunError(
+          f"{path} holds no saved_model.pb, so it is not an export of this run: the run writes "
+          f"its {what} there; {fix}"
+        )
+
+
+def clean_interrupted(model_dir, log):
+  """Removes what an interrupted run left half-written (its temporary names), each with a line.
+
+  An export swapped out (`export.old`) but not replaced comes back as `export/`.
+  """
+  gfile = _gfile()
+  export, swapped = os.path.join(model_dir, EXPORT), os.path.join(model_dir, EXPORT + SWAPPED)
+  if gfile.isdir(swapped) and not gfile.exists(export):
+    gfile.rename(swapped, export)
+    log(f"{export}: put back the export an interrupted export had moved to {swapped}")
+  for name in TEMPORARY:
+    path = os.path.join(model_dir, name)
+    if not gfile.exists(path) or os.path.islink(path):  # a link is not the run's
+      continue
+    if gfile.isdir(path):
+      gfile.rmtree(path)
+    else:
+      gfile.remove(path)
+    log(f"{path}: removed, left half-written by an interrupted run")
 
 
 def claim(config, owner, log):
@@ -169,7 +271,8 @@ def claim(config, owner, log):
 
   Raises:
     RunError: The path is a file, cannot be created, holds no run to evaluate
-      or export, its config.json is damaged, or another live process holds it.
+      or export, its config.json is damaged, another live process holds it, or
+      an entry the run writes is of the wrong kind (`check_paths`).
   """
   d, gfile = config.model_dir, _gfile()
   training = config.mode in TRAIN_MODES
@@ -198,9 +301,11 @@ def claim(config, owner, log):
   except OSError as e:
     raise RunError(f"--model-dir {d}: cannot take its lock ({e.strerror or e})") from None
   try:
+    check_paths(config)
     if config.overwrite:
       clear(d)
       return lock, None
+    clean_interrupted(d, log)
     return lock, read_config(d, training)
   except BaseException:
     lock.release()
@@ -208,12 +313,21 @@ def claim(config, owner, log):
 
 
 def write_json(path, data):
-  """Writes `data` as JSON to `path` atomically (a reader never sees half a file)."""
+  """Writes `data` as JSON to `path` atomically (a reader never sees half a file).
+
+  A stop signal waits for the end of the write; on an error the temporary file goes.
+  """
   gfile = _gfile()
   tmp = path + ".tmp"
-  with gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-  gfile.rename(tmp, path, overwrite=True)
+  with stops.deferred():
+    try:
+      with gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+      gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+      if gfile.exists(tmp) and not gfile.isdir(tmp):
+        gfile.remove(tmp)
+      raise
 
 
 # --- the run against its data, at start-up ------------------------------------

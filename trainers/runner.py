@@ -24,6 +24,7 @@ from trainers import run_dir
 from trainers import schedule
 from trainers import shards
 from trainers import state
+from trainers import stops
 from trainers.steps import TrainingError
 from trainers.train import Run
 from trainers.train import _log
@@ -84,6 +85,8 @@ def run_eval(run, split, trained_step=None, best=None):
       f"evaluating {path} (step {run.step}) on the {split} split ({examples}"
       f"{_weights(run)}) on {ctx.size} worker(s)",
     )
+  else:  # the final evaluation: a line before the wait, as --mode eval's
+    _log(ctx, f"evaluating the weights of step {run.step} on the {split} split ({_weights(run)})")
   result = run.evaluate(split)
   # `step` is the step of the evaluated weights: the best one after early stopping.
   metrics = dict(
@@ -228,7 +231,7 @@ def _claimed_model_dir(config, ctx, metadata, elastic=False, recorded=False):
 
 def _export(r):
   """Writes the serving model of the weights the run evaluates (called on the chief)."""
-  export_dir = os.path.join(r.config.model_dir, "export")
+  export_dir = os.path.join(r.config.model_dir, run_dir.EXPORT)
   with r.evaluation_weights():
     export.export_serving_model(
       r.eval_model,
@@ -373,23 +376,36 @@ def run(config, ctx, overrides=None):
         # Horovod: rank 0 alone writes config.json.
         ctx.chief(_record_config, r)
     metrics = None
+    export_dir = os.path.join(config.model_dir, run_dir.EXPORT)
     if training:
-      with _read_errors(r, ("train", config.recipe.eval_on)):
+      kept = "the last checkpoint written stands: rerun to resume"
+      with stops.phase("training", kept), _read_errors(r, ("train", config.recipe.eval_on)):
         step, best = train(r, outcome if elastic else None)
+      done = f"trained to step {step}, its checkpoint written"
       if not r.trained_steps:
-        metrics = _nothing_trained(r)
+        kept = f"the run stands at step {step}: rerun to evaluate or export what it lacks"
+        with stops.phase("the evaluation and export", kept):
+          metrics = _nothing_trained(r)
       elif config.mode == "train_and_eval":
-        with _read_errors(r, (config.eval_split,)):
+        rest = " and the export" if config.export else ""
+        kept = (
+          f"{done}; metrics.json{rest} not written: rerun to evaluate{rest.replace('the ', '')}"
+        )
+        with stops.phase("the final evaluation", kept), _read_errors(r, (config.eval_split,)):
           metrics = run_eval(r, config.eval_split, trained_step=step, best=best)
       if config.export and r.trained_steps:
-        # Horovod: rank 0 alone exports.
-        r.ctx.chief(_export, r)
+        kept = f"{done}; {export_dir} is as it was: rerun with --mode export"
+        with stops.phase("the export", kept):
+          # Horovod: rank 0 alone exports.
+          r.ctx.chief(_export, r)
     elif config.mode == "export":
-      _log(ctx, f"exporting {_restore_trained(r)} (step {r.step}, {_weights(r)})")
-      # Horovod: rank 0 alone exports.
-      ctx.chief(_export, r)
+      with stops.phase("the export", f"{export_dir} is as it was"):
+        _log(ctx, f"exporting {_restore_trained(r)} (step {r.step}, {_weights(r)})")
+        # Horovod: rank 0 alone exports.
+        ctx.chief(_export, r)
     else:
-      with _read_errors(r, (config.eval_split,)):
+      kept = f"{os.path.join(config.model_dir, run_dir.METRICS)} is as it was"
+      with stops.phase("the evaluation", kept), _read_errors(r, (config.eval_split,)):
         metrics = run_eval(r, config.eval_split)
     r.writer.close()
   return metrics
@@ -405,10 +421,18 @@ def main(dataset, argv=None, config=None, overrides=None):
     from trainers import config as config_lib
 
     config, overrides = config_lib.resolve(dataset, sys.argv[1:] if argv is None else argv)
-  # Horovod: initialize and pin this process to its GPU.
-  ctx = distributed.init()
+  try:
+    # Horovod: initialize and pin this process to its GPU.
+    ctx = distributed.init()
+  except stops.Stopped as e:
+    print(e, flush=True)
+    return stops.EXIT_STOPPED
   try:
     run(config, ctx, overrides)
+  except stops.Stopped as e:
+    # A stop signal outside the loop (trainers/stops.py): each process that got it says so.
+    print(e, flush=True)
+    return stops.EXIT_STOPPED
   except preemption.Preempted as e:
     ctx = distributed.context()  # an elastic job may have re-formed since init
     # The chief says so after writing; the others once it has (the barrier).

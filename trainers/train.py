@@ -329,8 +329,11 @@ def _finish(run, step, preempted, checkpointed):
     run.writer.close()  # the summaries up to this step, before the process exits
     raise preemption.Preempted(step)
   best = run.early_stopping.best() if recipe.early_stopping_patience else None
+  if best and not run.checkpoints.restore("best"):
+    # best/ was moved away or emptied: say so, rather than claim its weights.
+    _log(run.ctx, f"no best checkpoint in {run.config.model_dir}: using the weights of step {step}")
+    return None
   if best:
-    run.checkpoints.restore("best")
     # Horovod: every rank takes rank 0's copy of the best checkpoint's weights.
     run.broadcast()
     _log(
