@@ -100,14 +100,18 @@ def tfrecords(tmp_path_factory):
 
 
 def wait_for_checkpoint(model_dir, min_step, timeout=300):
-  """Waits until model_dir/checkpoints holds a checkpoint of step >= min_step; returns its step."""
-  import tensorflow as tf
+  """Waits until model_dir/checkpoints holds a checkpoint of step >= min_step; returns its step.
+
+  Complete checkpoints are found by listing, as the trainer finds them: after a
+  kill -9 the newest one may be newer than TensorFlow's state file says.
+  """
+  from trainers import state
 
   deadline = time.time() + timeout
   while time.time() < deadline:
-    latest = tf.train.latest_checkpoint(str(pathlib.Path(model_dir) / "checkpoints"))
-    if latest and int(latest.rsplit("-", 1)[1]) >= min_step:
-      return int(latest.rsplit("-", 1)[1])
+    steps = state.checkpoint_steps(str(pathlib.Path(model_dir) / "checkpoints"))
+    if steps and steps[-1] >= min_step:
+      return steps[-1]
     time.sleep(0.5)
   pytest.fail(f"no checkpoint of step >= {min_step} in {model_dir} after {timeout} s")
 

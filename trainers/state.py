@@ -137,19 +137,11 @@ class Checkpoints:
 
   def _files(self, which):
     """{step: [file names]} of the ckpt-<step>.* files in `which`'s directory, from its listing."""
-    d = self._dirs[which]
-    if not tf.io.gfile.isdir(d):
-      return {}
-    files = {}
-    for name in tf.io.gfile.listdir(d):
-      m = _CHECKPOINT.fullmatch(name)
-      if m:
-        files.setdefault(int(m.group(1)), []).append(name)
-    return files
+    return _files(self._dirs[which])
 
   def _steps(self, which):
     """Steps of the complete checkpoints (index and every data shard) in `which`, oldest first."""
-    return sorted(step for step, names in self._files(which).items() if _complete(names))
+    return checkpoint_steps(self._dirs[which])
 
   def path(self, which):
     """The prefix of the newest complete checkpoint of `which` (by listing), or None."""
@@ -287,6 +279,23 @@ class Checkpoints:
 
 # A checkpoint's files: ckpt-<step>.index and ckpt-<step>.data-<i>-of-<n>.
 _CHECKPOINT = re.compile(r"ckpt-(\d+)\.(index|data-(\d+)-of-(\d+))")
+
+
+def _files(directory):
+  """{step: [file names]} of the ckpt-<step>.* files in `directory`, from its listing."""
+  if not tf.io.gfile.isdir(directory):
+    return {}
+  files = {}
+  for name in tf.io.gfile.listdir(directory):
+    m = _CHECKPOINT.fullmatch(name)
+    if m:
+      files.setdefault(int(m.group(1)), []).append(name)
+  return files
+
+
+def checkpoint_steps(directory):
+  """Steps of the complete checkpoints in `directory`, oldest first, by listing (not the state file)."""
+  return sorted(step for step, names in _files(directory).items() if _complete(names))
 
 
 def _complete(names):
