@@ -118,8 +118,8 @@ def main(argv=None):
   except RehearsalError as e:
     print(f"[gpu-image] error: {e}", file=sys.stderr)
     return 1
-  versions = run(PODMAN + ["image", "inspect", "--format", "{{.Id}}", args.image]).stdout
-  print(f"[gpu-image] ok: {args.image} {versions.strip()[:12]}")
+  image_id = run(PODMAN + ["image", "inspect", "--format", "{{.Id}}", args.image]).stdout
+  print(f"[gpu-image] ok: {args.image} {image_id.strip()[:12]}")
   return 0
 
 
