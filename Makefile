@@ -25,7 +25,7 @@ ARGS    ?=
 LOGDIR  ?= runs
 PORT    ?= 6006
 
-.PHONY: help install lint format test test-fast cluster-test demo sample-data download preprocess bench gpu-check tensorboard plots clean
+.PHONY: help install lint format test test-fast cluster-test gpu-image demo sample-data download preprocess bench gpu-check tensorboard plots clean
 
 # The variables the target descriptions name, shown with their values
 # (tests/test_make_help.py fails on any $(VAR) left unexpanded).
@@ -56,6 +56,9 @@ test-fast: $(STAMP) ## Run the tests not marked slow.
 
 cluster-test: $(STAMP) ## Build the CPU image and run k8s/overlays/rehearsal's commands in podman containers (root; installs podman).
 	PY=$(PY) bash scripts/cluster_test.sh $(ARGS)
+
+gpu-image: $(STAMP) ## Build docker/Dockerfile (CUDA, Horovod with NCCL) with podman and check it without a GPU (root; ~1 h cold; not in CI).
+	PY=$(PY) SCRIPT=scripts/gpu_image.py bash scripts/cluster_test.sh $(ARGS)
 
 sample-data: $(STAMP) ## Generate small raw data sets in the official formats under $(SAMPLE)/raw.
 	$(PY) -m preprocess.sample_data --out-dir $(SAMPLE)/raw --seed $(SEED)

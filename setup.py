@@ -15,5 +15,7 @@ setuptools.setup(
     "for the classic CNN recipes (CIFAR-10, MNIST, ResNet, LeNet-5)."
   ),
   packages=setuptools.find_packages(include=["preprocess", "pipeline", "trainers"]),
-  python_requires=">=3.11,<3.12",
+  # 3.11 on the development machines (bookworm); 3.13 in the GPU image (Debian
+  # trixie, the release that carries the CUDA toolkit: docker/Dockerfile).
+  python_requires=">=3.11,<3.14",
 )

@@ -4,8 +4,11 @@ Where this sits: the first thing scripts/cluster_test.py needs after rendering
 the overlay is the one image every rehearsal pod names; this module makes its
 base (the public one, or an offline Debian stand-in made with mmdebstrap),
 builds it and checks what the Dockerfile promises (uid 1000, no compiler).
+scripts/gpu_image.py builds docker/Dockerfile (the GPU image) with the same
+functions, from a Debian trixie base.
 """
 
+import dataclasses
 import pathlib
 import subprocess
 
@@ -26,38 +29,72 @@ STAND_IN_PACKAGES = "python3.11,python3.11-venv,python3.11-dev,python3-pip,ca-ce
 HOST_CA_BUNDLE = pathlib.Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-def ensure_base(work):
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """A Dockerfile's base image and the mmdebstrap stand-in used when it cannot be pulled.
+
+  Attributes:
+    public: The registry image the Dockerfile names by default.
+    stand_in: The local tag of the stand-in.
+    suite: The Debian release of the stand-in.
+    packages: Comma-separated packages mmdebstrap adds to its minbase.
+    components: The archive components in the stand-in's apt sources.
+  """
+
+  public: str
+  stand_in: str
+  suite: str
+  packages: str
+  components: str = "main"
+
+
+CPU_BASE = Base(PUBLIC_BASE, STAND_IN_BASE, "bookworm", STAND_IN_PACKAGES)
+
+
+def ensure_base(work, base=CPU_BASE):
   """The Dockerfile's base: the public one if it can be pulled, else the cached stand-in."""
-  if run(PODMAN + ["image", "exists", PUBLIC_BASE], check=False).returncode == 0:
-    return PUBLIC_BASE
-  if run(PODMAN + ["pull", "-q", PUBLIC_BASE], check=False, timeout=120).returncode == 0:
-    return PUBLIC_BASE
-  if run(PODMAN + ["image", "exists", STAND_IN_BASE], check=False).returncode == 0:
-    log(f"{PUBLIC_BASE} cannot be pulled; using the cached stand-in {STAND_IN_BASE}")
-    return STAND_IN_BASE
-  log(
-    f"{PUBLIC_BASE} cannot be pulled; making {STAND_IN_BASE} with mmdebstrap (bookworm, Python 3.11)"
+  if run(PODMAN + ["image", "exists", base.public], check=False).returncode == 0:
+    return base.public
+  if run(PODMAN + ["pull", "-q", base.public], check=False, timeout=120).returncode == 0:
+    return base.public
+  if run(PODMAN + ["image", "exists", base.stand_in], check=False).returncode == 0:
+    log(f"{base.public} cannot be pulled; using the cached stand-in {base.stand_in}")
+    return base.stand_in
+  log(f"{base.public} cannot be pulled; making {base.stand_in} with mmdebstrap ({base.suite})")
+  tar = work / f"{base.suite}-base.tar"
+  run(
+    [
+      "mmdebstrap",
+      "--variant=minbase",
+      f"--components={base.components}",
+      f"--include={base.packages}",
+      base.suite,
+      str(tar),
+    ]
   )
-  tar = work / "bookworm-base.tar"
-  run(["mmdebstrap", "--variant=minbase", f"--include={STAND_IN_PACKAGES}", "bookworm", str(tar)])
-  run(PODMAN + ["import", "--change", 'CMD ["/bin/bash"]', str(tar), STAND_IN_BASE])
+  run(PODMAN + ["import", "--change", 'CMD ["/bin/bash"]', str(tar), base.stand_in])
   tar.unlink()
-  return STAND_IN_BASE
+  return base.stand_in
 
 
-def build_image(image, base, work):
+def build_image(image, base, work, dockerfile=DOCKERFILE, base_args=("BASE",)):
+  """Builds dockerfile (context: the repository) as image, with base in each of base_args.
+
+  Returns:
+    The image's size in bytes. The build's output is in work/logs/build.log.
+  """
+  base_flags = [flag for arg in base_args for flag in ("--build-arg", f"{arg}={base}")]
   cmd = (
     PODMAN
     + ["build", "--runtime", "runc"]
     + ULIMITS
+    + ["--layers"]
+    + base_flags
     + [
-      "--layers",
-      "--build-arg",
-      f"BASE={base}",
       "--ignorefile",
-      str(DOCKERFILE) + ".dockerignore",
+      str(dockerfile) + ".dockerignore",
       "-f",
-      str(DOCKERFILE),
+      str(dockerfile),
       "-t",
       image,
     ]

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make cluster-test`: installs what the rehearsal needs, then runs it
 # (scripts/cluster_test.py: the image build and the rendered k8s/ commands in
-# podman containers). Debian/Ubuntu, as root: the containers use rootful
+# podman containers). `make gpu-image` runs scripts/gpu_image.py the same way
+# (SCRIPT=scripts/gpu_image.py; it needs no kubectl). Debian/Ubuntu, as root: the containers use rootful
 # podman, for static addresses on a private network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+SCRIPT=${SCRIPT:-scripts/cluster_test.py}
 
 log() { printf '[cluster-test] %s\n' "$*" >&2; }
 
@@ -22,5 +24,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-command -v kubectl >/dev/null || { log "error: kubectl (with kustomize) not found; install it from https://kubernetes.io/docs/tasks/tools/"; exit 1; }
-exec "$PY" scripts/cluster_test.py "$@"
+[ "$SCRIPT" != scripts/cluster_test.py ] || command -v kubectl >/dev/null || { log "error: kubectl (with kustomize) not found; install it from https://kubernetes.io/docs/tasks/tools/"; exit 1; }
+exec "$PY" "$SCRIPT" "$@"

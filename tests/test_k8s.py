@@ -1159,15 +1159,19 @@ def _stages(dockerfile):
 
 
 def test_images_use_the_python_of_setup_py():
-  (version,) = re.findall(r'python_requires=">=(3\.\d+),<', (ROOT / "setup.py").read_text())
+  ((low, high),) = re.findall(
+    r'python_requires=">=(3\.\d+),<(3\.\d+)"', (ROOT / "setup.py").read_text()
+  )
   # The base is a build argument whose default is the public image.
-  assert _args(DOCKER / "Dockerfile.cpu")["BASE"] == f"python:{version}-slim-bookworm"
+  assert _args(DOCKER / "Dockerfile.cpu")["BASE"] == f"python:{low}-slim-bookworm"
   assert [rest for word, rest in _instructions(DOCKER / "Dockerfile.cpu") if word == "FROM"] == [
     "${BASE} AS build",
     "${BASE}",
   ]
-  gpu = _instructions(DOCKER / "Dockerfile")
-  assert ("ARG", f"PYTHON=python{version}") in gpu
+  # The GPU image uses Debian trixie's python3, 3.13 (the release with the CUDA toolkit).
+  args = _args(DOCKER / "Dockerfile")
+  assert args["BUILD_BASE"] == args["RUNTIME_BASE"] == "debian:trixie-slim"
+  assert int(low.split(".")[1]) <= 13 < int(high.split(".")[1])
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -1177,13 +1181,19 @@ def test_images_build_in_one_stage_and_run_non_root_without_a_compiler(dockerfil
     rest for word, rest in stage if word == "RUN" and "apt-get install" in rest
   )
   # Everything Horovod's build needs (cmake comes from pip, requirements.txt).
-  assert {"g++", "make"} <= set(apt(build).split()), (
+  # (g++-13 in the GPU image: nvcc 12.4's newest host compiler.)
+  packages = set(apt(build).split())
+  assert "make" in packages and any(re.fullmatch(r"g\+\+(-\d+)?", p) for p in packages), (
     f"{dockerfile.name}: build stage lacks g++/make"
   )
   assert re.search(r"^cmake\b", (ROOT / "requirements.txt").read_text(), re.M)
   # The runtime stage installs no compiler and takes the build's venv.
   tools = {"g++", "gcc", "make", "cmake", "build-essential", "clang"}
-  assert not tools & set(apt(runtime).split()), f"{dockerfile.name}: compiler in the runtime image"
+  installed = {re.sub(r"-\d+$", "", p) for p in apt(runtime).split()}
+  assert not tools & installed, f"{dockerfile.name}: compiler in the runtime image"
+  assert not {p for p in installed if "cuda" in p or "nccl" in p or "cudnn" in p}, (
+    f"{dockerfile.name}: a CUDA package in the runtime stage (pip's copies serve)"
+  )
   assert ("COPY", "--from=build /workspace /workspace") in runtime
   # Non-root, numeric (runAsNonRoot cannot check a name), and the same uid the
   # manifests run as; sshd for the MPI Operator comes with the user.
@@ -1203,25 +1213,67 @@ def test_images_build_in_one_stage_and_run_non_root_without_a_compiler(dockerfil
   assert "useradd --uid 1000" in SSH_SETUP.read_text()
 
 
+def _pins(path):
+  return dict(
+    line.split("#")[0].strip().split("==")
+    for line in path.read_text().splitlines()
+    if "==" in line.split("#")[0]
+  )
+
+
 def test_gpu_image_cuda_matches_the_pinned_cuda_libraries():
   steps = _instructions(DOCKER / "Dockerfile")
   args = _args(DOCKER / "Dockerfile")
-  cuda_minor = ".".join(args["CUDA_VERSION"].split(".")[:2])
   froms = [rest for word, rest in steps if word == "FROM"]
   assert froms == ["${BUILD_BASE} AS build", "${RUNTIME_BASE}"]
-  assert args["BUILD_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-devel-${BASE_OS}"
-  assert args["RUNTIME_BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${BASE_OS}"
-  pins = dict(
-    line.split("==")
-    for line in (DOCKER / "constraints-gpu.txt").read_text().splitlines()
-    if line and not line.startswith("#")
+  pins = _pins(DOCKER / "constraints-gpu.txt")
+  # One CUDA minor version across TensorFlow's libraries.
+  minors = {
+    ".".join(pins[p].split(".")[:2])
+    for p in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cuda-nvrtc-cu12")
+  }
+  assert len(minors) == 1, minors
+  (runtime_minor,) = minors
+  # Debian's nvcc compiles Horovod's kernels: same major, minor at or below the
+  # runtime's (a binary built with 12.4 runs on the 12.5 runtime, not the reverse).
+  toolkit = args["CUDA_TOOLKIT_VERSION"]
+  major, minor = (int(x) for x in toolkit.split(".")[:2])
+  r_major, r_minor = (int(x) for x in runtime_minor.split("."))
+  assert major == r_major == 12 and minor <= r_minor, (
+    f"toolkit {toolkit} vs runtime {runtime_minor}"
   )
-  for package in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12", "nvidia-cublas-cu12"):
-    assert pins[package].startswith(cuda_minor + "."), (
-      f"{package} {pins[package]} vs CUDA {cuda_minor}"
-    )
+  apt = " ".join(rest for word, rest in steps if word == "RUN" and "apt-get install" in rest)
+  assert "nvidia-cuda-toolkit=${CUDA_TOOLKIT_VERSION}" in apt
+  assert "contrib non-free" in apt  # where trixie keeps the toolkit
   env = " ".join(rest for word, rest in steps if word == "ENV")
   assert "HOROVOD_GPU_OPERATIONS=NCCL" in env
+  # The compute capabilities are ones this nvcc builds SASS for (12.4: sm_50 to sm_90).
+  ccs = [int(cc) for cc in args["HOROVOD_BUILD_CUDA_CC_LIST"].split(",")]
+  assert ccs and all(50 <= cc <= 90 for cc in ccs), ccs
+
+
+def test_gpu_image_pins_come_only_from_the_pin_files():
+  """One pin list: the Dockerfile installs Python packages only through install.sh."""
+  text = (DOCKER / "Dockerfile").read_text()
+  runs = " ".join(rest for word, rest in _instructions(DOCKER / "Dockerfile") if word == "RUN")
+  assert "pip install" not in runs and "pip3 install" not in runs
+  assert not re.search(r"\b[\w.-]+==\d", runs), "a pinned package in a RUN of the Dockerfile"
+  # The CUDA wheels are pinned once, in constraints-gpu.txt, and nowhere else.
+  others = [
+    text,
+    (ROOT / "constraints.txt").read_text(),
+    (ROOT / "scripts" / "install.sh").read_text(),
+  ]
+  for package in _pins(DOCKER / "constraints-gpu.txt"):
+    assert not any(f"{package}==" in other for other in others), f"{package} pinned twice"
+
+
+@pytest.mark.parametrize(
+  "script", ["scripts/install.sh", "docker/gpu_requirements.sh", "docker/configure_ssh.sh"]
+)
+def test_image_build_scripts_parse(script):
+  shell = "sh" if script.endswith("configure_ssh.sh") else "bash"
+  subprocess.run([shell, "-n", str(ROOT / script)], check=True, timeout=30)
 
 
 def test_gpu_requirements_swap_only_tensorflow(tmp_path):

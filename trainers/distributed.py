@@ -79,6 +79,10 @@ def init():
   if gpus:
     # Horovod: pin this process to one GPU, its local rank's.
     tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+  elif tf.test.is_built_with_cuda() and hvd.rank() == 0:
+    # The GPU image on a node without a GPU (or without the driver mounted):
+    # say so once, instead of leaving users to guess from the step times.
+    print("no GPU found: training on the CPU", flush=True)
   return context()
 
 
