@@ -196,6 +196,12 @@ def suspend_and_resume(mpi, model_dir, max_steps):
   watch = LogWatcher(log_path, proc)
   _resumed_at(watch, mid.step)
   watch.wait(EVALUATING, 900)
+  # The final checkpoint follows that line; once it is on disk the evaluation runs.
+  deadline = time.time() + 300
+  while latest_checkpoint_step(model_dir) != max_steps:
+    if proc.poll() is not None or time.time() > deadline:
+      raise RehearsalError(f"no checkpoint of step {max_steps} after training ended")
+    time.sleep(0.05)
   in_eval = preempt(mpi, proc, launcher, log_path, model_dir)
   out.close()
   print(

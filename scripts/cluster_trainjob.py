@@ -83,7 +83,8 @@ class TrainJobRehearsal(MPIJobRehearsal):
     self.ssh_path = mpi["sshAuthMountPath"]
     jobs = {rj["name"]: rj for rj in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
     is_trainer = {
-      n: rj["template"]["metadata"]["labels"].get(ANCESTOR) == "trainer" for n, rj in jobs.items()
+      n: rj["template"].get("metadata", {}).get("labels", {}).get(ANCESTOR) == "trainer"
+      for n, rj in jobs.items()
     }
     if not is_trainer[LAUNCHER] or is_trainer[NODE]:
       raise RehearsalError("the launcher job must be the TrainJob's trainer step")
