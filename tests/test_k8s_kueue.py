@@ -21,10 +21,11 @@ from tests.test_k8s import _render
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # SIGTERM -> checkpoint on disk -> exit 75 of the largest recipe (mnist_resnet,
-# 13M parameters) under horovodrun -np 2 on the 2-core CI machine took at most
-# this long (docs/cluster.md, "Preemption by Kueue"); the grace period keeps a margin.
-MEASURED_STOP_SECONDS = 20
-MARGIN = 4
+# 13M parameters) under horovodrun -np 2 on the busy 2-core machine took at most
+# this long, with 100 steps per call (the stop waits for up to two calls;
+# docs/cluster.md, "Preemption by Kueue"); the grace period keeps this margin.
+MEASURED_STOP_SECONDS = 169
+MARGIN = 1.5
 
 
 def test_the_kueue_overlay_queues_the_base_job_suspended():
