@@ -47,7 +47,7 @@ PREEMPTED = re.compile(r"^\[(\d+)\]<std(?:out|err)>:.*preempted at step (\d+)", 
 # Training has ended and the final evaluation runs (trainers/runner.py).
 EVALUATING = r"trained (\d+) steps in"
 # Where the suspension comes in a run: after this many steps past the resume.
-MID_RUN_STEPS = 20
+MID_RUN_STEPS = 10
 # A killed container's exit status (SIGKILL: 128 + 9).
 KILLED = 137
 
@@ -62,7 +62,7 @@ class Stop:
   grace: int
 
 
-def _kubelet_delete(name, template):
+def _kubelet_delete(name, template, logs):
   """One pod deleted, as the kubelet does it: preStop hook, SIGTERM, SIGKILL at the grace period."""
   grace = template["spec"].get("terminationGracePeriodSeconds", 30)
   (c,) = template["spec"]["containers"]
@@ -71,7 +71,11 @@ def _kubelet_delete(name, template):
   if hook:
     # Past the grace period the kubelet sends SIGTERM anyway.
     with contextlib.suppress(subprocess.TimeoutExpired):
-      run(PODMAN + ["exec", name] + hook, check=False, timeout=grace)
+      result = run(PODMAN + ["exec", name] + hook, check=False, timeout=grace)
+      (logs / f"prestop-{name}.log").write_text(
+        f"exit {result.returncode} after {time.time() - started:.1f} s\n"
+        f"{result.stdout}{result.stderr}"
+      )
   left = max(1, round(grace - (time.time() - started)))
   run(PODMAN + ["stop", "-t", str(left), name], check=False, timeout=grace + 60)
   code = run(PODMAN + ["inspect", "--format", "{{.State.ExitCode}}", name], check=False).stdout
@@ -82,8 +86,9 @@ def delete_every_pod(mpi, launcher):
   """Kueue's suspension: the operator deletes the workers and the launcher at once."""
   pods = [(f"{PREFIX}-worker-{i}", mpi.worker) for i in range(mpi.replicas)]
   pods.append((launcher, mpi.launcher))
+  logs = mpi.work / "logs"
   with concurrent.futures.ThreadPoolExecutor(len(pods)) as pool:
-    return list(pool.map(lambda p: _kubelet_delete(*p), pods))
+    return list(pool.map(lambda p: _kubelet_delete(*p, logs), pods))
 
 
 def _watch_checkpoint(model_dir, before, seen, stop):
