@@ -26,7 +26,8 @@ HOSTFILE=${HOSTFILE:-/etc/mpi/hostfile}
 
 ranks() {
   for environ in /proc/[0-9]*/environ; do
-    if tr '\0' '\n' <"$environ" 2>/dev/null | grep -q '^HOROVOD_RANK='; then
+    # A process that ended meanwhile, or sshd's own, is not readable: skip it.
+    if { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -q '^HOROVOD_RANK='; then
       pid=${environ#/proc/}
       echo "${pid%/environ}"
     fi
