@@ -53,6 +53,10 @@ elif $launcher && [ -r "$HOSTFILE" ]; then
   [ -n "$first" ] && ssh -o ConnectTimeout=5 "$first" "sh /workspace/docker/stop_ranks.sh" &
 fi
 while [ -n "$(ranks)" ]; do sleep 0.5; done
+# Each rank's exit status reaches horovodrun through its ssh session; stopping
+# sshd the moment the ranks are gone turned a 75 into ssh's 255 in the
+# rehearsal (scripts/cluster_preempt.py). Give the sessions a moment to close.
+sleep 2
 if $launcher; then
   while kill -0 1 2>/dev/null; do sleep 0.5; done
 fi

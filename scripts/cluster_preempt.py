@@ -185,7 +185,8 @@ def suspend_and_resume(mpi, model_dir, max_steps):
   mid = preempt(mpi, proc, launcher, log_path, model_dir)
   out.close()
   print(
-    f"[cluster-test]    resumed at step {early.step}; suspended mid-run: every rank stopped at "
+    f"[cluster-test]    re-created, training again in {training_again:.1f} s, resumed at step "
+    f"{early.step}; suspended mid-run: every rank stopped at "
     f"step {mid.step}, checkpoint on disk {mid.to_checkpoint:.1f} s after the deletion, all "
     f"pods gone in {mid.to_gone:.1f} s (grace {mid.grace} s), nothing killed",
     flush=True,
