@@ -42,10 +42,15 @@ from cluster_pod import run
 
 PROGRESS = re.compile(r"step (\d+)/(\d+) loss")
 RESUMED = r"resumed from \S+ at step (\d+)"
-# One line per rank (horovodrun prefixes each rank's lines with "[rank]<stdout>:").
-PREEMPTED = re.compile(r"^\[(\d+)\]<std(?:out|err)>:.*preempted at step (\d+)", re.M)
-# Training has ended and the final evaluation runs (trainers/runner.py).
-EVALUATING = r"trained (\d+) steps in"
+# One line per rank (horovodrun prefixes each rank's lines with "[rank]<stdout>:"):
+# in training "preempted at step N"; in a later phase (the final evaluation) the
+# stop names the phase and the checkpoint on disk stands (step None).
+PREEMPTED = re.compile(
+  r"^\[(\d+)\]<std(?:out|err)>:.*(?:preempted at step (\d+)|received SIGTERM during .*stopped)",
+  re.M,
+)
+# The final evaluation has started (trainers/runner.py).
+EVALUATING = r"evaluating the weights of step (\d+)"
 # Where the suspension comes in a run: after this many steps past the resume.
 MID_RUN_STEPS = 10
 # A killed container's exit status (SIGKILL: 128 + 9).
@@ -118,7 +123,7 @@ def preempt(mpi, proc, launcher, log_path, model_dir):
   for name, took, exit_code, grace in pods:
     if exit_code == KILLED or took >= grace:
       raise RehearsalError(f"{name} was killed by the grace timeout ({took:.1f} s of {grace} s)")
-  steps = {int(rank): int(step) for rank, step in PREEMPTED.findall(text)}
+  steps = {int(rank): int(step) if step else before for rank, step in PREEMPTED.findall(text)}
   if sorted(steps) != list(range(mpi.replicas * mpi.slots)) or len(set(steps.values())) != 1:
     raise RehearsalError(
       f"not every rank stopped at one step (rank: step {steps}):\n{text[-3000:]}"
@@ -202,12 +207,6 @@ def suspend_and_resume(mpi, model_dir, max_steps):
   watch = LogWatcher(log_path, proc)
   _resumed_at(watch, mid.step)
   watch.wait(EVALUATING, 900)
-  # The final checkpoint follows that line; once it is on disk the evaluation runs.
-  deadline = time.time() + 300
-  while latest_checkpoint_step(model_dir) != max_steps:
-    if proc.poll() is not None or time.time() > deadline:
-      raise RehearsalError(f"no checkpoint of step {max_steps} after training ended")
-    time.sleep(0.05)
   in_eval = preempt(mpi, proc, launcher, log_path, model_dir)
   out.close()
   print(
