@@ -8,6 +8,7 @@ cluster_mpijob.py does what the MPI Operator does around them.
 """
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -16,9 +17,12 @@ import subprocess
 PODMAN = ["podman", "--runtime", "runc"]
 ULIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"]
 RUN = PODMAN + ["run"] + ULIMITS
-PREFIX = "cnn-rehearsal"
+# Container and network names, and the network's addresses: set both to run
+# two rehearsals on one machine (two worktrees) without one removing the
+# other's containers (cleanup removes every container named PREFIX*).
+PREFIX = os.environ.get("CLUSTER_TEST_PREFIX", "cnn-rehearsal")
 NETWORK = f"{PREFIX}-net"
-SUBNET = "10.89.231.0/24"
+SUBNET = os.environ.get("CLUSTER_TEST_SUBNET", "10.89.231.0/24")
 
 
 class RehearsalError(Exception):

@@ -26,8 +26,20 @@ the MPI Operator would do around them:
    worker is removed mid-run (the job goes on), a new one added (the job
    grows), and the run finishes its step budget with an evaluation; the
    seconds from each change to training again are printed;
-5. the evaluation Job, and TensorBoard's readiness probe against the
-   Deployment's TensorBoard command.
+5. the Kubeflow Trainer v2 runtime of k8s/overlays/rehearsal-trainjob
+   (cluster_trainjob.py): its launcher command (docker/trainjob_launcher.sh,
+   horovodrun) with the TrainJob's rank command, against its node pods, with
+   the hostfile and keys mounted as Trainer v2 mounts them;
+6. the evaluation Job, and TensorBoard's readiness probe against the
+   Deployment's TensorBoard command;
+7. the MPIJob queued by Kueue (k8s/overlays/rehearsal-kueue,
+   cluster_preempt.py), preempted three times -- in its first minute, mid-run,
+   in its final evaluation -- by deleting every pod at once as the operator
+   does on suspension (preStop hook, SIGTERM, grace period); each time every
+   rank must stop at one step, with rank 0's checkpoint on disk within the
+   grace period and exit 75, and the re-created pods must resume at exactly
+   that step. The seconds from SIGTERM to the checkpoint and from re-creation
+   to training again are printed.
 
 Each phase asserts real outcomes (exit codes, checkpoint files, metrics.json,
 the SavedModel, log lines) and the script prints how long each took. Exit 0
@@ -40,6 +52,9 @@ volumes are host directories.
 
 Usage (as root, from the repository root; `make cluster-test` installs podman
 and friends first):  python scripts/cluster_test.py [--keep] [--work-dir DIR]
+[--phases mpijob,elastic,trainjob,evaluation,preempt] (default: all). Two
+rehearsals on one machine: give each its own CLUSTER_TEST_PREFIX and
+CLUSTER_TEST_SUBNET (scripts/cluster_pod.py).
 """
 
 import argparse
@@ -79,11 +94,17 @@ from cluster_pod import log
 from cluster_pod import resolve_port
 from cluster_pod import run
 from cluster_pod import run_pod_to_completion
+from cluster_preempt import suspend_and_resume
+from cluster_trainjob import TrainJobRehearsal
+from cluster_trainjob import run_trainjob
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal"
 ELASTIC_OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal-elastic"
+TRAINJOB_OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal-trainjob"
+KUEUE_OVERLAY = ROOT / "k8s" / "overlays" / "rehearsal-kueue"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def render(overlay=OVERLAY):
@@ -286,6 +307,68 @@ def elastic_step(r):
   ]
 
 
+def _fresh_runs(r, name):
+  """An empty runs volume of the pods' fsGroup, for a phase that starts a run of its own."""
+  runs = r.work / name
+  runs.mkdir()
+  os.chown(runs, 1000, 1000)
+  return runs
+
+
+def _one(objects, kind):
+  (obj,) = [o for (k, _), o in objects.items() if k == kind]
+  return obj
+
+
+def trainjob_step(r):
+  """The Trainer v2 runtime's launcher command against its node pods (cluster_trainjob.py)."""
+  objects = render(TRAINJOB_OVERLAY)
+  runtime, trainjob = _one(objects, "ClusterTrainingRuntime"), _one(objects, "TrainJob")
+  images = {
+    c["image"]
+    for rj in runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    for c in rj["template"]["spec"]["template"]["spec"]["containers"]
+  }
+  if images != {r.image}:
+    raise RehearsalError(f"the runtime runs {sorted(images)}, not the rehearsal's {r.image}")
+  runs = _fresh_runs(r, "cnn-runs-trainjob")
+  work = r.work / "trainjob"
+  (work / "logs").mkdir(parents=True)
+  claims = dict(r.claims, **{"cnn-runs": runs})
+  r.mpi = TrainJobRehearsal(runtime, trainjob, r.image, work, claims)
+  flags = dict(a.split("=", 1) for a in trainjob["spec"]["trainer"]["args"] if "=" in a)
+  model_dir = runs / pathlib.Path(flags["--model-dir"]).relative_to("/runs")
+  hostfile, _ = run_trainjob(r.mpi, model_dir, int(flags["--max-steps"]))
+  log(
+    f"   hostfile as Trainer v2 writes it: {hostfile.strip()!r}; the runtime's launcher "
+    f"command trained {flags['--max-steps']} steps on {len(r.mpi.hosts)} pods, evaluated, exported"
+  )
+
+
+def preempt_step(r):
+  """The MPIJob queued by Kueue, suspended and resumed three times (cluster_preempt.py)."""
+  objects = render(KUEUE_OVERLAY)
+  job = _one(objects, "MPIJob")
+  if (
+    not job["metadata"]["labels"].get(QUEUE_LABEL)
+    or job["spec"]["runPolicy"].get("suspend") is not True
+  ):
+    raise RehearsalError("the queued MPIJob has no queue label or is not created suspended")
+  runs = _fresh_runs(r, "cnn-runs-queued")
+  work = r.work / "queued"
+  (work / "logs").mkdir(parents=True)
+  r.mpi = MPIJobRehearsal(job, r.image, work, dict(r.claims, **{"cnn-runs": runs}))
+  r.mpi.setup()
+  flags = train_args(job)
+  model_dir = runs / pathlib.Path(flags["--model-dir"]).relative_to("/runs")
+  r.measured += suspend_and_resume(r.mpi, model_dir, int(flags["--max-steps"]))
+
+
+def tensorboard_cleanup_step(r):
+  run(PODMAN + ["rm", "-f", "-t", "0", f"{PREFIX}-tensorboard"], check=False)
+  run(PODMAN + ["network", "rm", "-f", NETWORK], check=False)
+
+
 def evaluation_step(r):
   eval_pod = Pod(r.obj("Job", "eval-cifar10")["spec"]["template"], r.claims)
   text = run_pod_to_completion("eval", eval_pod, r.image, r.work)
@@ -340,25 +423,50 @@ def tensorboard_step(r):
 
 # Each step's title (formatted with the Rehearsal as `r`) is what the timing table
 # shows; steps without a title are quick bookkeeping between phases and untimed.
+# The phase (for --phases) of each; None: always run.
 STEPS = [
-  ("render k8s/overlays/rehearsal", render_step),
-  ("image {r.image} (docker/Dockerfile.cpu)", image_step),
-  (None, volumes_step),
-  ("preprocess Job on sample data ({r.dataset})", preprocess_step),
-  (None, mpijob_setup_step),
-  ("MPIJob: launcher + 2 workers, train, evaluate, export", mpijob_step),
-  ("MPIJob on an empty runs volume: kill worker 1 mid-training, then resume", kill_and_resume_step),
-  (None, mpijob_cleanup_step),
-  ("elastic MPIJob: a worker removed and one added mid-run, train, evaluate", elastic_step),
-  (None, mpijob_cleanup_step),
-  ("evaluation Job", evaluation_step),
-  ("TensorBoard Deployment: readiness probe", tensorboard_step),
+  (None, "render k8s/overlays/rehearsal", render_step),
+  (None, "image {r.image} (docker/Dockerfile.cpu)", image_step),
+  (None, None, volumes_step),
+  (None, "preprocess Job on sample data ({r.dataset})", preprocess_step),
+  ("mpijob", None, mpijob_setup_step),
+  ("mpijob", "MPIJob: launcher + 2 workers, train, evaluate, export", mpijob_step),
+  (
+    "mpijob",
+    "MPIJob on an empty runs volume: kill worker 1 mid-training, then resume",
+    kill_and_resume_step,
+  ),
+  ("mpijob", None, mpijob_cleanup_step),
+  (
+    "elastic",
+    "elastic MPIJob: a worker removed and one added mid-run, train, evaluate",
+    elastic_step,
+  ),
+  ("elastic", None, mpijob_cleanup_step),
+  (
+    "trainjob",
+    "Trainer v2 runtime: its launcher command on 2 pods, train, evaluate",
+    trainjob_step,
+  ),
+  ("trainjob", None, mpijob_cleanup_step),
+  ("evaluation", "evaluation Job", evaluation_step),
+  ("evaluation", "TensorBoard Deployment: readiness probe", tensorboard_step),
+  ("evaluation", None, tensorboard_cleanup_step),
+  (
+    "preempt",
+    "Kueue-queued MPIJob: preempted in minute 1, mid-run, in evaluation; resumed each time",
+    preempt_step,
+  ),
+  ("preempt", None, mpijob_cleanup_step),
 ]
+PHASES = ("mpijob", "elastic", "trainjob", "evaluation", "preempt")
 
 
-def run_steps(r):
-  """Runs STEPS in order, timing each titled one into r.timings."""
-  for title, step in STEPS:
+def run_steps(r, phases=PHASES):
+  """Runs STEPS of `phases` in order, timing each titled one into r.timings."""
+  for phase, title, step in STEPS:
+    if phase is not None and phase not in phases:
+      continue
     if title is None:
       step(r)
       continue
@@ -400,7 +508,16 @@ def main(argv_=None):
     "--work-dir", help="where the volumes and logs go (default: a new temporary directory)"
   )
   parser.add_argument("--keep", action="store_true", help="keep the work directory after a success")
+  parser.add_argument(
+    "--phases",
+    default=",".join(PHASES),
+    help=f"comma-separated phases to run after the image and the preprocess Job (default: all: "
+    f"{','.join(PHASES)}); the evaluation Job needs mpijob's run",
+  )
   args = parser.parse_args(argv_)
+  phases = args.phases.split(",")
+  if not set(phases) <= set(PHASES):
+    parser.error(f"--phases: unknown {sorted(set(phases) - set(PHASES))}; known: {PHASES}")
   if not preflight():
     return 2
 
@@ -408,7 +525,7 @@ def main(argv_=None):
   (work / "logs").mkdir(parents=True, exist_ok=True)
   r, started = Rehearsal(work), time.time()
   try:
-    run_steps(r)
+    run_steps(r, phases)
   except (RehearsalError, subprocess.TimeoutExpired, KeyError, FileNotFoundError) as e:
     print(f"cluster-test: FAILED: {e}\n(logs and volumes in {work})", file=sys.stderr)
     return 1

@@ -46,6 +46,19 @@ REHEARSAL_ELASTIC = "rehearsal-elastic"
 # The elastic job (k8s/components/elastic) and the overlay that applies it to the base.
 ELASTIC = "elastic"
 ELASTIC_COMPONENT = K8S / "components" / "elastic"
+# Kueue (k8s/components/kueue, k8s/overlays/kueue) and Kubeflow Trainer v2 (the
+# runtime in k8s/trainer, a TrainJob per data set in k8s/overlays/trainjob-*):
+# tests/test_k8s_kueue.py and tests/test_k8s_trainer.py.
+KUEUE = "kueue"
+KUEUE_COMPONENT = K8S / "components" / "kueue"
+TRAINER = K8S / "trainer"
+REHEARSAL_TRAINJOB = "rehearsal-trainjob"
+# The custom resources' own schemas (tests/schemas/README.md says where each is from).
+CRD_SCHEMAS = {
+  "MPIJob": "mpi-operator-v2beta1-mpijob.json",
+  "TrainJob": "trainer-v1alpha1-trainjob.json",
+  "ClusterTrainingRuntime": "trainer-v1alpha1-clustertrainingruntime.json",
+}
 GPU_NODE_LABEL = "nvidia.com/gpu.present"
 DOCKER = ROOT / "docker"
 BIN = pathlib.Path(sys.executable).parent
@@ -162,6 +175,10 @@ def _patched(docs, spec, kustomization):
     ops = yaml.safe_load(patch["patch"])
     hits = [i for i, d in enumerate(docs) if _matches(d, patch["target"])]
     assert hits, f"{kustomization}: patch target {patch['target']} matches nothing"
+    if isinstance(ops, dict):  # a strategic merge patch; only `$patch: delete` is used
+      assert ops.get("$patch") == "delete", f"{kustomization}: unsupported patch {ops}"
+      docs = [d for i, d in enumerate(docs) if i not in hits]
+      continue
     for i in hits:
       docs[i] = _json_patch(docs[i], ops)
   return docs
@@ -189,6 +206,11 @@ def _pods(doc):
     return [
       (f"{doc['metadata']['name']}/{role}", rs["template"])
       for role, rs in doc["spec"]["mpiReplicaSpecs"].items()
+    ]
+  if doc["kind"] == "ClusterTrainingRuntime":  # a JobSet template: Jobs of pods
+    return [
+      (f"{doc['metadata']['name']}/{rj['name']}", rj["template"]["spec"]["template"])
+      for rj in doc["spec"]["template"]["spec"]["replicatedJobs"]
     ]
   return []
 
@@ -427,7 +449,7 @@ def test_kustomization_lists_exactly_the_manifests():
   base = _load(BASE / "kustomization.yaml")[0]
   assert sorted(base["resources"]) == sorted(p.name for p in _manifest_files())
   assert sorted(p.relative_to(K8S).as_posix() for p in _kustomizations()) == sorted(
-    ["base/kustomization.yaml"]
+    ["base/kustomization.yaml", "trainer/kustomization.yaml"]
     + [f"overlays/{d}/kustomization.yaml" for d in _overlay_names()]
     + [f"jobs/{d}/kustomization.yaml" for d in _job_names()]
   )
@@ -440,14 +462,18 @@ def test_kustomization_lists_exactly_the_manifests():
   for name in _overlay_names():
     spec = _load(K8S / "overlays" / name / "kustomization.yaml")[0]
     for resource in spec["resources"]:
-      assert resource == "../../base" or re.fullmatch(r"\.\./[\w-]+", resource), (name, resource)
+      # Besides: a TrainJob of the overlay's own, and the Trainer runtime (rehearsal).
+      assert resource in ("../../base", "../../trainer", "trainjob.yaml") or re.fullmatch(
+        r"\.\./[\w-]+", resource
+      ), (name, resource)
     for component in spec.get("components", []):
       assert re.fullmatch(r"\.\./\.\./components/[\w-]+", component), (name, component)
-  assert [p.parent for p in _components()] == [ELASTIC_COMPONENT]
-  # Overlays hold only their kustomization, and a component's YAML is all in its
-  # resources; any other YAML there would be applied by nobody.
-  strays = [p for p in (K8S / "overlays").rglob("*.yaml") if p.name != "kustomization.yaml"]
-  assert not strays
+  assert [p.parent for p in _components()] == [ELASTIC_COMPONENT, KUEUE_COMPONENT]
+  # An overlay's and a component's YAML is all in their resources; any other
+  # YAML there would be applied by nobody.
+  for path in (K8S / "overlays").glob("*/kustomization.yaml"):
+    listed = {(path.parent / r).resolve() for r in _load(path)[0]["resources"]}
+    assert set(path.parent.glob("*.yaml")) - {path} <= listed, path
   # So are a one-off job's (k8s/jobs/*: applied on its own, without the base).
   for path in _components() + [K8S / "jobs" / n / "kustomization.yaml" for n in _job_names()]:
     listed = {(path.parent / r).resolve() for r in _load(path)[0].get("resources", [])}
@@ -465,7 +491,11 @@ def _job_names():
 
 def _data_set_overlays():
   """The overlays that train one data set the base's way (not elastic, not rehearsals)."""
-  return [n for n in _overlay_names() if n not in (REHEARSAL, REHEARSAL_ELASTIC, ELASTIC)]
+  return [
+    n
+    for n in _overlay_names()
+    if n not in (ELASTIC, KUEUE) and not n.startswith(("rehearsal", "trainjob-"))
+  ]
 
 
 def test_only_the_base_names_the_image_and_labels():
@@ -477,7 +507,7 @@ def test_only_the_base_names_the_image_and_labels():
   ] + _components():
     name, spec = path.parent.name, _load(path)[0]
     assert "labels" not in spec and "commonLabels" not in spec, f"{name}: labels belong to the base"
-    if name == REHEARSAL:  # the CPU image the rehearsal builds, in place of the registry's
+    if name in (REHEARSAL, REHEARSAL_TRAINJOB):  # the CPU image the rehearsal builds
       (image,) = spec["images"]
       assert image["name"] == base["images"][0]["newName"] and image["newTag"].endswith("-cpu")
     else:
@@ -596,8 +626,8 @@ def test_beam_workers_match_the_cpu_request():
 
 def test_mpijob_world_size_matches_workers_and_gpus(probe):
   mpijobs = _by_kind(_all_rendered(), "MPIJob")
-  # cifar10, the mnist and catdog overlays, elastic, and the two rehearsals
-  assert len(mpijobs) == 6
+  # cifar10, the mnist and catdog overlays, elastic, kueue, and the three rehearsals
+  assert len(mpijobs) == 8
   for job in mpijobs:
     name, spec = job["metadata"]["name"], job["spec"]
     assert job["apiVersion"] == "kubeflow.org/v2beta1"
@@ -747,8 +777,9 @@ def test_trainers_read_data_read_only_and_write_to_the_runs_volume():
     )
     assert wait_for == expected, f"{doc['metadata']['name']}: waits for {wait_for}"
     assert _claim_at(_mounts(*waiter), wait_for)[0] == _claim_at(mounts, wait_for)[0]
-  # Train and eval, for cifar10, mnist and catdog; elastic training; the two rehearsals' training.
-  assert checked == 9
+  # Train and eval, for cifar10, mnist and catdog; elastic and queued (kueue)
+  # training; the three rehearsals' training. TrainJobs: tests/test_k8s_trainer.py.
+  assert checked == 11
 
 
 def test_tensorboard_service_targets_the_deployment():
@@ -848,10 +879,15 @@ def _strict(schema):
 
 
 @functools.cache
-def _mpijob_validator():
+def _crd_validator(kind):
+  """A strict validator of one custom resource kind against its vendored CRD schema."""
   jsonschema = pytest.importorskip("jsonschema")
-  schema = _strict(json.loads((SCHEMAS / "mpi-operator-v2beta1-mpijob.json").read_text()))
+  schema = _strict(json.loads((SCHEMAS / CRD_SCHEMAS[kind]).read_text()))
   return jsonschema.Draft7Validator(schema)
+
+
+def _mpijob_validator():
+  return _crd_validator("MPIJob")
 
 
 def _kubernetes_validate():
@@ -870,9 +906,10 @@ def test_every_object_passes_the_kubernetes_schemas_in_strict_mode():
   checked = 0
   for doc in _all_rendered():
     where = f"{doc['kind']}/{doc['metadata']['name']}"
-    if doc["kind"] == "MPIJob":
-      errors = sorted(_mpijob_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
-      assert not errors, f"{where} vs the mpi-operator v2beta1 CRD: " + "; ".join(
+    if doc["kind"] in CRD_SCHEMAS:
+      validator = _crd_validator(doc["kind"])
+      errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+      assert not errors, f"{where} vs its CRD ({CRD_SCHEMAS[doc['kind']]}): " + "; ".join(
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
       )
       # The CRD leaves metadata open; hold it to what the API server accepts.
