@@ -143,24 +143,21 @@ def test_known_tensor_sums_exactly_in_any_order():
 def test_version_codes_and_bad_flags(tfrecords):
   assert gpu_check.nccl_text(22203) == "2.22.3" and gpu_check.nccl_text(2708) == "2.7.8"
   assert gpu_check.cuda_text(12040) == "12.4" and gpu_check.cuda_text(11080) == "11.8"
-  mnist = subprocess.run(
-    [sys.executable, "-m", "bench.gpu_check", "--data-dir", tfrecords / "mnist"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=60,
-    check=False,
-  )
+
+  def check(data_dir):
+    return subprocess.run(
+      [sys.executable, "-m", "bench.gpu_check", "--data-dir", data_dir],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+    )
+
+  mnist = check(tfrecords / "mnist")
   assert mnist.returncode == gpu_check.USAGE
   assert "mnist: holds mnist data (its metadata.json), not cifar10" in mnist.stderr
-  result = subprocess.run(
-    [sys.executable, "-m", "bench.gpu_check", "--data-dir", "/nonexistent"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=60,
-    check=False,
-  )
+  result = check("/nonexistent")
   assert result.returncode == gpu_check.USAGE
   assert "--data-dir /nonexistent: no metadata.json" in result.stderr.splitlines()[-1]
 

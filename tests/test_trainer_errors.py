@@ -528,13 +528,19 @@ def test_paths_that_point_the_wrong_way_are_one_line_naming_the_fix(tfrecords, t
   assert result.returncode == 2
 
 
-def test_a_swapped_shard_is_one_line_at_start_up(tfrecords, tmp_path):
-  """A validation shard swapped with a test shard: same names, same record counts."""
+def _swapped_shards(tfrecords, tmp_path):
+  """A copy of the MNIST data with a validation shard and a test shard swapped; returns (data, a, b)."""
   data = _copy(tfrecords / "mnist", tmp_path / "data")
   a, b = data / "validation-00001-of-00004.tfrecord", data / "test-00001-of-00004.tfrecord"
   a_bytes = a.read_bytes()
   a.write_bytes(b.read_bytes())
   b.write_bytes(a_bytes)
+  return data, a, b
+
+
+def test_a_swapped_shard_is_one_line_at_start_up(tfrecords, tmp_path):
+  """A validation shard swapped with a test shard: same names, same record counts."""
+  data, a, b = _swapped_shards(tfrecords, tmp_path)
   result = run_trainer(
     "mnist",
     ["--data-dir", data, "--model-dir", tmp_path / "m", "--max-steps", "3"] + TINY,
@@ -549,11 +555,7 @@ def test_a_swapped_shard_is_one_line_at_start_up(tfrecords, tmp_path):
 def test_a_swapped_shard_of_the_same_size_is_caught_by_its_head_digest(tfrecords, tmp_path):
   from trainers import shards
 
-  data = _copy(tfrecords / "mnist", tmp_path / "data")
-  a, b = data / "validation-00001-of-00004.tfrecord", data / "test-00001-of-00004.tfrecord"
-  a_bytes = a.read_bytes()
-  a.write_bytes(b.read_bytes())
-  b.write_bytes(a_bytes)
+  data, a, b = _swapped_shards(tfrecords, tmp_path)
 
   def same_sizes(meta):  # as if the two shards had the same size
     for split, shard in (("validation", a), ("test", b)):
