@@ -177,7 +177,9 @@ def _convert(name, raw, tasks, out_dir, options, args, log, lock):
     supervise.PrivateTemp.remove()
     job_options.remove_worker_options()
     lock.release()
-    if line is None:
+    if not supervise.WorkerWatch.first_to_report():
+      pass  # the main thread already said how the run ended
+    elif line is None:
       how = "interrupted" if exit_code == 130 else "terminated (SIGTERM)"
       log(
         f"error: {how}; temporary files removed, no shards and no metadata.json left for "
@@ -374,10 +376,11 @@ def main(argv=None):
     # A worker's SIGINT exit now is part of this, not a crash.
     supervise.WorkerWatch.ending = True
     how = "terminated (SIGTERM)" if isinstance(e, supervise.Terminated) else "interrupted"
-    log(
-      f"error: {how}; temporary files removed, no shards and no metadata.json left for the "
-      f"data set being converted (log: {args.log_file})"
-    )
+    if supervise.WorkerWatch.first_to_report():  # else a watch thread said it (for the data set)
+      log(
+        f"error: {how}; temporary files removed, no shards and no metadata.json left for the "
+        f"data set being converted (log: {args.log_file})"
+      )
     return getattr(e, "exit_code", 130)
   except Exception as e:
     try:

@@ -87,6 +87,12 @@ class WorkerWatch:
   _PREFIX = "Worker subprocess exited with return code "
   ending = False  # Set when the main thread is already reporting an interruption.
   active = None  # The watch of the pipeline running now, if any.
+  _reported = threading.Lock()  # Taken by whoever reports the run's end first.
+
+  @classmethod
+  def first_to_report(cls):
+    """True for the first caller only: one Ctrl-C reaches the main thread and a watch alike."""
+    return cls._reported.acquire(blocking=False)
 
   def __init__(self, on_death):
     # Called with `describe()`'s line (None for an interruption) and the exit

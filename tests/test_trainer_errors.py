@@ -622,8 +622,14 @@ def test_the_readme_command_trains_stably_with_two_workers(tfrecords, tmp_path):
     "learning rate 0.1414 (0.1 x 1.414 for 2 workers, --lr-scaling sqrt), warmed up over 75 steps"
     in result.stdout
   )
-  losses = [float(x) for x in re.findall(r"step \d+/300 loss ([0-9.e+-]+|nan|inf) ", result.stdout)]
-  assert len(losses) == 6 and all(l < 2.5 for l in losses[1:]), losses
+  # Progress lines: every --log-every steps, plus one after the first call and at least
+  # every 10 s of wall clock (trainers/reporting.py), so their number depends on speed.
+  logged = [
+    (int(step), float(loss))
+    for step, loss in re.findall(r"step (\d+)/300 loss ([0-9.e+-]+|nan|inf) ", result.stdout)
+  ]
+  assert {50, 100, 150, 200, 250, 300} <= {step for step, _ in logged}, logged
+  assert all(loss < 2.5 for _, loss in logged[1:]), logged
   assert json.loads((tmp_path / "m" / "metrics.json").read_text())["precision_at_1"] > 0.3
   for banner in ("oneDNN custom operations", "absl::InitializeLog"):
     assert not [
