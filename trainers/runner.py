@@ -428,11 +428,21 @@ def main(dataset, argv=None, config=None, overrides=None):
     print(e, flush=True)
     return stops.EXIT_STOPPED
   try:
-    run(config, ctx, overrides)
-  except stops.Stopped as e:
-    # A stop signal outside the loop (trainers/stops.py): each process that got it says so.
-    print(e, flush=True)
+    return _run_and_report(config, ctx, overrides)
+  except BaseException:
+    # A stop signal outside the loop (trainers/stops.py): each process that got it says
+    # so, whatever error the signal surfaced as (a collective a stopped peer broke).
+    stopped = stops.pending()
+    if stopped is None:
+      raise
+    print(stopped, flush=True)
     return stops.EXIT_STOPPED
+
+
+def _run_and_report(config, ctx, overrides):
+  """`run`, its errors turned into one line and an exit code (a stop signal's: `main`)."""
+  try:
+    run(config, ctx, overrides)
   except preemption.Preempted as e:
     ctx = distributed.context()  # an elastic job may have re-formed since init
     # The chief says so after writing; the others once it has (the barrier).
@@ -449,6 +459,8 @@ def main(dataset, argv=None, config=None, overrides=None):
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   except (tf.errors.OpError, OSError) as e:
+    if stops.pending():
+      raise  # the stop signal is the cause: `main` says so
     # What is left is the environment's (a full disk, a read-only model dir):
     # TensorFlow's and the OS's messages name the file; one line of it is enough.
     print(f"error: {first_line(e)}", file=sys.stderr, flush=True)

@@ -43,8 +43,19 @@ def _handle(signum, frame):
     os.kill(os.getpid(), signum)
     return
   _state["received"] = signum
+  _state["stopped"] = Stopped(signum, *_phase)  # said in the phase it came in
   if not _state["deferred"]:
-    raise Stopped(signum, *_phase)
+    raise _state["stopped"]
+
+
+def pending():
+  """The `Stopped` of a stop signal this process already received, or None.
+
+  A signal that lands while a TensorFlow or Horovod call is failing (a peer that
+  stopped first broke the collective) surfaces as that call's error, or as
+  pybind11's RuntimeError naming both; the stop is still the cause.
+  """
+  return _state.get("stopped")
 
 
 @contextlib.contextmanager
