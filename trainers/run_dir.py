@@ -14,13 +14,13 @@ Every error here is a `RunError` with a one-line message. `--overwrite` is
 advised only to a user who asked to train (it deletes the run).
 """
 
-import hashlib
 import importlib
 import json
 import os
 import sys
 
 from preprocess import dirlock
+from preprocess import hashing
 from trainers import quiet
 from trainers import stops
 from trainers import tags
@@ -349,8 +349,9 @@ def data_signature(metadata, data_dir=None):
     "splits": {name: split.num_examples for name, split in metadata.splits.items()},
   }
   if data_dir is not None:
-    with _gfile().GFile(os.path.join(data_dir, "metadata.json"), "rb") as f:
-      signature["metadata_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    signature["metadata_sha256"] = hashing.sha256_file(
+      os.path.join(data_dir, "metadata.json"), opener=lambda path: _gfile().GFile(path, "rb")
+    )
   return signature
 
 

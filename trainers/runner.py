@@ -299,7 +299,7 @@ def _already_done(r):
     e.get("split") == config.eval_split and e.get("trained_steps", e.get("step")) == r.step
     for e in entries
   )
-  model = os.path.join(config.model_dir, "export", "saved_model.pb")
+  model = os.path.join(config.model_dir, run_dir.EXPORT, "saved_model.pb")
   newest = max(
     _newest_mtime(gfile, os.path.join(config.model_dir, name)) for name in ("checkpoints", "best")
   )
